@@ -1,0 +1,47 @@
+"""Installs vdm_jax.
+
+    pip install -e ".[test]"              # library + test tools
+    pip install torch==2.13.0             # CPU build, only for parity tests; install it before the next line
+    pip install -e ".[test,reference]"    # + diffusers/transformers references
+"""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "tensorflow-datasets>=4.9.10",
+    "array-record>=0.8.6",
+    # tfds needs TensorFlow to *build* datasets (not to read them through grain).
+    'tensorflow-cpu>=2.21; sys_platform == "linux"',
+    'tensorflow>=2.21; sys_platform != "linux"',
+    "ml-collections>=1.1.0",
+    "chex>=0.1.92",
+    "einops>=0.8",
+    "absl-py>=2.1",
+    "numpy>=2.0",
+    "safetensors>=0.5",
+    "imageio>=2.37",
+    "imageio-ffmpeg>=0.6",  # ships an ffmpeg binary: mp4 read/write without a system ffmpeg
+    "pillow>=10",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "scipy>=1.13"],
+    # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
+    "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=4.56", "sentencepiece>=0.2", "accelerate"],
+}
+
+setuptools.setup(
+    name="vdm_jax",
+    version="0.1.0",
+    description="Text-to-video latent diffusion in JAX/Flax: 3D causal VAE, DiT with adaLN, T5, CogVideoX weights.",
+    packages=setuptools.find_packages(include=["vdm_jax", "vdm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

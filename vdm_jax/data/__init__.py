@@ -1,0 +1,1 @@
+"""Video data: Captioned Shapes, tfds builders, grain input pipelines and preprocessing ops."""

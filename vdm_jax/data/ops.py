@@ -1,0 +1,413 @@
+"""Preprocessing ops on single examples, chosen by name from a spec string (big_vision style).
+
+A spec is ops joined by `|`, each a registered name with literal arguments:
+
+    "decode_video|temporal_sample(num_frames=17, stride=2)|resize(64)|center_crop(64)|value_range(-1, 1)"
+    "|decode_text('caption')|keep('video', 'caption')"
+
+`build(spec)` returns a callable `(example, rng) -> example` to hand to grain, e.g.
+`grain.MapDataset.source(records).seed(0).random_map(build(spec))`. An op is `op(example: dict, rng) -> dict`: it
+returns a new dict and never changes the one it gets; random ops draw only from `rng`, the `np.random.Generator`
+grain passes per element, so a pipeline is reproducible from grain's seed. Ops are numpy/Pillow only (no jax): they
+run in grain worker processes.
+
+Videos here are `[T, H, W, C]` per example: uint8 until `value_range`, float32 in [lo, hi] after it.
+
+There is deliberately no horizontal flip: captions say "left" and "right" (Captioned Shapes does), and a flip would
+make them wrong.
+
+Adding an op: a factory `get_<name>(*args, **kwargs) -> op` under `@register("<name>")`. Check the arguments in the
+factory so that a bad spec fails when it is built, not inside a worker.
+"""
+import ast
+import importlib
+import inspect
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image
+
+from vdm_jax.io import video as video_io
+
+_REGISTRY = {}
+
+
+def register(name):
+  """Decorator: registers an op factory `get_<name>(*args, **kwargs) -> op` under `name`."""
+  def wrap(factory):
+    if name in _REGISTRY and _REGISTRY[name] is not factory:
+      raise ValueError(f"preprocessing op {name!r} is already registered (by {_REGISTRY[name].__module__})")
+    _REGISTRY[name] = factory
+    return factory
+  return wrap
+
+
+def names():
+  """The registered op names, sorted."""
+  return sorted(_REGISTRY)
+
+
+def get(name):
+  """Returns the factory registered under `name`; ValueError listing the registered names if there is none."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown preprocessing op {name!r}; registered ops: {names()}")
+  return _REGISTRY[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Spec parsing.
+
+
+def parse(spec):
+  """Parses a spec string into a list of ops, in order. An empty spec gives `[]`.
+
+  Arguments are read with `ast.literal_eval` (numbers, strings, tuples, lists, dicts, True/False/None); nothing is
+  evaluated. Raises ValueError naming the piece of the spec that is wrong.
+  """
+  return [_make_op(*piece) for piece in _parse_pieces(spec)]
+
+
+def build(spec):
+  """Returns a `Pipeline`: a callable `(example, rng=None) -> example` running the ops of `spec` in order."""
+  return Pipeline(spec)
+
+
+class Pipeline:
+  """The ops of a spec, chained. Pickles as its spec (ops are closures), so it can be sent to grain workers."""
+
+  def __init__(self, spec):
+    self.spec = spec
+    pieces = _parse_pieces(spec)
+    self.ops = [_make_op(*piece) for piece in pieces]
+    # Modules that registered the ops, imported again on unpickling so that ops registered outside this one resolve.
+    self._modules = sorted({get(piece[0]).__module__ for piece in pieces})
+
+  def __call__(self, example, rng=None):
+    """Runs every op on `example` (a dict); `rng` is an `np.random.Generator`, needed by random ops."""
+    for op in self.ops:
+      example = op(example, rng)
+    return example
+
+  def __getstate__(self):
+    return {"spec": self.spec, "modules": self._modules}
+
+  def __setstate__(self, state):
+    for module in state["modules"]:
+      importlib.import_module(module)
+    self.__init__(state["spec"])
+
+  def __repr__(self):
+    return f"Pipeline({self.spec!r})"
+
+
+def _parse_pieces(spec):
+  """spec -> [(name, args, kwargs, piece_text)]."""
+  if not isinstance(spec, str):
+    raise TypeError(f"a preprocessing spec is a string like \"resize(64)|center_crop(64)\", got {type(spec).__name__}")
+  source = spec.strip()
+  if not source:
+    return []
+  try:
+    tree = ast.parse(source, mode="eval")
+  except SyntaxError as e:
+    raise ValueError(_syntax_error_message(spec, e)) from None
+  return [_parse_piece(node, source) for node in _split_on_bar(tree.body)]
+
+
+def _split_on_bar(node):
+  """The ops of `a | b | c`, left to right."""
+  if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+    return _split_on_bar(node.left) + _split_on_bar(node.right)
+  return [node]
+
+
+def _parse_piece(node, source):
+  text = ast.get_source_segment(source, node)
+  if isinstance(node, ast.Name):
+    return node.id, (), {}, text
+  if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+    raise ValueError(f"spec piece {text!r} is not an op: write name or name(literal args), "
+                     f"e.g. 'resize(64)'; registered ops: {names()}")
+  if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+    raise ValueError(f"spec piece {text!r}: *args and **kwargs are not allowed, only literal arguments")
+  args = tuple(_literal(a, text, source) for a in node.args)
+  kwargs = {k.arg: _literal(k.value, text, source) for k in node.keywords}
+  return node.func.id, args, kwargs, text
+
+
+def _literal(node, text, source):
+  try:
+    return ast.literal_eval(node)
+  except ValueError:
+    raise ValueError(f"spec piece {text!r}: argument {ast.get_source_segment(source, node)!r} is not a literal "
+                     "(allowed: numbers, strings, tuples, lists, dicts, True, False, None)") from None
+
+
+def _syntax_error_message(spec, error):
+  """Names the first `|`-separated piece that does not parse on its own, else the whole spec."""
+  for piece in spec.split("|"):
+    try:
+      ast.parse(piece.strip(), mode="eval")
+    except SyntaxError as e:
+      return f"cannot parse spec piece {piece.strip()!r} of {spec!r}: {e.msg}"
+  return f"cannot parse preprocessing spec {spec!r}: {error.msg} at column {error.offset}"
+
+
+def _make_op(name, args, kwargs, text):
+  factory = get(name)
+  try:
+    return factory(*args, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"spec piece {text!r}: {e}; signature: {name}{inspect.signature(factory)}") from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers shared by ops.
+
+
+def _value(example, key, op):
+  if not isinstance(example, Mapping):
+    raise TypeError(f"{op}: an example is a dict, got {type(example).__name__}")
+  if key not in example:
+    raise KeyError(f"{op}: example has no key {key!r}; keys: {sorted(example)}")
+  return example[key]
+
+
+def _video(example, key, op, dtype=None):
+  """example[key] checked to be an `[T, H, W, C]` array (of `dtype`, if given)."""
+  video = _value(example, key, op)
+  if not isinstance(video, np.ndarray) or video.ndim != 4:
+    shape = getattr(video, "shape", None)
+    raise ValueError(f"{op}: example[{key!r}] must be an array [T, H, W, C], got {type(video).__name__} "
+                     f"with shape {shape}; run decode_video first")
+  if dtype is not None and video.dtype != dtype:
+    raise ValueError(f"{op}: example[{key!r}] must have dtype {np.dtype(dtype)}, got {video.dtype}; "
+                     f"{op} goes before value_range")
+  return video
+
+
+def _generator(rng, op):
+  if not isinstance(rng, np.random.Generator):
+    raise ValueError(f"{op} is random and needs an np.random.Generator as rng (grain's random_map passes one), "
+                     f"got {type(rng).__name__}; or pass random=False where the op has it")
+  return rng
+
+
+def _positive_int(value, what):
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{what} must be a positive int, got {value!r}")
+  return int(value)
+
+
+def _size_hw(size, op):
+  """int s -> (s, s); (h, w) -> (h, w); both positive ints."""
+  if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    size = (size, size)
+  if not isinstance(size, (tuple, list)) or len(size) != 2:
+    raise ValueError(f"{op} size must be an int or (height, width), got {size!r}")
+  return tuple(_positive_int(s, f"{op} size") for s in size)
+
+
+def _check_crop(video, height, width, key, op):
+  if height > video.shape[1] or width > video.shape[2]:
+    raise ValueError(f"{op}: crop {height}x{width} is larger than the frames of example[{key!r}], "
+                     f"{video.shape[1]}x{video.shape[2]} (HxW); resize first")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ops.
+
+
+@register("decode_video")
+def get_decode_video(key="video"):
+  """Makes example[key] a uint8 `[T, H, W, 3]` array.
+
+  An array (uint8 `[T, H, W, 3]`, or grayscale `[T, H, W]` / `[T, H, W, 1]`, made RGB) is validated and passed on;
+  `bytes` are an encoded video (mp4, gif, npy, any ffmpeg format) and are decoded. Undecodable bytes raise
+  `vdm_jax.io.video.VideoReadError` (a ValueError).
+  """
+  def _decode_video(example, rng):
+    del rng
+    value = _value(example, key, "decode_video")
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "OS":
+      value = value.item()  # tfds/grain may hand over bytes as a 0-d array.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+      video = video_io.read_video_bytes(value)
+    else:
+      video = video_io.as_video(value, name=f"decode_video: example[{key!r}]")
+    return {**example, key: video}
+  return _decode_video
+
+
+@register("decode_text")
+def get_decode_text(key="caption"):
+  """Makes example[key] a `str`: UTF-8 `bytes` are decoded, `str` passes through."""
+  def _decode_text(example, rng):
+    del rng
+    value = _value(example, key, "decode_text")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+      value = value.item()
+    if isinstance(value, (bytes, bytearray)):
+      value = bytes(value).decode("utf-8")
+    if not isinstance(value, str):
+      raise TypeError(f"decode_text: example[{key!r}] must be bytes or str, got {type(value).__name__}")
+    return {**example, key: str(value)}
+  return _decode_text
+
+
+@register("temporal_sample")
+def get_temporal_sample(num_frames, stride=1, random=True, pad=False, key="video"):
+  """Takes `num_frames` frames `stride` apart: `[T, H, W, C]` -> `[num_frames, H, W, C]`.
+
+  The window starts at a uniform random frame (from `rng`) when `random`, else at frame 0. A clip shorter than the
+  window, `(num_frames - 1) * stride + 1` frames, raises ValueError; with `pad=True` it starts at 0 and repeats
+  the last frame instead.
+  """
+  num_frames = _positive_int(num_frames, "temporal_sample num_frames")
+  stride = _positive_int(stride, "temporal_sample stride")
+  needed = (num_frames - 1) * stride + 1
+
+  def _temporal_sample(example, rng):
+    video = _value(example, key, "temporal_sample")
+    length = len(video)
+    if length < needed and not pad:
+      raise ValueError(f"temporal_sample: example[{key!r}] has {length} frames, needs at least {needed} "
+                       f"(num_frames={num_frames}, stride={stride}); pass pad=True to repeat the last frame")
+    start = 0
+    if random and length > needed:
+      start = int(_generator(rng, "temporal_sample").integers(0, length - needed + 1))
+    indices = np.minimum(start + stride * np.arange(num_frames), length - 1)
+    return {**example, key: video[indices]}
+  return _temporal_sample
+
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
+             "bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
+
+
+@register("resize")
+def get_resize(size, method="bilinear", key="video"):
+  """Resizes every frame with Pillow: uint8 `[T, H, W, C]` -> uint8 `[T, h, w, C]`, C in {1, 3}.
+
+  `size` int: the shorter side becomes `size`, keeping the aspect ratio; `(h, w)`: exactly that.
+  `method`: 'bilinear' (Pillow's, antialiased when shrinking), 'area', 'bicubic' or 'nearest'.
+  """
+  if method not in _RESAMPLE:
+    raise ValueError(f"resize method must be one of {sorted(_RESAMPLE)}, got {method!r}")
+  short_side = size if isinstance(size, (int, np.integer)) and not isinstance(size, bool) else None
+  exact = None if short_side is not None else _size_hw(size, "resize")
+  if short_side is not None:
+    _positive_int(short_side, "resize size")
+
+  def _resize(example, rng):
+    del rng
+    video = _video(example, key, "resize", dtype=np.uint8)
+    height, width, channels = video.shape[1:]
+    if channels not in (1, 3):
+      raise ValueError(f"resize: example[{key!r}] must have 1 or 3 channels, got shape {video.shape}")
+    if exact is not None:
+      new_h, new_w = exact
+    elif height <= width:
+      new_h, new_w = short_side, max(1, int(width * short_side / height + 0.5))
+    else:
+      new_h, new_w = max(1, int(height * short_side / width + 0.5)), short_side
+    if (new_h, new_w) == (height, width):
+      return {**example, key: video}
+    frames = [Image.fromarray(f[..., 0] if channels == 1 else f).resize((new_w, new_h), _RESAMPLE[method])
+              for f in video]
+    resized = np.stack([np.asarray(f) for f in frames]).reshape(len(video), new_h, new_w, channels)
+    return {**example, key: resized}
+  return _resize
+
+
+@register("center_crop")
+def get_center_crop(size, key="video"):
+  """Crops the centre of every frame: `[T, H, W, C]` -> `[T, h, w, C]`; `size` is an int (square) or `(h, w)`."""
+  height, width = _size_hw(size, "center_crop")
+
+  def _center_crop(example, rng):
+    del rng
+    video = _video(example, key, "center_crop")
+    _check_crop(video, height, width, key, "center_crop")
+    top, left = (video.shape[1] - height) // 2, (video.shape[2] - width) // 2
+    return {**example, key: video[:, top:top + height, left:left + width]}
+  return _center_crop
+
+
+@register("random_crop")
+def get_random_crop(size, key="video"):
+  """Crops one random window (from `rng`, the same for all frames): `[T, H, W, C]` -> `[T, h, w, C]`."""
+  height, width = _size_hw(size, "random_crop")
+
+  def _random_crop(example, rng):
+    video = _video(example, key, "random_crop")
+    _check_crop(video, height, width, key, "random_crop")
+    rng = _generator(rng, "random_crop")
+    top = int(rng.integers(0, video.shape[1] - height + 1))
+    left = int(rng.integers(0, video.shape[2] - width + 1))
+    return {**example, key: video[:, top:top + height, left:left + width]}
+  return _random_crop
+
+
+@register("value_range")
+def get_value_range(lo=-1, hi=1, key="video"):
+  """Maps uint8 [0, 255] linearly to float32 [lo, hi]: 0 -> lo, 255 -> hi. Shape unchanged."""
+  for name, value in (("lo", lo), ("hi", hi)):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      raise ValueError(f"value_range {name} must be a number, got {value!r}")
+  scale = (hi - lo) / 255.0
+
+  def _value_range(example, rng):
+    del rng
+    video = _value(example, key, "value_range")
+    if not isinstance(video, np.ndarray) or video.dtype != np.uint8:
+      raise ValueError(f"value_range: example[{key!r}] must be a uint8 array, got "
+                       f"{getattr(video, 'dtype', type(video).__name__)}; value_range runs once, after decode")
+    return {**example, key: (video.astype(np.float32) * np.float32(scale) + np.float32(lo)).astype(np.float32)}
+  return _value_range
+
+
+@register("to_image")
+def get_to_image(random=True, key="video"):
+  """Keeps one frame and a time axis of 1: `[T, H, W, C]` -> `[1, H, W, C]` (for joint image/video batches).
+
+  The frame is uniform random (from `rng`) when `random`, else frame 0.
+  """
+  def _to_image(example, rng):
+    video = _video(example, key, "to_image")
+    t = int(_generator(rng, "to_image").integers(0, len(video))) if random else 0
+    return {**example, key: video[t:t + 1]}
+  return _to_image
+
+
+@register("keep")
+def get_keep(*keys):
+  """Keeps only `keys` (all must be present)."""
+  if not keys or not all(isinstance(k, str) for k in keys):
+    raise ValueError(f"keep needs one or more key names (strings), got {keys!r}")
+
+  def _keep(example, rng):
+    del rng
+    missing = [k for k in keys if k not in example]
+    if missing:
+      raise KeyError(f"keep: example has no keys {missing}; keys: {sorted(example)}")
+    return {k: example[k] for k in keys}
+  return _keep
+
+
+@register("rename")
+def get_rename(**new_from_old):
+  """Renames keys: `rename(video='frames')` moves example['frames'] to example['video']. Swaps work."""
+  if not new_from_old or not all(isinstance(v, str) for v in new_from_old.values()):
+    raise ValueError(f"rename needs new_name='old_name' pairs, got {new_from_old!r}")
+
+  def _rename(example, rng):
+    del rng
+    missing = [old for old in new_from_old.values() if old not in example]
+    if missing:
+      raise KeyError(f"rename: example has no keys {missing}; keys: {sorted(example)}")
+    olds = set(new_from_old.values())
+    renamed = {k: v for k, v in example.items() if k not in olds}
+    renamed.update({new: example[old] for new, old in new_from_old.items()})
+    return renamed
+  return _rename

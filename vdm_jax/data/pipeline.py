@@ -1,0 +1,75 @@
+"""grain input pipelines over tfds array_record data sources.
+
+    source -> this process's shard -> shuffle(seed) -> repeat -> preprocess ops (random_map, seeded) -> batch
+           -> IterDataset (threads, prefetch)
+
+Every stage is index-based and seeded, so the pipeline is deterministic and its iterator state is a few integers
+that orbax checkpoints next to the train state (`grain.checkpoint.CheckpointSave`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from vdm_jax.data import ops
+
+
+def data_source(input_config, split: str | None = None):
+  """The random-access source of `input_config.dataset` (built locally first when it is Captioned Shapes)."""
+  split = split or input_config.split
+  data_dir = input_config.data_dir or None
+  if input_config.dataset == "captioned_shapes":
+    from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+    return captioned_shapes.load_data_source(input_config.builder_config, split, data_dir=data_dir)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = input_config.dataset
+  if input_config.builder_config:
+    name = f"{name}/{input_config.builder_config}"
+  return tfds.data_sources.load(name, split=split, data_dir=data_dir)
+
+
+def _stack(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Batches a list of examples: arrays stacked, strings into a numpy str array."""
+  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  """This process's share of the global batch."""
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"Batch size {global_batch_size} is not divisible by {jax.process_count()} processes.")
+  return global_batch_size // jax.process_count()
+
+
+def make_dataset(input_config, *, split: str | None = None, pp: str | None = None, batch_size: int | None = None,
+                 seed: int | None = None, shuffle: bool = True, repeat: bool = True,
+                 drop_remainder: bool = True, source=None) -> grain.IterDataset:
+  """The batched IterDataset for one process; `batch_size` is global (default `input_config.batch_size`).
+
+  Records are sharded by process (`process_index::process_count`) before shuffling, so processes never read the
+  same record. With `repeat`, each epoch is reshuffled (deterministically from `seed`).
+  """
+  source = data_source(input_config, split) if source is None else source
+  seed = input_config.shuffle_seed if seed is None else seed
+  batch_size = local_batch_size(batch_size or input_config.batch_size)
+  ds = grain.MapDataset.source(source)
+  if jax.process_count() > 1:
+    ds = ds[jax.process_index()::jax.process_count()]
+  if len(ds) < batch_size and drop_remainder:
+    raise ValueError(f"Split {split or input_config.split!r} has {len(ds)} examples for this process, fewer than "
+                     f"the per-process batch size {batch_size}.")
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if repeat:
+    ds = ds.repeat(None)
+  ds = ds.random_map(ops.build(pp if pp is not None else input_config.pp), seed=seed)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack)
+  read_options = grain.ReadOptions(num_threads=input_config.num_threads, prefetch_buffer_size=input_config.prefetch)
+  return ds.to_iter_dataset(read_options)
+
+
+def numeric(batch: dict[str, Any]) -> dict[str, Any]:
+  """The part of a batch that can go to devices (drops strings such as raw captions)."""
+  return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "OUS"}

@@ -1,0 +1,1 @@
+"""vdm_jax.diffusion."""

@@ -1,0 +1,1 @@
+"""Evaluation: the Captioned Shapes probe and metrics."""

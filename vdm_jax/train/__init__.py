@@ -1,0 +1,1 @@
+"""Train state, the generic training loop, checkpoints and per-experiment steps."""

@@ -1,0 +1,213 @@
+"""The experiment-config schema and its validation.
+
+A config is an `ml_collections.ConfigDict` built from `base_config(experiment)`: the generic keys every run has
+(mesh, sharding rules, input, optimizer, schedule, train loop) plus the keys the experiment registers
+(`model`, `loss`, ...). `validate(config)` runs at start-up and fails with a `ConfigError` that names the key and
+what is allowed, so a typo never silently trains the wrong thing.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import ml_collections
+
+from vdm_jax.parallel.mesh import MESH_AXES
+from vdm_jax.parallel.sharding import DEFAULT_RULES
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
+SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
+
+
+class ConfigError(ValueError):
+  """A config key is unknown, or its value is not allowed."""
+
+
+def generic_config() -> ml_collections.ConfigDict:
+  """The keys every experiment has, with their defaults (CPU-sized)."""
+  c = ml_collections.ConfigDict()
+  c.experiment = ""
+  c.seed = 0
+
+  # Device mesh: sizes per axis, -1 fills the remaining devices (exactly one axis may be -1).
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})
+  # Logical axis name -> mesh axis (str), tuple of mesh axes, or None (replicated).
+  c.sharding_rules = DEFAULT_RULES
+
+  # Multi-host: jax.distributed.initialize(...) is called when enabled. Empty address / -1 ids are auto-detected
+  # from the cluster environment (TPU pods, SLURM, ...).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = False
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = -1
+  c.distributed.process_id = -1
+
+  c.input = ml_collections.ConfigDict()
+  c.input.dataset = "captioned_shapes"
+  c.input.builder_config = "64x64x17"  # a tfds builder config of the dataset
+  c.input.data_dir = ""  # '' -> tfds' default (~/tensorflow_datasets)
+  c.input.split = "train"
+  c.input.pp = "decode_video|value_range(-1, 1)|decode_text('caption')|keep('video', 'caption')"
+  c.input.batch_size = 8  # global batch, over all processes
+  c.input.shuffle_seed = 0
+  c.input.num_threads = 2
+  c.input.prefetch = 2
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 1.0  # <= 0 disables clipping
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "cosine"
+  c.schedule.base_lr = 1e-3
+  c.schedule.warmup_steps = 0
+  c.schedule.end_lr_factor = 0.0  # cosine/linear decay to base_lr * end_lr_factor at train.steps
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.ema_decay = 0.0  # 0 keeps EMA params equal to params
+  c.train.log_every = 10
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 3
+  c.train.async_checkpoints = True
+  c.train.eval_every = 0  # 0: only at the end
+  c.train.sample_every = 0  # 0: only at the end
+  c.train.compute_dtype = "float32"
+  c.train.param_dtype = "float32"
+  return c
+
+
+def base_config(experiment: str) -> ml_collections.ConfigDict:
+  """The full default config of a registered experiment: generic keys plus the experiment's own."""
+  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
+
+  c = generic_config()
+  c.experiment = experiment
+  exp_cls = registry.get(experiment)
+  for key, value in exp_cls.default_config().items():
+    if key in c and isinstance(c[key], ml_collections.ConfigDict):
+      c[key].update(value)
+    else:
+      c[key] = value
+  return c
+
+
+def _check_keys(config, schema, prefix: str) -> None:
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+      raise ConfigError(f"Unknown config key '{path}'.{hint} Allowed keys here: {sorted(schema.keys())}.")
+    value, default = config[key], schema[key]
+    if isinstance(default, ml_collections.ConfigDict) and not _free_form(default):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f"Config key '{path}' must be a section (ConfigDict), got {type(value).__name__}.")
+      _check_keys(value, default, path + ".")
+    elif default is not None and value is not None and not _same_kind(value, default):
+      raise ConfigError(
+          f"Config key '{path}' has type {type(value).__name__} ({value!r}); expected {type(default).__name__} "
+          f"like the default {default!r}.")
+
+
+def _free_form(section) -> bool:
+  """Sections whose keys are user-chosen names (e.g. a dict of evaluators) are marked with `_free_form=True`."""
+  return bool(section.get("_free_form", False))
+
+
+def _same_kind(value, default) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, (int, float)):
+    return isinstance(value, (int, float))
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def check_choice(config, path: str, allowed) -> None:
+  """Raises ConfigError unless the value at `path` is one of `allowed`."""
+  value = _get(config, path)
+  if value not in allowed:
+    raise ConfigError(f"Config key '{path}' is {value!r}; allowed values: {list(allowed)}.")
+
+
+def check(condition: bool, path: str, message: str) -> None:
+  """Raises ConfigError('Config key <path> <message>') unless `condition`."""
+  if not condition:
+    raise ConfigError(f"Config key '{path}' {message}")
+
+
+def _get(config, path: str) -> Any:
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks keys, types and values; returns the config unchanged or raises ConfigError naming the key."""
+  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
+
+  if "experiment" not in config or not config.experiment:
+    raise ConfigError(f"Config key 'experiment' must name one of {registry.names()}.")
+  check_choice(config, "experiment", registry.names())
+  _check_keys(config, base_config(config.experiment), "")
+
+  for axis in config.mesh.keys():
+    check(axis in MESH_AXES, f"mesh.{axis}", f"is not a mesh axis; allowed axes: {list(MESH_AXES)}.")
+  sizes = [config.mesh[a] for a in config.mesh.keys()]
+  for axis, size in zip(config.mesh.keys(), sizes):
+    check(size == -1 or size >= 1, f"mesh.{axis}", f"is {size}; sizes are positive, or -1 to fill.")
+  check(sizes.count(-1) <= 1, "mesh", f"has {sizes.count(-1)} axes set to -1; at most one may fill.")
+  for i, rule in enumerate(config.sharding_rules):
+    check(isinstance(rule, (tuple, list)) and len(rule) == 2, f"sharding_rules[{i}]",
+           f"is {rule!r}; each rule is (logical_axis, mesh_axis | (mesh_axes...) | None).")
+    targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    for t in targets:
+      check(t is None or t in MESH_AXES, f"sharding_rules[{i}]", f"maps to {t!r}; allowed: {list(MESH_AXES)}.")
+
+  check_choice(config, "optimizer.name", OPTIMIZERS)
+  check_choice(config, "schedule.name", SCHEDULES)
+  check_choice(config, "train.compute_dtype", ("float32", "bfloat16", "float16"))
+  check_choice(config, "train.param_dtype", ("float32", "bfloat16"))
+  check(config.train.steps > 0, "train.steps", f"is {config.train.steps}; must be > 0.")
+  check(config.input.batch_size > 0, "input.batch_size", f"is {config.input.batch_size}; must be > 0.")
+  check(config.schedule.base_lr >= 0, "schedule.base_lr", "must be >= 0.")
+  check(0.0 <= config.train.ema_decay < 1.0, "train.ema_decay", f"is {config.train.ema_decay}; must be in [0, 1).")
+  check(config.train.log_every > 0, "train.log_every", "must be > 0.")
+  check(config.train.checkpoint_every > 0, "train.checkpoint_every", "must be > 0.")
+  check(config.train.keep_checkpoints > 0, "train.keep_checkpoints", "must be > 0.")
+  for key in ("eval_every", "sample_every"):
+    check(config.train[key] >= 0, f"train.{key}", "must be >= 0 (0: only at the end).")
+
+  from vdm_jax.data import ops  # pylint: disable=g-import-not-at-top
+  try:
+    ops.parse(config.input.pp)
+  except (ValueError, KeyError) as e:
+    raise ConfigError(f"Config key 'input.pp' is not a valid preprocessing spec: {e}") from e
+
+  registry.get(config.experiment).validate_config(config)
+  return config
+
+
+
+def parse_arg(arg: str | None, **defaults) -> dict[str, str | bool]:
+  """Parses a config argument `"size=tiny,runlocal"` into {'size': 'tiny', 'runlocal': True} over `defaults`.
+
+  Unknown names fail, so a typo in `configs/x.py:runlcoal` is caught.
+  """
+  out = dict(defaults)
+  for item in (arg or "").split(","):
+    if not item.strip():
+      continue
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"Unknown config argument {key!r}; allowed: {sorted(defaults)}.")
+    out[key] = value.strip() if _ else True
+  return out

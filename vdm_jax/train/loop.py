@@ -1,0 +1,189 @@
+"""The generic training loop, in the order a run happens:
+
+  config -> mesh -> input -> model (abstract init) -> shardings -> state (init or restore) -> jitted update
+  -> loop (log, checkpoint, eval, samples, preemption) -> final checkpoint.
+
+Everything specific to a model lives in its experiment (`vdm_jax.train.registry`). A run is a pure function of
+its config: data order comes from grain's seed, randomness from `fold_in(state.rng, step)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+
+from vdm_jax.data import pipeline
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.parallel import sharding
+from vdm_jax.train import checkpoint as checkpoint_lib
+from vdm_jax.train import config as config_lib
+from vdm_jax.train import metrics as metrics_lib
+from vdm_jax.train import registry
+from vdm_jax.train.state import TrainState, l2_norm, make_optimizer, make_schedule, nonfinite_paths
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or a gradient became NaN/inf; the message names the step and the tree paths."""
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (save, then exit cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping after this step.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The resolved config, as JSON, in the workdir (process 0)."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def make_train_step(experiment, tx, schedule, ema_decay: float):
+  """(state, batch) -> (state, metrics, finite flags per gradient leaf). Traced once under jit."""
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(experiment.loss, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if ema_decay > 0:
+      ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    else:
+      ema_params = params
+    finite = jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)
+    metrics = {"loss": loss, **aux, "lr": schedule(state.step), "l2_grads": l2_norm(grads),
+               "l2_params": l2_norm(params), "l2_updates": l2_norm(updates),
+               "finite": jnp.isfinite(loss) & jnp.all(jnp.stack(jax.tree.leaves(finite)))}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return new_state, metrics, finite
+
+  return train_step
+
+
+def _check_finite(step: int, metrics, finite) -> None:
+  if bool(metrics["finite"]):
+    return
+  paths = nonfinite_paths(finite)
+  loss = float(metrics["loss"])
+  raise NonFiniteError(f"Non-finite values at step {step}: loss={loss}; non-finite gradients at "
+                       f"{paths or 'none (the loss itself)'}.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config.experiment` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+  # --- Config and mesh.
+  config_lib.validate(config)
+  mesh_lib.maybe_initialize_distributed(config)
+  mesh = mesh_lib.create_mesh(config.mesh)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  sharding.check_batch_divisible(config.input.batch_size, mesh)
+  write_config(config, workdir)
+  logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
+  experiment = registry.get(config.experiment)(config, mesh)
+
+  # --- Input.
+  train_ds = pipeline.make_dataset(config.input, seed=config.seed + config.input.shuffle_seed)
+  train_iter = iter(train_ds)
+  example = pipeline.numeric(next(iter(train_ds)))
+  global_shapes = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((config.input.batch_size,) + x.shape[1:], x.dtype), example)
+
+  # --- Model and optimizer state, initialised directly into their shardings.
+  tx, schedule = make_optimizer(config), make_schedule(config)
+
+  def init_state(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    params = experiment.init(params_rng, global_shapes)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params,
+                      rng=state_rng)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+    state_shardings = sharding.logical_shardings(boxed, mesh, rules)
+    abstract_state = sharding.strip_boxes(boxed)
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+    logging.info("Parameters: %.3fM", num_params / 1e6)
+
+    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                               async_save=config.train.async_checkpoints)
+    start_step = checkpointer.latest_step()
+    if start_step is None:
+      init_fn = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)
+      state = init_fn(jax.random.PRNGKey(config.seed))
+      start_step = 0
+    else:
+      logging.info("Resuming from checkpoint %d in %s.", start_step, checkpointer.directory)
+      target = checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
+      state = checkpointer.restore(start_step, target, train_iter)
+
+    # --- Update step: jit with explicit shardings, the state donated.
+    batch_shardings = jax.tree.map(lambda x: sharding.batch_sharding(mesh, len(x.shape)), global_shapes)
+    step_fn = jax.jit(make_train_step(experiment, tx, schedule, config.train.ema_decay),
+                      in_shardings=(state_shardings, batch_shardings),
+                      out_shardings=(state_shardings, None, None), donate_argnums=(0,))
+
+    # --- Loop.
+    total = config.train.steps
+    writer = metrics_lib.MetricWriter(workdir, total, start_step)
+    every = lambda n, step: (n > 0 and step % n == 0) or step == total
+    pending = None  # (step, metrics, finite) of the previous step, checked one step late to keep dispatch async
+    with _Preemption() as preemption:
+      for step in range(start_step + 1, total + 1):
+        batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
+        state, metrics, finite = step_fn(state, batch)
+        if pending is not None:
+          _check_finite(*pending)
+        pending = (step, metrics, finite)
+        if every(config.train.log_every, step):
+          _check_finite(*pending)
+          writer.write(step, {k: v for k, v in jax.device_get(metrics).items() if k != "finite"}, progress=True)
+        if every(config.train.checkpoint_every, step) or preemption.requested:
+          _check_finite(*pending)
+          checkpointer.save(step, state, train_iter, config, force=True)
+        if every(config.train.eval_every, step):
+          evals = experiment.evaluate(state.ema_params, step)
+          if evals:
+            writer.write(step, {f"eval/{k}": v for k, v in evals.items()})
+        if every(config.train.sample_every, step):
+          experiment.write_samples(state.ema_params, step, os.path.join(workdir, "samples", f"step_{step:08d}"))
+        if preemption.requested:
+          logging.warning("Stopped at step %d after SIGTERM; rerun the same command to resume.", step)
+          break
+      if pending is not None:
+        _check_finite(*pending)
+    checkpointer.close()
+    writer.close()
+  return state
+
+
+def load_config_json(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to its workdir."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))
+

@@ -1,0 +1,68 @@
+"""Metrics to TensorBoard event files, `metrics.jsonl` and a console progress line (process 0 only)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def _scalar(value) -> float:
+  return float(np.asarray(value))
+
+
+class MetricWriter:
+  """Writes scalar metrics per step; on resume, drops `metrics.jsonl` lines past the restored step."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
+    self.enabled = jax.process_index() == 0
+    self.total_steps = total_steps
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._last_time, self._last_step = time.time(), start_step
+    self._start_time, self._start_step = self._last_time, start_step
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float], *, progress: bool = False) -> dict[str, float]:
+    """Writes `metrics` for `step`; with `progress`, adds steps/s and prints a progress line with the ETA."""
+    scalars = {k: _scalar(v) for k, v in metrics.items()}
+    if progress:
+      now = time.time()
+      steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+      self._last_time, self._last_step = now, step
+      scalars["steps_per_sec"] = steps_per_sec
+      rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
+      eta = (self.total_steps - step) / max(rate, 1e-9)
+      shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()) if not k.startswith("l2_"))
+      logging.info("[%d/%d] %s | ETA %s", step, self.total_steps, shown, _duration(eta))
+    if self.enabled:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, step)
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    return scalars
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"

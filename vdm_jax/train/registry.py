@@ -1,0 +1,76 @@
+"""Experiments by name: `config.experiment` picks the class; adding one means adding a file and a line here.
+
+An experiment owns its config sections (`model`, `loss`, ...), its model, its loss and its evals. The generic loop
+(`vdm_jax.train.loop`) owns everything else: mesh, input, sharding, optimizer, checkpoints, metrics.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import jax
+import ml_collections
+
+# name -> module that registers it; imported only when that experiment is asked for.
+_MODULES = {
+    "toy_ae": "vdm_jax.train.toy_ae",
+}
+_REGISTRY: dict[str, type["Experiment"]] = {}
+
+
+def register(name: str):
+  """Class decorator: makes an Experiment subclass available as `config.experiment = name`."""
+  def wrap(cls):
+    cls.name = name
+    _REGISTRY[name] = cls
+    return cls
+  return wrap
+
+
+def names() -> list[str]:
+  return sorted(set(_MODULES) | set(_REGISTRY))
+
+
+def get(name: str) -> type["Experiment"]:
+  if name not in _REGISTRY and name in _MODULES:
+    importlib.import_module(_MODULES[name])
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown experiment {name!r}; registered experiments: {names()}.")
+  return _REGISTRY[name]
+
+
+class Experiment:
+  """Base class. Subclasses implement `default_config`, `init` and `loss`; evals and samples are optional.
+
+  `init` and `loss` are traced inside `jax.jit` by the loop; `evaluate` and `write_samples` run on the host and
+  jit what they need themselves.
+  """
+  name = ""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config = config
+    self.mesh = mesh
+
+  @classmethod
+  def default_config(cls) -> ml_collections.ConfigDict:
+    """The sections this experiment adds to the generic config (e.g. `model`), with defaults."""
+    return ml_collections.ConfigDict()
+
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises vdm_jax.train.config.ConfigError for values the experiment cannot use."""
+
+  def init(self, rng: jax.Array, batch: Any) -> Any:
+    """Returns the parameters (boxed with logical axes) for an example batch."""
+    raise NotImplementedError
+
+  def loss(self, params: Any, batch: Any, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (scalar loss, dict of scalar metrics) for one global batch."""
+    raise NotImplementedError
+
+  def evaluate(self, params: Any, step: int) -> dict[str, float]:
+    """Runs the experiment's evals on `params` (the EMA params); returns scalar metrics."""
+    return {}
+
+  def write_samples(self, params: Any, step: int, out_dir: str) -> None:
+    """Writes samples (videos, images) for `params` under `out_dir`."""
