@@ -5,7 +5,7 @@
 
 Expected: validation PSNR above 25 dB after the default 500 steps (about a minute on a 2-core CPU once the
 dataset is built; the first run renders Captioned Shapes 64x64x17 into ~/tensorflow_datasets).
-`runlocal` shrinks everything (32x32x9 clips, a few steps) for tests.
+`runlocal` shrinks everything (the 32x32x9_tiny dataset, a few steps) for tests.
 """
 from vdm_jax.train.config import base_config, parse_arg
 
@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
   c.schedule.base_lr = 2e-3
   c.schedule.warmup_steps = 20
   if args["runlocal"]:
-    c.input.builder_config = "32x32x9"
+    c.input.builder_config = "32x32x9_tiny"
     c.input.batch_size = 8
     c.model.features = (8,)
     c.train.steps = 6

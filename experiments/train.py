@@ -14,9 +14,17 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, sam
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps INFO lines of our own modules; libraries (orbax, grain, tfds) only say WARNING and above."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "/vdm_jax/" in record.pathname
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   loop.train(_CONFIG.value, _WORKDIR.value)
 
 

@@ -4,3 +4,14 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory):
+  """A tfds data_dir with Captioned Shapes `32x32x9_tiny` built into it (once per test process)."""
+  from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  captioned_shapes.load_data_source("32x32x9_tiny", "train", data_dir=data_dir)
+  return data_dir

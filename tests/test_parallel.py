@@ -93,3 +93,31 @@ def test_shard_batch_splits_over_data_parallel_axes():
   sharding.check_batch_divisible(8, mesh)
   with pytest.raises(ValueError, match="not divisible by the data-parallel size"):
     sharding.check_batch_divisible(6, mesh)
+
+
+def test_optimizer_state_and_ema_are_sharded_like_params():
+  from vdm_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import loop, registry  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train.state import make_optimizer  # pylint: disable=g-import-not-at-top
+
+  class MLPExperiment(registry.Experiment):
+    def init(self, rng, batch):
+      return MLP().init(rng, jnp.zeros(batch["x"].shape))["params"]
+
+  mesh = mesh_lib.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  config = config_lib.generic_config()
+  tx = make_optimizer(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    init_fn, abstract, shardings = loop.state_initializer(
+        MLPExperiment(config, mesh), tx, {"x": jax.ShapeDtypeStruct((8, 32), jnp.float32)}, mesh,
+        sharding.DEFAULT_RULES)
+    state = init_fn(jax.random.PRNGKey(0))
+  kernel_spec = P("fsdp", "tensor")
+  assert state.params["wi"]["kernel"].sharding.spec == kernel_spec
+  assert state.ema_params["wi"]["kernel"].sharding.spec == kernel_spec
+  flat = jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+  moments = [leaf for path, leaf in flat if "wi" in jax.tree_util.keystr(path) and "kernel" in
+             jax.tree_util.keystr(path)]
+  assert len(moments) == 2  # adam mu and nu
+  assert all(m.sharding.spec == kernel_spec for m in moments)
+  assert abstract.params["wi"]["kernel"].shape == (32, 64)

@@ -100,6 +100,9 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       CaptionedShapesConfig(name="64x64x17", num_train=16384, num_validation=1024),
       CaptionedShapesConfig(name="32x32x9", height=32, width=32, num_frames=9, num_train=16384, num_validation=1024),
+      # Builds in about a second: for tests and `runlocal` smoke runs.
+      CaptionedShapesConfig(name="32x32x9_tiny", height=32, width=32, num_frames=9, num_train=512,
+                            num_validation=64),
       CaptionedShapesConfig(name="64x64x17_heldout", num_train=16384, num_validation=1024, num_heldout=1024,
                             heldout=HELDOUT_PAIRS),
   ]

@@ -86,6 +86,25 @@ def make_train_step(experiment, tx, schedule, ema_decay: float):
   return train_step
 
 
+def state_initializer(experiment, tx, batch_shapes, mesh, rules):
+  """Returns (jitted init: rng -> TrainState, abstract TrainState, its NamedShardings).
+
+  Parameters, optimizer state and EMA params get the shardings of the model's logical annotations (the optimizer
+  state mirrors the params' boxes, so it is sharded like them); the state is created directly in those shardings,
+  never whole on one device. Call under `jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)`.
+  """
+  def init_state(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    params = experiment.init(params_rng, batch_shapes)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params,
+                      rng=state_rng)
+
+  boxed = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+  shardings = sharding.logical_shardings(boxed, mesh, rules)
+  init_fn = jax.jit(lambda rng: nn.meta.unbox(init_state(rng)), out_shardings=shardings)
+  return init_fn, sharding.strip_boxes(boxed), shardings
+
+
 def _check_finite(step: int, metrics, finite) -> None:
   if bool(metrics["finite"]):
     return
@@ -116,17 +135,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
   # --- Model and optimizer state, initialised directly into their shardings.
   tx, schedule = make_optimizer(config), make_schedule(config)
-
-  def init_state(rng):
-    params_rng, state_rng = jax.random.split(rng)
-    params = experiment.init(params_rng, global_shapes)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params,
-                      rng=state_rng)
-
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
-    state_shardings = sharding.logical_shardings(boxed, mesh, rules)
-    abstract_state = sharding.strip_boxes(boxed)
+    init_fn, abstract_state, state_shardings = state_initializer(experiment, tx, global_shapes, mesh, rules)
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     logging.info("Parameters: %.3fM", num_params / 1e6)
 
@@ -134,7 +144,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                                                async_save=config.train.async_checkpoints)
     start_step = checkpointer.latest_step()
     if start_step is None:
-      init_fn = jax.jit(lambda r: nn.meta.unbox(init_state(r)), out_shardings=state_shardings)
       state = init_fn(jax.random.PRNGKey(config.seed))
       start_step = 0
     else:
