@@ -199,3 +199,19 @@ def test_distributed_initialize_from_config(shapes_data_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "jax.distributed: process 0 of 1, 8 local / 8 global devices" in result.stderr
   assert _final_state(str(tmp_path))[0] == 2
+
+
+def test_pipeline_shards_records_by_process(shapes_data_dir, monkeypatch):
+  """With 2 processes, each reads its own half of the records (disjoint, together all of them)."""
+  c = _config(shapes_data_dir)
+  source = pipeline.data_source(c.input, "validation")  # 64 records
+  seeds = []
+  for index in range(2):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+    ds = pipeline.make_dataset(c.input, split="validation", pp="keep('seed')", batch_size=8, repeat=False,
+                               source=source)
+    seeds.append({int(s) for batch in ds for s in batch["seed"]})
+  assert len(seeds[0]) == len(seeds[1]) == 32
+  assert not seeds[0] & seeds[1]
+  assert seeds[0] | seeds[1] == {int(source[i]["seed"]) for i in range(len(source))}
