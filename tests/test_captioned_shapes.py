@@ -107,7 +107,7 @@ def test_grain_reads_the_source(data_dir):
 
 def test_predefined_configs_and_validation(tmp_path):
   configs = {c.name: c for c in captioned_shapes.CaptionedShapes.BUILDER_CONFIGS}
-  assert set(configs) == {"64x64x17", "32x32x9", "64x64x17_heldout"}
+  assert set(configs) == {"64x64x17", "32x32x9", "32x32x9_tiny", "64x64x17_heldout"}
   builder = captioned_shapes.builder(data_dir=str(tmp_path))
   assert builder.builder_config.name == "64x64x17"
   assert builder.info.features["video"].shape == (17, 64, 64, 3)

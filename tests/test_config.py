@@ -37,7 +37,7 @@ def test_default_and_runlocal_configs_validate():
     (lambda c: c.input.__setattr__("pp", "value_range(-1, 1"), "'input.pp' is not a valid preprocessing spec"),
     (lambda c: c.input.__setattr__("pp", "no_such_op(3)"), "'input.pp' is not a valid preprocessing spec"),
     (lambda c: c.model.__setattr__("noise_std", -1.0), "'model.noise_std' must be >= 0"),
-    (lambda c: c.__setattr__("experiment", "nope"), "'experiment' is 'nope'; allowed values: ['toy_ae'"),
+    (lambda c: c.__setattr__("experiment", "nope"), "'experiment' is 'nope'; allowed values: ["),
 ])
 def test_bad_key_or_value_names_it(mutate, message):
   c = _toy()
@@ -45,6 +45,13 @@ def test_bad_key_or_value_names_it(mutate, message):
   with pytest.raises(ConfigError) as e:
     config_lib.validate(c)
   assert message in str(e.value)
+
+
+def test_unknown_experiment_lists_registered_ones():
+  c = _toy()
+  c.experiment = "nope"
+  with pytest.raises(ConfigError, match=r"allowed values: \[.*'toy_ae'.*\]"):
+    config_lib.validate(c)
 
 
 def test_wrong_type_names_key():
