@@ -1,0 +1,213 @@
+"""Samplers: DDIM (CogVideoX's, eta 0), DPM-Solver++(2M) deterministic and the SDE variant CogVideoX uses, Euler for
+rectified flow; classifier-free guidance (incl. CogVideoX's dynamic CFG).
+
+Per-step coefficients are computed on the host in float64 (as diffusers does) and enter one jitted step function as
+float32 scalars, so a whole sampling run compiles the model once; the Python loop over steps carries a progress bar.
+
+`model_fn(x, t) -> output` takes latents [B', ...] and int32 timesteps [B'] (flow: float t * 1000). With guidance,
+the sampler calls it once on the doubled batch [x; x] and the caller's model_fn must pair those with
+[uncond; cond] conditioning (CogVideoX's order).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from vdm_jax.diffusion.schedules import NoiseSchedule, inference_timesteps, prev_timestep
+
+SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler")
+
+
+def dynamic_guidance_scale(guidance_scale: float, timestep: float, num_inference_steps: int) -> float:
+  """CogVideoX's dynamic CFG: 1 + g (1 - cos(pi ((N - t) / N) ** 5)) / 2, with the raw timestep t (as the pipeline
+  computes it, so it is only meaningful for t < N)."""
+  n = num_inference_steps
+  return 1.0 + guidance_scale * (1.0 - math.cos(math.pi * ((n - float(timestep)) / n) ** 5.0)) / 2.0
+
+
+# --- Single steps (pure functions of arrays and float32 scalars; tested against diffusers one step at a time).
+
+
+def ddim_step(x: jax.Array, output: jax.Array, prediction_type: str, abar_t, abar_prev) -> tuple[jax.Array, jax.Array]:
+  """Deterministic DDIM (eta 0): x_prev = a x + b x0 with a = sqrt((1-abar_p)/(1-abar)), b = sqrt(abar_p) - sqrt(abar) a.
+
+  Returns (x_prev, x0). `abar_t`, `abar_prev` are scalars (python floats or 0-d arrays).
+  """
+  abar_t, abar_prev = np.float64(abar_t), np.float64(abar_prev)
+  x0 = _x0(x, output, prediction_type, abar_t)
+  a = np.sqrt((1.0 - abar_prev) / (1.0 - abar_t))
+  b = np.sqrt(abar_prev) - np.sqrt(abar_t) * a
+  return _f32(a, x) * x + _f32(b, x) * x0, x0
+
+
+def _x0(x, output, prediction_type, abar_t):
+  """x0 with float64-computed scalars cast to x's dtype (diffusers' scalar-tensor arithmetic)."""
+  sa, s1a = np.sqrt(abar_t), np.sqrt(1.0 - abar_t)
+  if prediction_type == "epsilon":
+    return (x - _f32(s1a, x) * output) / _f32(sa, x)
+  if prediction_type == "v_prediction":
+    return _f32(sa, x) * x - _f32(s1a, x) * output
+  if prediction_type == "sample":
+    return output
+  raise ValueError(f"prediction_type {prediction_type!r} is not a discrete-time type; use 'epsilon', "
+                   "'v_prediction' or 'sample'.")
+
+
+def _f32(value, like):
+  return jnp.asarray(value, dtype=like.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMCoefficients:
+  """float64 multipliers of one DPM-Solver++(2M) step, as diffusers' CogVideoXDPMScheduler computes them."""
+  mult1: float
+  mult2: float
+  mult3: float
+  mult4: float
+  mult_noise: float
+  second_order: bool
+
+
+def dpm_coefficients(abar_t: float, abar_prev: float, abar_back: float | None, *, stochastic: bool,
+                     use_second_order: bool) -> DPMCoefficients:
+  """Coefficients in the half-log-SNR lambda = log sqrt(abar / (1 - abar)); h = lambda_prev - lambda_t.
+
+  SDE (stochastic): x' = sqrt((1-abar_p)/(1-abar)) e^-h x + (1 - e^-2h) sqrt(abar_p) D + sqrt(1-abar_p) sqrt(1-e^-2h) z
+  ODE: x' = sqrt((1-abar_p)/(1-abar)) x + (1 - e^-h) sqrt(abar_p) D. D = x0 (first order) or
+  (1 + 1/2r) x0 - 1/2r x0_old with r = h_last / h. Infinite lambdas (zero terminal SNR) are allowed: IEEE math
+  gives the limits diffusers gets.
+  """
+  with np.errstate(divide="ignore", invalid="ignore"):
+    lam = lambda a: np.log(np.sqrt(np.float64(a) / (1.0 - np.float64(a))))
+    h = lam(abar_prev) - lam(abar_t)
+    ratio = np.sqrt((1.0 - abar_prev) / (1.0 - abar_t))
+    if stochastic:
+      mult1 = ratio * np.exp(-h)
+      mult2 = np.expm1(-2.0 * h) * np.sqrt(abar_prev)  # negative: x' = mult1 x - mult2 D
+      mult_noise = np.sqrt(1.0 - abar_prev) * np.sqrt(1.0 - np.exp(-2.0 * h))
+    else:
+      mult1 = ratio
+      mult2 = np.expm1(-h) * np.sqrt(abar_prev)
+      mult_noise = 0.0
+    if abar_back is not None and use_second_order:
+      r = (lam(abar_t) - lam(abar_back)) / h
+      mult3, mult4 = 1.0 + 1.0 / (2.0 * r), 1.0 / (2.0 * r)
+    else:
+      mult3, mult4 = 1.0, 0.0
+  return DPMCoefficients(float(mult1), float(mult2), float(mult3), float(mult4), float(mult_noise),
+                         bool(abar_back is not None and use_second_order))
+
+
+def dpm_step(x: jax.Array, output: jax.Array, old_x0: jax.Array | None, prediction_type: str, abar_t: float,
+             c: DPMCoefficients, noise: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """One DPM-Solver++(2M) step (SDE when c.mult_noise > 0). Returns (x_prev, x0)."""
+  x0 = _x0(x, output, prediction_type, np.float64(abar_t))
+  d = x0
+  if c.second_order and old_x0 is not None:
+    d = _f32(c.mult3, x) * x0 - _f32(c.mult4, x) * old_x0
+  x_prev = _f32(c.mult1, x) * x - _f32(c.mult2, x) * d
+  if noise is not None and c.mult_noise:
+    x_prev = x_prev + _f32(c.mult_noise, x) * noise
+  return x_prev, x0
+
+
+def euler_flow_step(x: jax.Array, velocity: jax.Array, t: float, t_next: float) -> jax.Array:
+  """Rectified flow Euler step from time t to t_next (t decreasing to 0): x + (t_next - t) v."""
+  return x + _f32(t_next - t, x) * velocity
+
+
+def flow_timesteps(num_steps: int, shift: float = 1.0) -> np.ndarray:
+  """num_steps + 1 flow times from 1 to 0 (float64), shifted toward noise by `shift` (SD3)."""
+  t = np.linspace(1.0, 0.0, num_steps + 1)
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+# --- Sampling loops.
+
+
+def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: jax.Array | None) -> jax.Array:
+  """Model output with classifier-free guidance: one call on [x; x], then uncond + g (cond - uncond) in float32."""
+  if guidance is None:
+    return model_fn(x, t).astype(jnp.float32)
+  out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t])).astype(jnp.float32)
+  uncond, cond = jnp.split(out, 2)
+  return uncond + guidance * (cond - uncond)
+
+
+def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | None = None, sampler: str = "ddim",
+           num_steps: int = 50, prediction_type: str = "v_prediction", guidance_scale: float = 1.0,
+           use_dynamic_cfg: bool = False, rng: jax.Array | None = None, timestep_spacing: str = "trailing",
+           flow_shift: float = 1.0, progress: bool = True) -> jax.Array:
+  """Runs `sampler` from initial noise `latents` [B, ...] for `num_steps`; returns the final sample.
+
+  guidance_scale > 1 turns on CFG (the model is called on the doubled batch); `use_dynamic_cfg` applies CogVideoX's
+  schedule to it. `rng` is needed by `dpmpp_2m_sde` (two normal draws per step, like the reference).
+  """
+  if sampler not in SAMPLERS:
+    raise ValueError(f"Unknown sampler {sampler!r}; allowed: {list(SAMPLERS)}.")
+  use_cfg = guidance_scale > 1.0
+  dtype = latents.dtype
+
+  if sampler == "euler":
+    times = flow_timesteps(num_steps, flow_shift)
+
+    @jax.jit
+    def flow_step(x, t, t_next, g):
+      v = _guided(model_fn, x, jnp.full((x.shape[0],), t * 1000.0, jnp.float32), g if use_cfg else None)
+      return euler_flow_step(x.astype(jnp.float32), v, t, t_next).astype(dtype)
+
+    x = latents
+    for i in tqdm(range(num_steps), disable=not progress, desc="euler"):
+      x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), jnp.float32(guidance_scale))
+    return x
+
+  if schedule is None:
+    raise ValueError(f"sampler {sampler!r} needs a NoiseSchedule.")
+  if sampler == "dpmpp_2m_sde" and rng is None:
+    raise ValueError("dpmpp_2m_sde draws noise: pass rng.")
+  n_train = schedule.num_train_timesteps
+  timesteps = inference_timesteps(num_steps, n_train, timestep_spacing)
+  abar = schedule.alphas_cumprod
+
+  @jax.jit
+  def step(x, old_x0, t, coef, g, noise):
+    """coef: float32 [7] = (sqrt abar, sqrt(1-abar), mult1, mult2, mult3, mult4, mult_noise)."""
+    out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), g if use_cfg else None)
+    xf = x.astype(jnp.float32)
+    x0 = coef[0] * xf - coef[1] * out if prediction_type == "v_prediction" else (
+        (xf - coef[1] * out) / coef[0] if prediction_type == "epsilon" else out)
+    d = coef[4] * x0 - coef[5] * old_x0
+    return (coef[2] * xf - coef[3] * d + coef[6] * noise).astype(dtype), x0
+
+  x, old_x0 = latents, jnp.zeros(latents.shape, jnp.float32)
+  for i in tqdm(range(num_steps), disable=not progress, desc=sampler):
+    t = int(timesteps[i])
+    t_prev = prev_timestep(t, num_steps, n_train)
+    abar_t, abar_p = float(abar[t]), schedule.alpha_prev(t_prev)
+    g = dynamic_guidance_scale(guidance_scale, t, num_steps) if use_dynamic_cfg else guidance_scale
+    if sampler == "ddim":
+      a = np.sqrt((1.0 - abar_p) / (1.0 - abar_t))
+      # x' = a x + b x0 written as mult1 x - mult2 D with D = x0
+      mults = (a, -(np.sqrt(abar_p) - np.sqrt(abar_t) * a), 1.0, 0.0, 0.0)
+      noise = jnp.zeros(latents.shape, jnp.float32)
+    else:
+      back = float(abar[int(timesteps[i - 1])]) if i > 0 else None
+      c = dpm_coefficients(abar_t, abar_p, back, stochastic=sampler == "dpmpp_2m_sde",
+                           use_second_order=t_prev >= 0)
+      mults = (c.mult1, c.mult2, c.mult3, c.mult4, c.mult_noise)
+      if sampler == "dpmpp_2m_sde":
+        rng, k1, k2 = jax.random.split(rng, 3)
+        # The reference draws noise for the first-order update, then again for the second-order one.
+        noise = jax.random.normal(k2 if c.second_order else k1, latents.shape, jnp.float32)
+      else:
+        noise = jnp.zeros(latents.shape, jnp.float32)
+    coef = jnp.asarray([np.sqrt(abar_t), np.sqrt(1.0 - abar_t), *mults], jnp.float32)
+    x, old_x0 = step(x, old_x0, jnp.int32(t), coef, jnp.float32(g), noise)
+  return x
+
