@@ -101,6 +101,20 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, batch)
 
 
+def to_host(tree: Any) -> Any:
+  """Global arrays -> numpy on every process (all-gathered when they span other processes' devices).
+
+  Every process must call it (it is a collective in multi-process runs).
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(get, tree)
+
+
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
   """The global batch must split evenly over the data-parallel axes and over processes."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -21,10 +21,10 @@ from vdm_jax.train import config as config_lib
 from vdm_jax.train import registry
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Per-clip PSNR in dB of videos in [-1, 1], [B, T, H, W, C]."""
-  mse = np.mean(np.square((np.asarray(a, np.float64) - np.asarray(b, np.float64)) / 2.0), axis=(1, 2, 3, 4))
-  return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
+def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Per-clip PSNR in dB of videos in [-1, 1], [B, T, H, W, C] -> [B]."""
+  mse = jnp.mean(jnp.square((a.astype(jnp.float32) - b.astype(jnp.float32)) / 2.0), axis=(1, 2, 3, 4))
+  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12))
 
 
 @registry.register("toy_ae")
@@ -50,6 +50,7 @@ class ToyAutoencoder(registry.Experiment):
                                   latent_channels=config.model.latent_channels,
                                   dtype=jnp.dtype(config.train.compute_dtype))
     self._reconstruct = jax.jit(lambda params, video: self.model.apply({"params": params}, video))
+    self._psnr = jax.jit(lambda params, video: psnr(self.model.apply({"params": params}, video), video))
 
   def init(self, rng, batch):
     video = jnp.zeros(batch["video"].shape, jnp.float32)
@@ -77,18 +78,19 @@ class ToyAutoencoder(registry.Experiment):
     scores = []
     for batch in self._eval_batches():
       video = sharding.shard_batch(pipeline.numeric(batch), self.mesh)["video"]
-      scores.append(psnr(jax.device_get(self._reconstruct(params, video)), batch["video"]))
+      scores.append(sharding.to_host(self._psnr(params, video)))  # all processes' clips
     return {"psnr": float(np.mean(np.concatenate(scores)))} if scores else {}
 
   def write_samples(self, params, step, out_dir):
     from vdm_jax import io  # pylint: disable=g-import-not-at-top
     batch = next(self._eval_batches())
     video = sharding.shard_batch(pipeline.numeric(batch), self.mesh)["video"]
-    recon = np.asarray(jax.device_get(self._reconstruct(params, video)))
+    originals, recon = sharding.to_host((video, self._reconstruct(params, video)))  # collective: all processes
+    if jax.process_index() != 0:
+      return
     to_uint8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    pairs = np.concatenate([to_uint8(batch["video"]), to_uint8(recon)], axis=3)  # side by side along width
+    pairs = np.concatenate([to_uint8(originals), to_uint8(recon)], axis=3)  # side by side along width
     os.makedirs(out_dir, exist_ok=True)
     for i, clip in enumerate(pairs[:4]):
       io.write_video(os.path.join(out_dir, f"recon_{i}.mp4"), clip)
-    captions = [str(c) for c in batch.get("caption", [""] * len(pairs))]
-    io.write_image(os.path.join(out_dir, "recon.png"), io.contact_sheet(pairs[:4], captions=captions[:4]))
+    io.write_image(os.path.join(out_dir, "recon.png"), io.contact_sheet(pairs[:4]))
