@@ -78,6 +78,7 @@ def generic_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 0  # 0: only at the end
   c.train.compute_dtype = "float32"
   c.train.param_dtype = "float32"
+  c.train.peak_tflops = 0.0  # per device, for MFU; 0: from the table in vdm_jax/train/flops.py (None on CPUs)
   return c
 
 

@@ -25,6 +25,7 @@ from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.parallel import sharding
 from vdm_jax.train import checkpoint as checkpoint_lib
 from vdm_jax.train import config as config_lib
+from vdm_jax.train import flops as flops_lib
 from vdm_jax.train import metrics as metrics_lib
 from vdm_jax.train import registry
 from vdm_jax.train.state import TrainState, l2_norm, make_optimizer, make_schedule, nonfinite_paths
@@ -105,6 +106,22 @@ def state_initializer(experiment, tx, batch_shapes, mesh, rules):
   return init_fn, sharding.strip_boxes(boxed), shardings
 
 
+def compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings, batch_shapes):
+  """The jitted update step lowered and compiled for these abstract inputs (nothing is allocated).
+
+  Used by the trainer (which then calls the compiled step) and by `experiments.plan` (which only reads its cost
+  and memory analysis). Call under `jax.set_mesh(mesh)` and the logical-axis rules.
+  """
+  batch_shardings = jax.tree.map(lambda x: sharding.batch_sharding(mesh, len(x.shape)), batch_shapes)
+  step_fn = jax.jit(make_train_step(experiment, tx, schedule, config.train.ema_decay),
+                    in_shardings=(state_shardings, batch_shardings),
+                    out_shardings=(state_shardings, None, None), donate_argnums=(0,))
+  abstract_batch = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), batch_shapes,
+                                batch_shardings)
+  return step_fn.lower(checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings),
+                       abstract_batch).compile()
+
+
 def _check_finite(step: int, metrics, finite) -> None:
   if bool(metrics["finite"]):
     return
@@ -151,15 +168,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       target = checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
       state = checkpointer.restore(start_step, target, train_iter)
 
-    # --- Update step: jit with explicit shardings, the state donated.
-    batch_shardings = jax.tree.map(lambda x: sharding.batch_sharding(mesh, len(x.shape)), global_shapes)
-    step_fn = jax.jit(make_train_step(experiment, tx, schedule, config.train.ema_decay),
-                      in_shardings=(state_shardings, batch_shardings),
-                      out_shardings=(state_shardings, None, None), donate_argnums=(0,))
+    # --- Update step: compiled once ahead of time with explicit shardings, the state donated.
+    step_fn = compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
+                                 global_shapes)
+    step_flops = flops_lib.compiled_flops(step_fn)
+    peak = flops_lib.peak_tflops(jax.devices()[0], config.train.compute_dtype, config.train.peak_tflops)
+    memory = flops_lib.memory_summary(step_fn)
+    logging.info("Train step: %s GFLOP per device; memory per device (MB): %s",
+                 f"{step_flops / 1e9:.3f}" if step_flops else "?",
+                 {k: round(v / 2**20, 1) for k, v in memory.items()})
 
     # --- Loop.
     total = config.train.steps
-    writer = metrics_lib.MetricWriter(workdir, total, start_step)
+    writer = metrics_lib.MetricWriter(workdir, total, start_step,
+                                      utilisation=lambda rate: flops_lib.utilisation(step_flops, rate, peak))
     every = lambda n, step: (n > 0 and step % n == 0) or step == total
     pending = None  # (step, metrics, finite) of the previous step, checked one step late to keep dispatch async
     with _Preemption() as preemption:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
@@ -18,7 +18,10 @@ def _scalar(value) -> float:
 class MetricWriter:
   """Writes scalar metrics per step; on resume, drops `metrics.jsonl` lines past the restored step."""
 
-  def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
+  def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
+               utilisation: Callable[[float], Mapping[str, float]] | None = None):
+    """`utilisation(steps_per_sec)` adds throughput metrics (TFLOP/s, MFU) to progress lines."""
+    self.utilisation = utilisation
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -43,6 +46,8 @@ class MetricWriter:
       steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
       self._last_time, self._last_step = now, step
       scalars["steps_per_sec"] = steps_per_sec
+      if self.utilisation is not None:
+        scalars.update(self.utilisation(steps_per_sec))
       rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
       eta = (self.total_steps - step) / max(rate, 1e-9)
       shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()) if not k.startswith("l2_"))

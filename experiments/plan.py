@@ -1,0 +1,58 @@
+"""Plans a run without running it: compiles the train step ahead of time on abstract inputs (no parameters are
+allocated) over a virtual mesh of the requested size, and prints per-device memory, FLOPs per step and the MFU a
+given step time would mean.
+
+    python -m experiments.plan --config configs/toy_ae.py:runlocal --mesh data=2,fsdp=4
+    python -m experiments.plan --config configs/toy_ae.py --mesh fsdp=64 --chip H100 --step_time 1.5
+
+The virtual mesh is made of CPU devices (`--xla_force_host_platform_device_count`), so the numbers are XLA's
+per-device analysis of the partitioned program; on the real accelerator the same program's layout and fusion can
+differ somewhat (a few percent to tens of percent on temporaries).
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/t2v.py:size=2b.",
+                                          lock_config=True)
+_MESH = flags.DEFINE_string("mesh", "data=1", "Mesh sizes, e.g. 'data=2,fsdp=32,tensor=1,context=1' (no -1).")
+_CHIP = flags.DEFINE_string("chip", "", "Chip for the peak rate (e.g. 'H100', 'TPU v5p'); see vdm_jax/train/flops.py.")
+_STEP_TIME = flags.DEFINE_float("step_time", 0.0, "Seconds per step, to report the MFU it would mean.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", [], "Global batch sizes to plan (default: the config's).")
+flags.mark_flags_as_required(["config"])
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}."""
+  sizes = {}
+  for item in text.split(","):
+    if item.strip():
+      name, _, value = item.partition("=")
+      sizes[name.strip()] = int(value)
+  if any(v < 1 for v in sizes.values()):
+    raise app.UsageError(f"--mesh {text!r}: give every size explicitly (>= 1); -1 has nothing to fill here.")
+  return sizes
+
+
+def main(argv):
+  del argv
+  mesh_sizes = parse_mesh(_MESH.value)
+  num_devices = 1
+  for v in mesh_sizes.values():
+    num_devices *= v
+  # Before the first use of the backend: a virtual device per mesh position.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={num_devices}")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from vdm_jax.train import plan  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  batch_sizes = [int(b) for b in _BATCH_SIZES.value] or [config.input.batch_size]
+  for batch_size in batch_sizes:
+    report = plan.plan(config, mesh_sizes, batch_size=batch_size, chip=_CHIP.value, step_time=_STEP_TIME.value)
+    print(plan.format_report(report), flush=True)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)

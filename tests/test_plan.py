@@ -1,0 +1,47 @@
+"""Ahead-of-time planning: XLA's per-device FLOPs and memory of the train step, with no parameters allocated."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vdm_jax.train import flops as flops_lib
+from vdm_jax.train import plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import toy_ae  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_plan_scales_with_batch_and_splits_over_devices(shapes_data_dir):
+  c = toy_ae.get_config("runlocal")
+  c.input.data_dir = shapes_data_dir
+  small = plan.plan(c, {"data": 2, "fsdp": 4}, batch_size=8)
+  large = plan.plan(c, {"data": 2, "fsdp": 4}, batch_size=16)
+  assert small["devices"] == 8 and small["per_device_batch"] == 1 and large["per_device_batch"] == 2
+  assert large["flops_per_device"] == pytest.approx(2 * small["flops_per_device"], rel=0.02)
+  assert large["memory_bytes"]["temporaries"] > small["memory_bytes"]["temporaries"] > 0
+  # the same global batch on 4 data-parallel shards instead of 8: twice the work per device
+  fewer = plan.plan(c, {"data": 4, "tensor": 2}, batch_size=8)
+  assert fewer["flops_per_device"] == pytest.approx(2 * small["flops_per_device"], rel=0.02)
+
+
+def test_peak_table_and_mfu():
+  class Device:
+    device_kind = "NVIDIA H100 80GB HBM3"
+  assert flops_lib.peak_tflops(Device(), "bfloat16") == 989.0
+  assert flops_lib.peak_tflops(Device(), "bfloat16", override=500.0) == 500.0
+  assert flops_lib.peak_tflops(type("Cpu", (), {"device_kind": "cpu"})(), "float32") is None
+  u = flops_lib.utilisation(2e12, 0.5, 989.0)
+  assert u["tflops_per_device"] == pytest.approx(1.0) and u["mfu"] == pytest.approx(1 / 989.0)
+
+
+def test_plan_command_builds_its_own_virtual_mesh(shapes_data_dir):
+  cmd = [sys.executable, "-m", "experiments.plan", "--config", "configs/toy_ae.py:runlocal",
+         f"--config.input.data_dir={shapes_data_dir}", "--mesh", "data=2,fsdp=2", "--chip", "H100",
+         "--step_time", "0.5"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "(4 devices)" in result.stdout and "memory per device (GiB)" in result.stdout
+  assert "MFU" in result.stdout

@@ -1,0 +1,72 @@
+"""Ahead-of-time planning of a train step: per-device memory and FLOPs over a mesh, with nothing allocated."""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.parallel import sharding
+from vdm_jax.train import config as config_lib
+from vdm_jax.train import flops as flops_lib
+from vdm_jax.train import loop
+from vdm_jax.train import registry
+from vdm_jax.train.state import make_optimizer, make_schedule
+
+
+def batch_shapes(config: ml_collections.ConfigDict, experiment, batch_size: int) -> dict[str, Any]:
+  """The global batch as ShapeDtypeStructs: from the experiment if it can say (`batch_shapes(batch_size)`),
+  else from one batch of the input pipeline."""
+  shapes = getattr(experiment, "batch_shapes", lambda b: None)(batch_size)
+  if shapes is not None:
+    return shapes
+  from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  example = pipeline.numeric(next(iter(pipeline.make_dataset(config.input, batch_size=jax.process_count()))))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + x.shape[1:], x.dtype), example)
+
+
+def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch_size: int | None = None,
+         chip: str = "", step_time: float = 0.0) -> dict[str, Any]:
+  """Compiles the train step of `config` over a mesh of `mesh_sizes` on abstract inputs; returns the analysis."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.mesh.update(mesh_sizes)
+  batch_size = batch_size or config.input.batch_size
+  config.input.batch_size = batch_size
+  config_lib.validate(config)
+  mesh = mesh_lib.create_mesh(config.mesh)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  sharding.check_batch_divisible(batch_size, mesh)
+  experiment = registry.get(config.experiment)(config, mesh)
+  shapes = batch_shapes(config, experiment, batch_size)
+  tx, schedule = make_optimizer(config), make_schedule(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    _, abstract_state, state_shardings = loop.state_initializer(experiment, tx, shapes, mesh, rules)
+    compiled = loop.compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
+                                       shapes)
+  flops = flops_lib.compiled_flops(compiled)
+  peak = flops_lib.peak_tflops(types.SimpleNamespace(device_kind=chip), config.train.compute_dtype,
+                               config.train.peak_tflops)
+  report = {"experiment": config.experiment, "mesh": dict(mesh.shape), "devices": mesh.size,
+            "global_batch": batch_size, "per_device_batch": batch_size / (mesh.shape["data"] * mesh.shape["fsdp"]),
+            "params": sum(x.size for x in jax.tree.leaves(abstract_state.params)),
+            "memory_bytes": flops_lib.memory_summary(compiled), "flops_per_device": flops, "chip": chip,
+            "peak_tflops": peak}
+  if step_time > 0:
+    report.update(flops_lib.utilisation(flops, 1.0 / step_time, peak))
+  return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+  """A few readable lines."""
+  gib = {k: f"{v / 2**30:.3f}" for k, v in r["memory_bytes"].items()}
+  lines = [f"{r['experiment']}: {r['params'] / 1e6:.2f}M params, mesh {r['mesh']} ({r['devices']} devices), "
+           f"global batch {r['global_batch']} ({r['per_device_batch']:g} per data-parallel shard)",
+           f"  memory per device (GiB): {gib}",
+           f"  FLOPs per device per step: {r['flops_per_device'] or 0:.4g}"]
+  if "tflops_per_device" in r:
+    mfu = f", MFU {r['mfu']:.1%} of {r['peak_tflops']} TFLOP/s ({r['chip']})" if "mfu" in r else ""
+    lines.append(f"  at the given step time: {r['tflops_per_device']:.3f} TFLOP/s per device{mfu}")
+  return "\n".join(lines)
