@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "numpy>=2.0",
     "safetensors>=0.5",
+    "sentencepiece>=0.2",  # the T5 tokenizer (spiece.model)
     "imageio>=2.37",
     "imageio-ffmpeg>=0.6",  # ships an ffmpeg binary: mp4 read/write without a system ffmpeg
     "pillow>=10",
@@ -33,7 +34,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.6", "scipy>=1.13"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
-    "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=4.56", "sentencepiece>=0.2", "accelerate"],
+    "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate"],
 }
 
 setuptools.setup(
