@@ -27,14 +27,17 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._last_time, self._last_step = time.time(), start_step
     self._start_time, self._start_step = self._last_time, start_step
+    self._elapsed_before = 0.0  # training seconds of earlier invocations (resumed runs)
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     if os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= start_step]
+        kept = [json.loads(line) for line in f if line.strip()]
+      kept = [m for m in kept if m.get("step", 0) <= start_step]
       with open(self.path, "w") as f:
-        f.writelines(kept)
+        f.writelines(json.dumps(m) + "\n" for m in kept)
+      self._elapsed_before = max([m["train_seconds"] for m in kept if "train_seconds" in m], default=0.0)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -46,11 +49,13 @@ class MetricWriter:
       steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
       self._last_time, self._last_step = now, step
       scalars["steps_per_sec"] = steps_per_sec
+      scalars["train_seconds"] = self._elapsed_before + now - self._start_time
       if self.utilisation is not None:
         scalars.update(self.utilisation(steps_per_sec))
       rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
       eta = (self.total_steps - step) / max(rate, 1e-9)
-      shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()) if not k.startswith("l2_"))
+      shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())
+                       if not k.startswith("l2_") and k != "train_seconds")
       logging.info("[%d/%d] %s | ETA %s", step, self.total_steps, shown, _duration(eta))
     if self.enabled:
       for k, v in scalars.items():
