@@ -215,3 +215,45 @@ def test_pipeline_shards_records_by_process(shapes_data_dir, monkeypatch):
   assert len(seeds[0]) == len(seeds[1]) == 32
   assert not seeds[0] & seeds[1]
   assert seeds[0] | seeds[1] == {int(source[i]["seed"]) for i in range(len(source))}
+
+
+@registry.register("frozen_probe")
+class _FrozenProbe(registry.Experiment):
+  """Fits `w` to a frozen target held in `frozen_params` (sharded over fsdp by its logical axes)."""
+
+  @classmethod
+  def default_config(cls):
+    return ml_collections.ConfigDict({"model": {"width": 16}})
+
+  def frozen_params(self, abstract=False):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    shape = (self.config.model.width,)
+    value = jax.ShapeDtypeStruct(shape, jnp.float32) if abstract else np.arange(shape[0], dtype=np.float32)
+    return {"target": nn.LogicallyPartitioned(value, ("embed",))}
+
+  def init(self, rng, batch):
+    return {"w": jnp.zeros((self.config.model.width,))}
+
+  def loss(self, params, batch, rng, frozen):
+    loss = jnp.mean(jnp.square(params["w"] - frozen["target"]))
+    return loss, {}
+
+
+def test_frozen_params_reach_the_loss_sharded_and_untrained(shapes_data_dir, tmp_path):
+  from vdm_jax.train.config import base_config  # pylint: disable=g-import-not-at-top
+  c = base_config("frozen_probe")
+  c.input.builder_config = "32x32x9_tiny"
+  c.input.data_dir = shapes_data_dir
+  c.mesh.update({"data": 2, "fsdp": 4})
+  c.train.steps = 2
+  c.optimizer.update({"name": "sgd", "b1": 0.0, "grad_clip_norm": 0.0})
+  c.schedule.update({"name": "constant", "base_lr": 8.0})  # w -= 8 * 2 (w - target) / 16: exact in one step
+  state = loop.train(c, str(tmp_path))
+  np.testing.assert_allclose(np.asarray(state.params["w"]), np.arange(16), atol=1e-5)
+  assert "target" not in state.params
+
+  from vdm_jax.parallel import mesh as mesh_lib, sharding  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.create_mesh(c.mesh)
+  frozen, shardings = loop.place_frozen(_FrozenProbe(c, mesh), mesh, sharding.rules_tuple(c.sharding_rules))
+  assert frozen["target"].sharding.spec == jax.sharding.PartitionSpec("fsdp") == shardings["target"].spec
+  np.testing.assert_array_equal(np.asarray(frozen["target"]), np.arange(16))

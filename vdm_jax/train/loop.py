@@ -66,11 +66,16 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def make_train_step(experiment, tx, schedule, ema_decay: float):
-  """(state, batch) -> (state, metrics, finite flags per gradient leaf). Traced once under jit."""
+  """(state, batch, frozen) -> (state, metrics, finite flags per gradient leaf). Traced once under jit.
 
-  def train_step(state: TrainState, batch):
+  `frozen` is the experiment's non-trained parameters ({} when it has none); the loss sees it as a 4th argument.
+  """
+
+  def train_step(state: TrainState, batch, frozen):
     rng = jax.random.fold_in(state.rng, state.step)
-    (loss, aux), grads = jax.value_and_grad(experiment.loss, has_aux=True)(state.params, batch, rng)
+    loss_fn = (lambda p: experiment.loss(p, batch, rng, frozen)) if frozen else (
+        lambda p: experiment.loss(p, batch, rng))
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if ema_decay > 0:
@@ -106,20 +111,31 @@ def state_initializer(experiment, tx, batch_shapes, mesh, rules):
   return init_fn, sharding.strip_boxes(boxed), shardings
 
 
-def compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings, batch_shapes):
+def compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings, batch_shapes,
+                       abstract_frozen=None, frozen_shardings=None):
   """The jitted update step lowered and compiled for these abstract inputs (nothing is allocated).
 
   Used by the trainer (which then calls the compiled step) and by `experiments.plan` (which only reads its cost
   and memory analysis). Call under `jax.set_mesh(mesh)` and the logical-axis rules.
   """
+  abstract_frozen, frozen_shardings = abstract_frozen or {}, frozen_shardings or {}
   batch_shardings = jax.tree.map(lambda x: sharding.batch_sharding(mesh, len(x.shape)), batch_shapes)
   step_fn = jax.jit(make_train_step(experiment, tx, schedule, config.train.ema_decay),
-                    in_shardings=(state_shardings, batch_shardings),
+                    in_shardings=(state_shardings, batch_shardings, frozen_shardings),
                     out_shardings=(state_shardings, None, None), donate_argnums=(0,))
-  abstract_batch = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), batch_shapes,
-                                batch_shardings)
-  return step_fn.lower(checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings),
-                       abstract_batch).compile()
+  abstract_batch = checkpoint_lib.abstract_with_shardings(batch_shapes, batch_shardings)
+  return step_fn.lower(checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings), abstract_batch,
+                       checkpoint_lib.abstract_with_shardings(abstract_frozen, frozen_shardings)).compile()
+
+
+def place_frozen(experiment, mesh, rules):
+  """The experiment's frozen parameters on devices (sharded by their logical axes, else replicated), with their
+  shardings; ({}, {}) when it has none."""
+  host = experiment.frozen_params()
+  if not host:
+    return {}, {}
+  shardings = sharding.logical_shardings(host, mesh, rules)
+  return jax.device_put(sharding.strip_boxes(host), shardings), shardings
 
 
 def _check_finite(step: int, metrics, finite) -> None:
@@ -169,8 +185,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       state = checkpointer.restore(start_step, target, train_iter)
 
     # --- Update step: compiled once ahead of time with explicit shardings, the state donated.
+    frozen, frozen_shardings = place_frozen(experiment, mesh, rules)
     step_fn = compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
-                                 global_shapes)
+                                 global_shapes, frozen, frozen_shardings)
     step_flops = flops_lib.compiled_flops(step_fn)
     peak = flops_lib.peak_tflops(jax.devices()[0], config.train.compute_dtype, config.train.peak_tflops)
     memory = flops_lib.memory_summary(step_fn)
@@ -187,7 +204,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     with _Preemption() as preemption:
       for step in range(start_step + 1, total + 1):
         batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
-        state, metrics, finite = step_fn(state, batch)
+        state, metrics, finite = step_fn(state, batch, frozen)
         if pending is not None:
           _check_finite(*pending)
         pending = (step, metrics, finite)

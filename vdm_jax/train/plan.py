@@ -44,8 +44,10 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch
   tx, schedule = make_optimizer(config), make_schedule(config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     _, abstract_state, state_shardings = loop.state_initializer(experiment, tx, shapes, mesh, rules)
+    abstract_frozen = experiment.frozen_params(abstract=True)
+    frozen_shardings = sharding.logical_shardings(abstract_frozen, mesh, rules) if abstract_frozen else {}
     compiled = loop.compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
-                                       shapes)
+                                       shapes, sharding.strip_boxes(abstract_frozen), frozen_shardings)
   flops = flops_lib.compiled_flops(compiled)
   peak = flops_lib.peak_tflops(types.SimpleNamespace(device_kind=chip), config.train.compute_dtype,
                                config.train.peak_tflops)

@@ -14,6 +14,7 @@ import ml_collections
 # name -> module that registers it; imported only when that experiment is asked for.
 _MODULES = {
     "toy_ae": "vdm_jax.train.toy_ae",
+    "vae": "vdm_jax.train.vae",
 }
 _REGISTRY: dict[str, type["Experiment"]] = {}
 
@@ -67,6 +68,16 @@ class Experiment:
   def loss(self, params: Any, batch: Any, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (scalar loss, dict of scalar metrics) for one global batch."""
     raise NotImplementedError
+
+  def frozen_params(self, abstract: bool = False) -> Any:
+    """Parameters the loss reads but never trains (a frozen VAE or text encoder), {} if none.
+
+    Host arrays, optionally boxed with logical axes (`nn.LogicallyPartitioned`, as `module.init` returns them) to be
+    sharded by the config's rules, else replicated. The loop places them on devices once and passes them to
+    `loss(params, batch, rng, frozen)` (the 4th argument only exists when this is non-empty). With `abstract`,
+    return ShapeDtypeStructs (for planning, without loading weights).
+    """
+    return {}
 
   def evaluate(self, params: Any, step: int) -> dict[str, float]:
     """Runs the experiment's evals on `params` (the EMA params); returns scalar metrics."""
