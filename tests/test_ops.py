@@ -245,3 +245,13 @@ def test_build_runs_in_a_grain_pipeline():
   assert all(np.array_equal(a["video"], b["video"]) for a, b in zip(batches, again))
   other = list(dataset(1))
   assert not all(np.array_equal(a["video"], b["video"]) for a, b in zip(batches, other))
+
+
+def test_tokenize_byte_ids():
+  from vdm_jax.data import ops as ops_lib  # pylint: disable=g-import-not-at-top
+  op = ops_lib.build("tokenize(8)")
+  out = op({"caption": b"a red"}, None)
+  np.testing.assert_array_equal(out["tokens"], [97 + 3, 32 + 3, 114 + 3, 101 + 3, 100 + 3, 1, 0, 0])
+  assert out["tokens"].dtype == np.int32 and out["caption"] == b"a red"
+  long = op({"caption": "x" * 20}, None)["tokens"]
+  assert len(long) == 8 and long[-1] == 1  # truncated, EOS kept

@@ -255,6 +255,24 @@ def get_decode_text(key="caption"):
   return _decode_text
 
 
+@register("tokenize")
+def get_tokenize(max_length, tokenizer="byte", key="caption", out_key="tokens"):
+  """Adds `out_key`: int32 [max_length] token ids of the text at `key` (str or bytes), padded/truncated as
+  transformers does. `tokenizer`: 'byte' (ByT5 ids, no file) or the path of a folder with `spiece.model` (T5)."""
+  max_length = _positive_int(max_length, "tokenize max_length")
+  from vdm_jax.text import tokenizers  # pylint: disable=g-import-not-at-top
+  tok = tokenizers.ByteTokenizer() if tokenizer == "byte" else tokenizers.T5Tokenizer.from_pretrained(tokenizer)
+
+  def _tokenize(example, rng):
+    del rng
+    text = _value(example, key, "tokenize")
+    if isinstance(text, np.ndarray) and text.ndim == 0:
+      text = text.item()
+    text = bytes(text).decode("utf-8") if isinstance(text, (bytes, bytearray)) else str(text)
+    return {**example, out_key: np.asarray(tok([text], max_length=max_length)[0], np.int32)}
+  return _tokenize
+
+
 @register("temporal_sample")
 def get_temporal_sample(num_frames, stride=1, random=True, pad=False, key="video"):
   """Takes `num_frames` frames `stride` apart: `[T, H, W, C]` -> `[num_frames, H, W, C]`.

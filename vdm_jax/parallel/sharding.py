@@ -29,6 +29,7 @@ DEFAULT_RULES = (
     ("conv_h", None),
     ("conv_w", None),
     ("norm", None),
+    ("layers", None),  # the stacked-layers axis of nn.scan
 )
 
 BATCH_AXES = ("data", "fsdp")

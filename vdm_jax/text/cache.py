@@ -24,11 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from typing import Any, Iterable, Iterator, Mapping
 
-import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so np.dtype('bfloat16') resolves)
 import numpy as np
+
+from vdm_jax.data.records import decode_record, encode_record  # noqa: F401  (re-exported)
 
 FORMAT_VERSION = 1
 META_FILE = "cache.json"
@@ -43,23 +43,6 @@ class CacheMismatchError(ValueError):
 def caption_hash(caption: str | bytes) -> str:
   """SHA-256 hex digest of a caption's UTF-8 bytes."""
   return hashlib.sha256(caption.encode("utf-8") if isinstance(caption, str) else bytes(caption)).hexdigest()
-
-
-def encode_record(array: np.ndarray, header: Mapping[str, Any]) -> bytes:
-  """An array and a JSON-able header -> one record's bytes (shape and dtype are added to the header)."""
-  array = np.ascontiguousarray(array)
-  array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-  meta = json.dumps({**header, "shape": list(array.shape), "dtype": array.dtype.name}).encode("utf-8")
-  return struct.pack("<I", len(meta)) + meta + array.tobytes()
-
-
-def decode_record(record: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-  """One record's bytes -> (array, header). The array is a read-only view of `record`."""
-  (size,) = struct.unpack_from("<I", record)
-  header = json.loads(record[4:4 + size].decode("utf-8"))
-  dtype = np.dtype(header["dtype"]).newbyteorder("<")
-  array = np.frombuffer(record, dtype=dtype, offset=4 + size).reshape(header["shape"])
-  return array, header
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

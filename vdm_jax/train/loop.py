@@ -158,9 +158,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   write_config(config, workdir)
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
   experiment = registry.get(config.experiment)(config, mesh)
+  experiment.workdir = workdir
 
   # --- Input.
-  train_ds = pipeline.make_dataset(config.input, seed=config.seed + config.input.shuffle_seed)
+  train_ds = pipeline.make_dataset(config.input, seed=config.seed + config.input.shuffle_seed,
+                                   source=experiment.data_source(config.input.split))
   train_iter = iter(train_ds)
   example = pipeline.numeric(next(iter(train_ds)))
   global_shapes = jax.tree.map(

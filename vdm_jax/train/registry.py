@@ -47,6 +47,7 @@ class Experiment:
   jit what they need themselves.
   """
   name = ""
+  workdir: str | None = None  # set by the loop before `data_source` / evals are used
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     self.config = config
@@ -68,6 +69,13 @@ class Experiment:
   def loss(self, params: Any, batch: Any, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns (scalar loss, dict of scalar metrics) for one global batch."""
     raise NotImplementedError
+
+  def data_source(self, split: str) -> Any:
+    """The random-access source the input pipeline reads for `split`, or None for `config.input`'s dataset as is.
+
+    Experiments that join caches to the examples (latents, text embeddings) return the joined source here.
+    """
+    return None
 
   def frozen_params(self, abstract: bool = False) -> Any:
     """Parameters the loss reads but never trains (a frozen VAE or text encoder), {} if none.
