@@ -4,13 +4,16 @@ rectified flow; classifier-free guidance (incl. CogVideoX's dynamic CFG).
 Per-step coefficients are computed on the host in float64 (as diffusers does) and enter one jitted step function as
 float32 scalars, so a whole sampling run compiles the model once; the Python loop over steps carries a progress bar.
 
-`model_fn(x, t) -> output` takes latents [B', ...] and int32 timesteps [B'] (flow: float t * 1000). With guidance,
-the sampler calls it once on the doubled batch [x; x] and the caller's model_fn must pair those with
-[uncond; cond] conditioning (CogVideoX's order).
+`model_fn(x, t, *model_args) -> output` takes latents [B', ...] and int32 timesteps [B'] (flow: float t * 1000),
+plus `model_args` (params, text embeddings, ...) that enter the jitted step as arguments, never as constants, so
+the compiled step is reused across calls with the same `model_fn` and shapes. With guidance, the sampler calls it
+once on the doubled batch [x; x] and the caller's model_args must pair those with [uncond; cond] conditioning
+(CogVideoX's order).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -131,11 +134,41 @@ def flow_timesteps(num_steps: int, shift: float = 1.0) -> np.ndarray:
 # --- Sampling loops.
 
 
-def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: jax.Array | None) -> jax.Array:
+@functools.lru_cache(maxsize=32)
+def _flow_step_fn(model_fn: Callable, use_cfg: bool, dtype: str):
+  """The jitted Euler step for `model_fn` (cached: one compile per model function and shapes)."""
+  @jax.jit
+  def flow_step(x, t, t_next, g, model_args):
+    v = _guided(model_fn, x, jnp.full((x.shape[0],), t * 1000.0, jnp.float32), g if use_cfg else None, model_args)
+    return euler_flow_step(x.astype(jnp.float32), v, t, t_next).astype(dtype)
+  return flow_step
+
+
+@functools.lru_cache(maxsize=32)
+def _discrete_step_fn(model_fn: Callable, use_cfg: bool, prediction_type: str, dtype: str):
+  """The jitted DDIM / DPM++ step for `model_fn`: every sampler is `mult1 x - mult2 D + mult_noise z` with
+  D = mult3 x0 - mult4 x0_old; coef float32 [7] = (sqrt abar, sqrt(1-abar), mult1, mult2, mult3, mult4, mult_noise).
+  """
+  @jax.jit
+  def step(x, old_x0, t, coef, g, noise, model_args):
+    out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), g if use_cfg else None, model_args)
+    xf = x.astype(jnp.float32)
+    if prediction_type == "v_prediction":
+      x0 = coef[0] * xf - coef[1] * out
+    elif prediction_type == "epsilon":
+      x0 = (xf - coef[1] * out) / coef[0]
+    else:
+      x0 = out
+    d = coef[4] * x0 - coef[5] * old_x0
+    return (coef[2] * xf - coef[3] * d + coef[6] * noise).astype(dtype), x0
+  return step
+
+
+def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: jax.Array | None, model_args) -> jax.Array:
   """Model output with classifier-free guidance: one call on [x; x], then uncond + g (cond - uncond) in float32."""
   if guidance is None:
-    return model_fn(x, t).astype(jnp.float32)
-  out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t])).astype(jnp.float32)
+    return model_fn(x, t, *model_args).astype(jnp.float32)
+  out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), *model_args).astype(jnp.float32)
   uncond, cond = jnp.split(out, 2)
   return uncond + guidance * (cond - uncond)
 
@@ -143,7 +176,7 @@ def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: jax.Array 
 def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | None = None, sampler: str = "ddim",
            num_steps: int = 50, prediction_type: str = "v_prediction", guidance_scale: float = 1.0,
            use_dynamic_cfg: bool = False, rng: jax.Array | None = None, timestep_spacing: str = "trailing",
-           flow_shift: float = 1.0, progress: bool = True) -> jax.Array:
+           flow_shift: float = 1.0, progress: bool = True, model_args: tuple = ()) -> jax.Array:
   """Runs `sampler` from initial noise `latents` [B, ...] for `num_steps`; returns the final sample.
 
   guidance_scale > 1 turns on CFG (the model is called on the doubled batch); `use_dynamic_cfg` applies CogVideoX's
@@ -156,15 +189,10 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
 
   if sampler == "euler":
     times = flow_timesteps(num_steps, flow_shift)
-
-    @jax.jit
-    def flow_step(x, t, t_next, g):
-      v = _guided(model_fn, x, jnp.full((x.shape[0],), t * 1000.0, jnp.float32), g if use_cfg else None)
-      return euler_flow_step(x.astype(jnp.float32), v, t, t_next).astype(dtype)
-
+    flow_step = _flow_step_fn(model_fn, use_cfg, jnp.dtype(dtype).name)
     x = latents
     for i in tqdm(range(num_steps), disable=not progress, desc="euler"):
-      x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), jnp.float32(guidance_scale))
+      x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), jnp.float32(guidance_scale), model_args)
     return x
 
   if schedule is None:
@@ -175,15 +203,7 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
   timesteps = inference_timesteps(num_steps, n_train, timestep_spacing)
   abar = schedule.alphas_cumprod
 
-  @jax.jit
-  def step(x, old_x0, t, coef, g, noise):
-    """coef: float32 [7] = (sqrt abar, sqrt(1-abar), mult1, mult2, mult3, mult4, mult_noise)."""
-    out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), g if use_cfg else None)
-    xf = x.astype(jnp.float32)
-    x0 = coef[0] * xf - coef[1] * out if prediction_type == "v_prediction" else (
-        (xf - coef[1] * out) / coef[0] if prediction_type == "epsilon" else out)
-    d = coef[4] * x0 - coef[5] * old_x0
-    return (coef[2] * xf - coef[3] * d + coef[6] * noise).astype(dtype), x0
+  step = _discrete_step_fn(model_fn, use_cfg, prediction_type, jnp.dtype(dtype).name)
 
   x, old_x0 = latents, jnp.zeros(latents.shape, jnp.float32)
   for i in tqdm(range(num_steps), disable=not progress, desc=sampler):
@@ -208,6 +228,6 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
       else:
         noise = jnp.zeros(latents.shape, jnp.float32)
     coef = jnp.asarray([np.sqrt(abar_t), np.sqrt(1.0 - abar_t), *mults], jnp.float32)
-    x, old_x0 = step(x, old_x0, jnp.int32(t), coef, jnp.float32(g), noise)
+    x, old_x0 = step(x, old_x0, jnp.int32(t), coef, jnp.float32(g), noise, model_args)
   return x
 

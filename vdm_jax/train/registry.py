@@ -14,6 +14,7 @@ import ml_collections
 # name -> module that registers it; imported only when that experiment is asked for.
 _MODULES = {
     "toy_ae": "vdm_jax.train.toy_ae",
+    "t2v": "vdm_jax.train.t2v",
     "vae": "vdm_jax.train.vae",
 }
 _REGISTRY: dict[str, type["Experiment"]] = {}

@@ -1,0 +1,366 @@
+"""`t2v`: text-to-video latent diffusion: a DiT denoises VAE latents conditioned on text.
+
+Data: each clip's VAE posterior moments come from a latent cache written once with the frozen VAE (a VAE workdir
+or a CogVideoX folder), joined to the examples by index; captions are tokenized in the input pipeline. The step:
+
+  z = (mean + std eps) * scaling_factor          the posterior sample (or its mean), scaled to about unit variance
+  text: byte/T5 encoder (trained with the DiT, or frozen), captions dropped to "" with `diffusion.text_dropout`
+  t ~ timestep sampler; x_t = noised z; loss = weighted MSE(DiT(x_t, t, text), target)   (v / eps / x0 / flow)
+
+A share `diffusion.image_fraction` of each batch trains as images (the first latent frame, which the causal VAE
+encodes from the first frame alone). Evals: the validation loss on a fixed grid of timesteps, and the probe's
+accuracy on videos sampled for prompts of held-out seeds; samples: mp4s and a contact sheet for fixed prompts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from vdm_jax.data import latent_cache, pipeline
+from vdm_jax.data import shapes as shapes_lib
+from vdm_jax.diffusion import objectives, schedules, timesteps
+from vdm_jax.models.dit import DiT
+from vdm_jax.parallel import sharding
+from vdm_jax.text import encoders
+from vdm_jax.train import config as config_lib
+from vdm_jax.train import registry
+
+OBJECTIVES = ("v_prediction", "epsilon", "sample", "flow")
+
+
+def dit_config(**overrides) -> ml_collections.ConfigDict:
+  """The `model` section: DiT fields (see vdm_jax/models/dit.py), small and trained from scratch by default."""
+  c = ml_collections.ConfigDict({
+      "conditioning": "joint", "activation": "gelu_tanh", "num_layers": 4, "num_heads": 4, "head_dim": 32,
+      "mlp_ratio": 4.0, "patch_size": 2, "patch_size_t": 1, "time_embed_dim": 128, "pos_embed": "none",
+      "use_rope": True, "rope_grid": "slice", "qk_norm": True, "attention_backend": "auto", "remat_policy": "none",
+  })
+  c.update(overrides)
+  return c
+
+
+@registry.register("t2v")
+class TextToVideo(registry.Experiment):
+  """DiT on cached VAE latents of Captioned Shapes (or any captioned video dataset)."""
+
+  @classmethod
+  def default_config(cls):
+    c = ml_collections.ConfigDict()
+    c.vae = ml_collections.ConfigDict({
+        "workdir": "",  # a `vae` experiment's workdir (its EMA params), or
+        "path": "",  # a diffusers AutoencoderKLCogVideoX folder
+        "scaling_factor": 0.0,  # 0: 1 / std of the cached training latents (the folder's own value with `path`)
+        "cache_dir": "",  # '' -> <vae workdir or this workdir>/latent_cache/<builder_config>
+        "sample_posterior": True,
+        "encode_batch_size": 16,
+    })
+    c.text = encoders.default_config()
+    c.text.update({"type": "byte", "trainable": True, "max_length": 32, "d_model": 128, "d_kv": 32,
+                   "num_heads": 4, "d_ff": 256, "num_layers": 2})
+    c.model = dit_config()
+    c.diffusion = ml_collections.ConfigDict({
+        "prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+        "beta_end": 0.012, "num_train_timesteps": 1000, "snr_shift_scale": 1.0, "rescale_betas_zero_snr": True,
+        "timestep_sampling": "uniform", "flow_shift": 1.0, "loss_weighting": "none", "text_dropout": 0.1,
+        "image_fraction": 0.0,
+    })
+    c.sample = ml_collections.ConfigDict({
+        "prompts": ("a red circle moving left", "a blue square moves up", "green triangle sliding down",
+                    "a white circle standing still"),
+        "sampler": "ddim", "num_steps": 25, "guidance_scale": 4.0, "use_dynamic_cfg": False, "seed": 0,
+        "batch_size": 16,
+    })
+    c.eval = ml_collections.ConfigDict({
+        "split": "validation", "num_examples": 64, "batch_size": 16, "loss_timesteps": (100, 300, 500, 700, 900),
+        "probe_prompts": 64, "probe_seed": 1000,  # probe videos use seeds the samples never used
+    })
+    return c
+
+  @classmethod
+  def validate_config(cls, config):
+    d, v = config.diffusion, config.vae
+    config_lib.check(bool(v.workdir) != bool(v.path), "vae.workdir",
+                     "and vae.path: give exactly one (a VAE workdir or a CogVideoX VAE folder).")
+    config_lib.check_choice(config, "diffusion.prediction_type", OBJECTIVES)
+    config_lib.check_choice(config, "diffusion.beta_schedule", schedules.BETA_SCHEDULES)
+    config_lib.check_choice(config, "diffusion.timestep_sampling", timesteps.SAMPLERS)
+    config_lib.check_choice(config, "diffusion.loss_weighting", objectives.WEIGHTINGS)
+    config_lib.check(0.0 <= d.text_dropout < 1.0, "diffusion.text_dropout", "must be in [0, 1).")
+    config_lib.check(0.0 <= d.image_fraction < 1.0, "diffusion.image_fraction", "must be in [0, 1).")
+    config_lib.check(d.prediction_type != "flow" or d.timestep_sampling == "logit_normal" or
+                     d.timestep_sampling == "uniform", "diffusion.timestep_sampling",
+                     "must be 'uniform' or 'logit_normal' for flow.")
+    from vdm_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+    config_lib.check_choice(config, "sample.sampler", samplers.SAMPLERS)
+    encoders.validate_config(config.text)
+    if "tokenize(" in config.input.pp:
+      config_lib.check(f"tokenize({config.text.max_length}" in config.input.pp.replace(" ", ""), "input.pp",
+                       f"tokenizes to another length than text.max_length={config.text.max_length}; use "
+                       f"tokenize({config.text.max_length}).")
+    config_lib.check(config.model.conditioning in ("joint", "cross"), "model.conditioning",
+                     f"is {config.model.conditioning!r}; allowed values: ['joint', 'cross'].")
+
+  def __init__(self, config, mesh):
+    super().__init__(config, mesh)
+    self.text = encoders.build(config.text)
+    self.schedule = schedules.make_schedule(
+        config.diffusion.beta_schedule, config.diffusion.num_train_timesteps, config.diffusion.beta_start,
+        config.diffusion.beta_end, config.diffusion.snr_shift_scale, config.diffusion.rescale_betas_zero_snr)
+    self._alphas_cumprod = jnp.asarray(self.schedule.alphas_cumprod, jnp.float32)
+    self._vae = None  # (module, params), loaded on first use
+    self._caches: dict[str, latent_cache.LatentCache] = {}
+    self._frozen_text = None
+
+  # --- Frozen VAE and the latent cache.
+
+  def vae(self):
+    """(module, params) of the frozen VAE."""
+    if self._vae is None:
+      from vdm_jax.pipelines import t2v as t2v_pipeline  # pylint: disable=g-import-not-at-top
+      self._vae = t2v_pipeline.load_vae(self.config.vae)
+    return self._vae
+
+  def cache_dir(self, split: str) -> str:
+    v = self.config.vae
+    root = v.cache_dir or os.path.join(v.workdir or self.workdir or ".", "latent_cache")
+    return os.path.join(root, self.config.input.builder_config or self.config.input.dataset, split)
+
+  def latents(self, split: str) -> latent_cache.LatentCache:
+    """The split's latent cache, written first (by process 0) if missing."""
+    if split not in self._caches:
+      directory = self.cache_dir(split)
+      if not os.path.isfile(os.path.join(directory, latent_cache.META_FILE)):
+        if jax.process_index() == 0:
+          module, params = self.vae()
+          encode = jax.jit(lambda p, video: jnp.concatenate(
+              [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1))
+          logging.info("Writing the %s latent cache to %s.", split, directory)
+          latent_cache.write(directory, pipeline.data_source(self.config.input, split),
+                             lambda video: np.asarray(encode(params, video)),
+                             batch_size=self.config.vae.encode_batch_size,
+                             fingerprint={"workdir": self.config.vae.workdir, "path": self.config.vae.path})
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+          multihost_utils.sync_global_devices(f"latent_cache_{split}")
+      self._caches[split] = latent_cache.LatentCache(directory)
+    return self._caches[split]
+
+  def data_source(self, split):
+    return latent_cache.CachedLatentSource(pipeline.data_source(self.config.input, split), self.latents(split))
+
+  @property
+  def scaling_factor(self) -> float:
+    if self.config.vae.scaling_factor > 0:
+      return float(self.config.vae.scaling_factor)
+    if self.config.vae.path:
+      return float(self.vae()[0].scaling_factor)
+    return 1.0 / float(self.latents(self.config.input.split).meta["latent_std_overall"])
+
+  def latent_shape(self) -> tuple[int, ...]:
+    """[T', h, w, C] of one clip's latents."""
+    t, h, w, c2 = self.latents(self.config.input.split).meta["shape"]
+    return (t, h, w, c2 // 2)
+
+  # --- Model.
+
+  def dit(self) -> DiT:
+    t, h, w, c = self.latent_shape()
+    fields = {f.name for f in dataclasses.fields(DiT)}
+    kwargs = {k: v for k, v in self.config.model.to_dict().items() if k in fields}
+    unknown = sorted(set(self.config.model.to_dict()) - fields)
+    if unknown:
+      raise config_lib.ConfigError(f"Config keys {['model.' + k for k in unknown]} are not DiT fields; "
+                                   f"allowed: {sorted(fields)}.")
+    kwargs = {**kwargs, "in_channels": c, "text_dim": self.text.d_model, "max_text_length": self.text.max_length,
+              "sample_frames": t, "sample_height": h, "sample_width": w,
+              "dtype": jnp.dtype(self.config.train.compute_dtype)}
+    return DiT(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+
+  def init(self, rng, batch):
+    dit_rng, text_rng = jax.random.split(rng)
+    t, h, w, c = self.latent_shape()
+    b = 1
+    params = {"dit": self.dit().init(dit_rng, jnp.zeros((b, t, h, w, c)), jnp.zeros((b,), jnp.int32),
+                                     jnp.zeros((b, self.text.max_length, self.text.d_model)))["params"]}
+    if self.text.trainable:
+      ids = jnp.zeros((1, self.text.max_length), jnp.int32)
+      params["text"] = self.text.module.init(text_rng, ids)["params"]
+    return params
+
+  def frozen_params(self, abstract=False):
+    if self.text.trainable:
+      return {}
+    if abstract:
+      ids = jnp.zeros((1, self.text.max_length), jnp.int32)
+      return {"text": jax.eval_shape(lambda: self.text.module.init(jax.random.PRNGKey(0), ids)["params"])}
+    if self._frozen_text is None:
+      self._frozen_text = self.text.init(jax.random.PRNGKey(self.config.seed + 1))
+    return {"text": self._frozen_text}
+
+  def _empty_tokens(self) -> np.ndarray:
+    return self.text.tokenize([""])[0][0]
+
+  def text_embeds(self, text_params, tokens: jax.Array) -> jax.Array:
+    mask = (tokens != 0).astype(jnp.int32)
+    return self.text.apply(text_params, tokens, mask).astype(jnp.float32)
+
+  # --- Loss.
+
+  def _latents(self, moments: jax.Array, rng: jax.Array) -> jax.Array:
+    mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
+    z = mean
+    if self.config.vae.sample_posterior:
+      z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
+    return z * self.scaling_factor
+
+  def _noised(self, z: jax.Array, rng: jax.Array, num_groups: int = 1):
+    """(x_t, model timesteps, target, per-example weight) for clean latents z [B, ...]."""
+    d = self.config.diffusion
+    t_rng, n_rng = jax.random.split(rng)
+    noise = jax.random.normal(n_rng, z.shape)
+    b = z.shape[0]
+    if d.prediction_type == "flow":
+      t = (timesteps.logit_normal(t_rng, b, shift=d.flow_shift) if d.timestep_sampling == "logit_normal"
+           else jax.random.uniform(t_rng, (b,)))
+      return (objectives.flow_interpolate(z, noise, t), t * 1000.0, objectives.target("flow", z, noise, t),
+              jnp.ones((b,)))
+    if d.timestep_sampling == "explicit_uniform" and b % num_groups == 0:
+      t = timesteps.explicit_uniform(t_rng, b, d.num_train_timesteps, num_groups)
+    else:
+      t = timesteps.uniform(t_rng, b, d.num_train_timesteps)
+    abar = self._alphas_cumprod[t]
+    weight = objectives.loss_weight(d.loss_weighting, d.prediction_type, abar)
+    return (objectives.add_noise(z, noise, abar), t, objectives.target(d.prediction_type, z, noise, abar), weight)
+
+  def denoise_loss(self, dit_params, z, embeds, rng) -> jax.Array:
+    """Per-example weighted MSE [B] of the DiT on latents z [B, T', h, w, C] with text embeddings [B, L, D]."""
+    groups = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    x_t, t, target, weight = self._noised(z, rng, groups)
+    out = self.dit().apply({"params": dit_params}, x_t, t, embeds)
+    return weight * objectives.mse_per_example(out, target)
+
+  def loss(self, params, batch, rng, frozen=None):
+    d = self.config.diffusion
+    z_rng, drop_rng, video_rng, image_rng = jax.random.split(rng, 4)
+    z = self._latents(batch["latent_moments"], z_rng)
+    tokens = batch["tokens"]
+    if d.text_dropout > 0:
+      drop = jax.random.bernoulli(drop_rng, d.text_dropout, (tokens.shape[0], 1))
+      tokens = jnp.where(drop, jnp.asarray(self._empty_tokens())[None], tokens)
+    text_params = params["text"] if self.text.trainable else frozen["text"]
+    embeds = self.text_embeds(text_params, tokens)
+    if not self.text.trainable:
+      embeds = jax.lax.stop_gradient(embeds)
+    num_images = int(round(d.image_fraction * z.shape[0]))
+    losses = []
+    if num_images:
+      losses.append(self.denoise_loss(params["dit"], z[:num_images, :1], embeds[:num_images], image_rng))
+    if num_images < z.shape[0]:
+      losses.append(self.denoise_loss(params["dit"], z[num_images:], embeds[num_images:], video_rng))
+    per_example = jnp.concatenate(losses)
+    loss = jnp.mean(per_example)
+    metrics = {"diffusion_loss": loss}
+    if num_images:
+      metrics["image_loss"] = jnp.mean(losses[0])
+    return loss, metrics
+
+  def batch_shapes(self, batch_size: int):
+    t, h, w, c = self.latent_shape()
+    return {"latent_moments": jax.ShapeDtypeStruct((batch_size, t, h, w, 2 * c), jnp.float32),
+            "tokens": jax.ShapeDtypeStruct((batch_size, self.text.max_length), jnp.int32)}
+
+  # --- Evals and samples.
+
+  def _text_params(self, params):
+    return params["text"] if self.text.trainable else self.frozen_params()["text"]
+
+  def validation_losses(self, params) -> dict[str, float]:
+    """Mean loss on the validation split at each timestep of `eval.loss_timesteps`, with fixed noise."""
+    e = self.config.eval
+    ds = pipeline.make_dataset(self.config.input, split=e.split, batch_size=e.batch_size, shuffle=False,
+                               repeat=False, source=self.data_source(e.split))
+
+    @jax.jit
+    def grid_loss(params, moments, tokens, t, rng):
+      mean = jnp.split(moments, 2, axis=-1)[0] * self.scaling_factor
+      noise = jax.random.normal(rng, mean.shape)
+      embeds = self.text_embeds(params["text"], tokens)
+      d = self.config.diffusion
+      if d.prediction_type == "flow":
+        tt = jnp.full((mean.shape[0],), t / d.num_train_timesteps)
+        x_t, target, model_t = objectives.flow_interpolate(mean, noise, tt), noise - mean, tt * 1000.0
+      else:
+        abar = jnp.full((mean.shape[0],), self._alphas_cumprod[t])
+        x_t = objectives.add_noise(mean, noise, abar)
+        target = objectives.target(d.prediction_type, mean, noise, abar)
+        model_t = jnp.full((mean.shape[0],), t, jnp.int32)
+      out = self.dit().apply({"params": params["dit"]}, x_t, model_t, embeds)
+      return objectives.mse_per_example(out, target)
+
+    eval_params = params if self.text.trainable else {**params, "text": self.frozen_params()["text"]}
+    per_t = {int(t): [] for t in e.loss_timesteps}
+    seen = 0
+    for i, batch in enumerate(ds):
+      if seen >= e.num_examples:
+        break
+      seen += len(batch["tokens"])
+      dev = sharding.shard_batch(pipeline.numeric(batch), self.mesh)
+      for t in per_t:
+        rng = jax.random.fold_in(jax.random.PRNGKey(1234 + i), t)
+        per_t[t].append(sharding.to_host(grid_loss(eval_params, dev["latent_moments"], dev["tokens"], t, rng)))
+    return {f"val_loss_t{t}": float(np.mean(np.concatenate(v))) for t, v in per_t.items() if v}
+
+  def pipeline(self, params):
+    """A TextToVideoPipeline over these params (host-side generation)."""
+    from vdm_jax.pipelines import t2v as t2v_pipeline  # pylint: disable=g-import-not-at-top
+    vae_module, vae_params = self.vae()
+    return t2v_pipeline.TextToVideoPipeline(
+        dit=self.dit(), dit_params=params["dit"], text=self.text, text_params=self._text_params(params),
+        vae=vae_module, vae_params=vae_params, scaling_factor=self.scaling_factor, latent_shape=self.latent_shape(),
+        schedule=self.schedule, prediction_type=self.config.diffusion.prediction_type,
+        flow_shift=self.config.diffusion.flow_shift)
+
+  def probe_prompts(self, n: int) -> list[str]:
+    """n prompts cycling over all (color, shape, motion) combinations, each with a template."""
+    combos = list(itertools.product(shapes_lib.COLORS, shapes_lib.SHAPES, shapes_lib.MOTIONS))
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(combos))
+    return [shapes_lib.caption_for(*combos[order[i % len(combos)]], template=int(rng.integers(0, 6)))
+            for i in range(n)]
+
+  def evaluate(self, params, step):
+    metrics = self.validation_losses(params)
+    e, s = self.config.eval, self.config.sample
+    if e.probe_prompts > 0 and self.config.input.dataset == "captioned_shapes":
+      from vdm_jax.eval import probe  # pylint: disable=g-import-not-at-top
+      prompts = self.probe_prompts(e.probe_prompts)
+      videos = self.pipeline(params).generate(
+          prompts, seeds=[e.probe_seed + i for i in range(len(prompts))], sampler=s.sampler,
+          num_steps=s.num_steps, guidance_scale=s.guidance_scale, use_dynamic_cfg=s.use_dynamic_cfg,
+          batch_size=s.batch_size)
+      scores = probe.score(videos, prompts)
+      metrics.update({f"probe_{k}": v for k, v in scores.items() if k != "num_videos"})
+    return metrics
+
+  def write_samples(self, params, step, out_dir):
+    s = self.config.sample
+    prompts = list(s.prompts)
+    videos = self.pipeline(params).generate(prompts, seeds=[s.seed + i for i in range(len(prompts))],
+                                            sampler=s.sampler, num_steps=s.num_steps,
+                                            guidance_scale=s.guidance_scale, use_dynamic_cfg=s.use_dynamic_cfg,
+                                            batch_size=s.batch_size)
+    if jax.process_index() != 0:
+      return
+    from vdm_jax import io  # pylint: disable=g-import-not-at-top
+    os.makedirs(out_dir, exist_ok=True)
+    for i, video in enumerate(videos):
+      io.write_video(os.path.join(out_dir, f"sample_{i:02d}.mp4"), video)
+    io.write_image(os.path.join(out_dir, "samples.png"), io.contact_sheet(videos, captions=prompts))
