@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    "matplotlib>=3.8",  # loss curves in the quickstart report and the notebooks
 ]
 
 EXTRAS = {

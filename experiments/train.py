@@ -6,7 +6,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vdm_jax.train import loop
+from vdm_jax.train import loop, metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/toy_ae.py[:arg].",
                                           lock_config=True)
@@ -14,17 +14,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, sam
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Keeps INFO lines of our own modules; libraries (orbax, grain, tfds) only say WARNING and above."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "/vdm_jax/" in record.pathname
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  metrics.quiet_library_logs()
   loop.train(_CONFIG.value, _WORKDIR.value)
 
 

@@ -76,3 +76,17 @@ class MetricWriter:
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Keeps INFO lines of our own modules; libraries (orbax, grain, tfds) only say WARNING and above."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "/vdm_jax/" in record.pathname or "/experiments/" in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """For entry points: drop the libraries' INFO logs (orbax logs every checkpoint step in detail)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())

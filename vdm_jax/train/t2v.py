@@ -47,6 +47,16 @@ def dit_config(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
+def probe_prompts(n: int) -> list[str]:
+  """n prompts cycling over all 120 (color, shape, motion) combinations in a fixed shuffled order, each with a
+  caption template drawn from a fixed seed."""
+  combos = list(itertools.product(shapes_lib.COLORS, shapes_lib.SHAPES, shapes_lib.MOTIONS))
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(combos))
+  return [shapes_lib.caption_for(*combos[order[i % len(combos)]], template=int(rng.integers(0, 6)))
+          for i in range(n)]
+
+
 @registry.register("t2v")
 class TextToVideo(registry.Experiment):
   """DiT on cached VAE latents of Captioned Shapes (or any captioned video dataset)."""
@@ -328,20 +338,12 @@ class TextToVideo(registry.Experiment):
         schedule=self.schedule, prediction_type=self.config.diffusion.prediction_type,
         flow_shift=self.config.diffusion.flow_shift)
 
-  def probe_prompts(self, n: int) -> list[str]:
-    """n prompts cycling over all (color, shape, motion) combinations, each with a template."""
-    combos = list(itertools.product(shapes_lib.COLORS, shapes_lib.SHAPES, shapes_lib.MOTIONS))
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(combos))
-    return [shapes_lib.caption_for(*combos[order[i % len(combos)]], template=int(rng.integers(0, 6)))
-            for i in range(n)]
-
   def evaluate(self, params, step):
     metrics = self.validation_losses(params)
     e, s = self.config.eval, self.config.sample
     if e.probe_prompts > 0 and self.config.input.dataset == "captioned_shapes":
       from vdm_jax.eval import probe  # pylint: disable=g-import-not-at-top
-      prompts = self.probe_prompts(e.probe_prompts)
+      prompts = probe_prompts(e.probe_prompts)
       videos = self.pipeline(params).generate(
           prompts, seeds=[e.probe_seed + i for i in range(len(prompts))], sampler=s.sampler,
           num_steps=s.num_steps, guidance_scale=s.guidance_scale, use_dynamic_cfg=s.use_dynamic_cfg,

@@ -1,0 +1,24 @@
+"""The quickstart command end to end at `--preset=runlocal`: VAE, text-to-video, samples, probe report."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quickstart_runlocal_writes_its_report(shapes_data_dir, tmp_path):
+  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=runlocal",
+         f"--data_dir={shapes_data_dir}"]
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.load(open(tmp_path / "report.json"))
+  assert report["num_videos"] == 4 and set(report["probe"]) >= {"color", "shape", "motion", "all"}
+  assert all(0.0 <= report["probe"][k] <= 1.0 for k in ("color", "shape", "motion", "all"))
+  for name in ("contact_sheet.png", "loss_curves.png"):
+    assert os.path.getsize(tmp_path / name) > 1000
+  assert len(os.listdir(tmp_path / "videos")) == 4
+  # a second run reuses both trained models (their checkpoints are at the last step)
+  again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+  assert again.returncode == 0, again.stderr[-4000:]
+  assert again.stderr.count("Resuming from checkpoint") == 2
