@@ -79,3 +79,41 @@ def test_sample_command_writes_videos_npy_and_jsonl(shapes_data_dir, vae_workdir
   pipe = TextToVideoPipeline.from_workdir(workdir)
   again = pipe.generate(["a red circle moving left"], seeds=[5], num_steps=2, sampler="ddim", guidance_scale=4.0)
   np.testing.assert_array_equal(again[0], video)
+
+
+def _one_step(config, mesh_sizes, devices, batch):
+  """Loss and updated params of one training step of the t2v model over a mesh of `devices`."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from vdm_jax.parallel import mesh as mesh_lib, sharding  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train.state import make_optimizer, make_schedule  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.create_mesh(mesh_sizes, devices)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  experiment = registry.get("t2v")(config, mesh)
+  tx, schedule = make_optimizer(config), make_schedule(config)
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    init_fn, abstract, shardings = loop.state_initializer(experiment, tx, shapes, mesh, rules)
+    state = init_fn(jax.random.PRNGKey(0))
+    step = loop.compile_train_step(experiment, tx, schedule, config, mesh, abstract, shardings, shapes)
+    state, metrics, _ = step(state, sharding.shard_batch(batch, mesh), {})
+  return float(metrics["loss"]), jax.tree.map(np.asarray, state.params), state.params
+
+
+def test_one_step_is_the_same_on_every_mesh(shapes_data_dir, vae_workdir):
+  """(8 data), (2 data x 4 fsdp), (2 fsdp x 2 tensor x 2 context) vs 1 device: loss and params to 1e-5 relative."""
+  from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
+  c = _t2v(shapes_data_dir, vae_workdir)
+  c.model.update({"num_heads": 2, "head_dim": 16})  # heads and widths divisible by the tensor axis
+  experiment = registry.get("t2v")(c, None)
+  experiment.workdir = None
+  batch = pipeline.numeric(next(iter(pipeline.make_dataset(c.input, source=experiment.data_source("train")))))
+  ref_loss, ref_params, _ = _one_step(c, {"data": 1}, jax.devices()[:1], batch)
+  for sizes in ({"data": 8}, {"data": 2, "fsdp": 4}, {"fsdp": 2, "tensor": 2, "context": 2}):
+    loss, params, placed = _one_step(c, sizes, jax.devices(), batch)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), params, ref_params)
+    if sizes.get("fsdp", 1) > 1:  # parameters really are sharded, not replicated
+      specs = {str(x.sharding.spec) for x in jax.tree.leaves(placed)}
+      assert any("fsdp" in s for s in specs), specs
