@@ -28,3 +28,15 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
   return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding, use_bias=use_bias, dtype=dtype,
                  param_dtype=param_dtype, kernel_init=nn.with_logical_partitioning(kernel_init, axes),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)), name=name)
+
+
+def layer_norm(epsilon: float = 1e-5, *, use_affine: bool = True, param_dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.LayerNorm:
+  """nn.LayerNorm over the last axis computed in float32, with torch's two-pass variance (parity with PyTorch).
+
+  Parameters `scale`/`bias` carry the logical axis 'norm'. The output is float32: cast it to the compute dtype.
+  """
+  partitioned = lambda init: nn.with_logical_partitioning(init, ("norm",))
+  return nn.LayerNorm(epsilon=epsilon, dtype=jnp.float32, param_dtype=param_dtype, use_bias=use_affine,
+                      use_scale=use_affine, use_fast_variance=False, scale_init=partitioned(nn.initializers.ones),
+                      bias_init=partitioned(nn.initializers.zeros), name=name)

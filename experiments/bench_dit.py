@@ -1,0 +1,214 @@
+r"""DiT vs diffusers' CogVideoXTransformer3DModel on this CPU: forward and training-step time, peak memory, FLOP/s.
+
+    python -m experiments.bench_dit                       # 2b width (1920, 30 x 64), 2 layers, 13x20x30 + 226 text
+    python -m experiments.bench_dit --frames 13 --height 60 --width 90 --skip_torch --skip_train \
+        --backend chunked                                 # the full CogVideoX latent (~17,800 tokens): memory
+
+Both models get identical random weights: a torch subprocess builds the diffusers model (seeded, perturbed so that
+norms and biases are not trivial), saves it with `save_pretrained`, and times it; a JAX subprocess loads that folder
+with `load_transformer` and times the same inputs. Each framework runs in its own process so that its peak RSS
+(`ru_maxrss`, weights included) is its own. Training step = forward + backward of an MSE loss w.r.t. all params
+(and, for JAX, jitted; compile time is reported separately). FLOP/s use an analytic count (matmuls only, backward =
+2x forward) against this machine's measured float32 matmul peak (a jitted 4096^3 matmul). Times are medians of
+`repeats` within a worker; the workers alternate for `rounds` rounds and the best round's numbers are reported
+(the machine is shared: every round's numbers and the load average are printed too).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("frames", 13, "Latent frames.")
+flags.DEFINE_integer("height", 20, "Latent height.")
+flags.DEFINE_integer("width", 30, "Latent width.")
+flags.DEFINE_integer("layers", 2, "Transformer layers.")
+flags.DEFINE_integer("heads", 30, "Attention heads (x 64 channels).")
+flags.DEFINE_integer("text_length", 226, "Text tokens.")
+flags.DEFINE_integer("repeats", 3, "Timed repetitions (after one warm-up).")
+flags.DEFINE_integer("rounds", 2, "Alternating torch/jax worker rounds (the machine is shared: the best round counts).")
+flags.DEFINE_string("backend", "auto", "DiT attention backend: auto, xla, chunked.")
+flags.DEFINE_string("remat", "none", "DiT remat policy for the training step.")
+flags.DEFINE_bool("skip_torch", False, "Only run JAX (diffusers weights are still created, in a subprocess).")
+flags.DEFINE_bool("skip_train", False, "Only time the forward pass.")
+flags.DEFINE_string("worker", "", "Internal: run as the 'torch' or 'jax' worker.")
+flags.DEFINE_string("folder", "", "Internal: the model folder shared by the workers.")
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+
+
+def _config() -> dict:
+  return dict(num_attention_heads=FLAGS.heads, attention_head_dim=64, num_layers=FLAGS.layers, in_channels=16,
+              out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=FLAGS.text_length)
+
+
+def _inputs():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  latents = rng.normal(size=(1, FLAGS.frames, FLAGS.height, FLAGS.width, 16)).astype(np.float32)
+  text = rng.normal(size=(1, FLAGS.text_length, 4096)).astype(np.float32)
+  return latents, np.array([500.0], np.float32), text
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2]
+
+
+def torch_worker() -> dict:
+  """Builds and saves the diffusers model (if the folder is empty) and times it."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from diffusers import CogVideoXTransformer3DModel  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = CogVideoXTransformer3DModel(**_config()).eval()
+  generator = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.02 * torch.randn(p.shape, generator=generator))
+  model.save_pretrained(FLAGS.folder)
+  if FLAGS.skip_torch:
+    return {}
+  latents, t, text = _inputs()
+  x = torch.from_numpy(latents.transpose(0, 1, 4, 2, 3).copy())
+  t, text = torch.from_numpy(t), torch.from_numpy(text)
+  baseline = _peak_rss_gb()
+
+  def forward():
+    with torch.no_grad():
+      return model(x, text, t, return_dict=False)[0]
+
+  out = forward()
+  result = {"threads": torch.get_num_threads(), "rss_before_gb": baseline,
+            "forward_s": _median_time(forward, FLAGS.repeats)}
+  result["forward_peak_rss_gb"] = _peak_rss_gb()
+  np.save(os.path.join(FLAGS.folder, "torch_out.npy"), out.numpy().transpose(0, 1, 3, 4, 2))
+  if not FLAGS.skip_train:
+    target = torch.zeros_like(out)
+
+    def train_step():
+      model.zero_grad(set_to_none=True)
+      loss = torch.mean((model(x, text, t, return_dict=False)[0] - target) ** 2)
+      loss.backward()
+
+    train_step()
+    result["train_step_s"] = _median_time(train_step, FLAGS.repeats)
+    result["train_peak_rss_gb"] = _peak_rss_gb()
+  return result
+
+
+def flops(tokens: int, video_tokens: int, width: int, layers: int, text_length: int) -> float:
+  """Analytic matmul FLOPs of one forward (multiply-add = 2)."""
+  per_layer = 2 * tokens * width * width * (4 + 8) + 2 * 2 * tokens * tokens * width
+  embed = 2 * video_tokens * 64 * width + 2 * text_length * 4096 * width + 2 * video_tokens * width * 64
+  return layers * per_layer + embed
+
+
+def jax_worker() -> dict:
+  """Loads the saved folder with load_transformer and times the jitted forward and training step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdm_jax.convert.cogvideox_transformer import load_transformer  # pylint: disable=g-import-not-at-top
+
+  a = jnp.ones((4096, 4096), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(a).block_until_ready()
+  peak = 2 * 4096 ** 3 / _median_time(lambda: matmul(a).block_until_ready(), 5)
+  del a
+
+  module, params = load_transformer(FLAGS.folder, attention_backend=FLAGS.backend, remat_policy=FLAGS.remat)
+  latents, t, text = (jnp.asarray(v) for v in _inputs())
+  baseline = _peak_rss_gb()
+  forward = jax.jit(lambda p, x, t, c: module.apply({"params": p}, x, t, c))
+  start = time.perf_counter()
+  out = forward(params, latents, t, text).block_until_ready()
+  result = {"devices": str(jax.devices()), "rss_before_gb": baseline, "matmul_peak_gflops": peak / 1e9,
+            "forward_compile_and_first_s": time.perf_counter() - start,
+            "forward_s": _median_time(lambda: forward(params, latents, t, text).block_until_ready(), FLAGS.repeats)}
+  result["forward_peak_rss_gb"] = _peak_rss_gb()
+  torch_out = os.path.join(FLAGS.folder, "torch_out.npy")
+  if os.path.exists(torch_out):
+    ref = np.load(torch_out)
+    result["max_rel_err_vs_torch"] = float(np.abs(np.asarray(out) - ref).max() / np.abs(ref).max())
+  video_tokens = FLAGS.frames * FLAGS.height * FLAGS.width // 4
+  tokens = video_tokens + FLAGS.text_length
+  fwd_flops = flops(tokens, video_tokens, FLAGS.heads * 64, FLAGS.layers, FLAGS.text_length)
+  result.update(tokens=tokens, forward_gflop=fwd_flops / 1e9,
+                forward_gflops_per_s=fwd_flops / result["forward_s"] / 1e9)
+  if not FLAGS.skip_train:
+    def loss(p):
+      return jnp.mean(jnp.square(module.apply({"params": p}, latents, t, text)))
+
+    grad = jax.jit(jax.grad(loss))
+    start = time.perf_counter()
+    jax.block_until_ready(grad(params))
+    result["train_compile_and_first_s"] = time.perf_counter() - start
+    result["train_step_s"] = _median_time(lambda: jax.block_until_ready(grad(params)), FLAGS.repeats)
+    result["train_peak_rss_gb"] = _peak_rss_gb()
+    result["train_gflops_per_s"] = 3 * fwd_flops / result["train_step_s"] / 1e9
+  return result
+
+
+def _run_worker(name: str, folder: str) -> dict:
+  args = [sys.executable, "-m", "experiments.bench_dit", f"--worker={name}", f"--folder={folder}"]
+  args += [f"--{k}={getattr(FLAGS, k)}" for k in ("frames", "height", "width", "layers", "heads", "text_length",
+                                                   "repeats", "backend", "remat", "skip_torch", "skip_train")]
+  proc = subprocess.run(args, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _best(results: list[dict]) -> dict:
+  """Per key, the best value over rounds (least time and memory, most FLOP/s): a busy moment of the machine does
+  not count."""
+  best = lambda k: max if "gflops" in k else min
+  return {k: best(k)(r[k] for r in results) if isinstance(results[0][k], float) else results[0][k]
+          for k in results[0]}
+
+
+def main(_):
+  if FLAGS.worker:
+    print(json.dumps(torch_worker() if FLAGS.worker == "torch" else jax_worker()))
+    return
+  print(f"load average at start: {os.getloadavg()}")
+  torch_results, jax_results = [], []
+  with tempfile.TemporaryDirectory() as folder:
+    for i in range(FLAGS.rounds):
+      torch_results.append(_run_worker("torch", folder))
+      jax_results.append(_run_worker("jax", folder))
+      if torch_results[-1]:
+        print(f"round {i}: forward torch {torch_results[-1]['forward_s']:.3f} s jax {jax_results[-1]['forward_s']:.3f}"
+              f" s; train step torch {torch_results[-1].get('train_step_s', float('nan')):.3f} s jax "
+              f"{jax_results[-1].get('train_step_s', float('nan')):.3f} s; load {os.getloadavg()}")
+  torch_result, jax_result = (_best(torch_results) if torch_results[0] else {}), _best(jax_results)
+  jax_result["matmul_utilisation_forward"] = jax_result["forward_gflops_per_s"] / jax_result["matmul_peak_gflops"]
+  if "train_gflops_per_s" in jax_result:
+    jax_result["matmul_utilisation_train"] = jax_result["train_gflops_per_s"] / jax_result["matmul_peak_gflops"]
+  print("diffusers (best of rounds):", json.dumps(torch_result, indent=1))
+  print("vdm_jax (best of rounds):", json.dumps(jax_result, indent=1))
+  if torch_result:
+    print(f"forward: jax {jax_result['forward_s']:.3f} s, torch {torch_result['forward_s']:.3f} s, "
+          f"torch/jax time ratio {torch_result['forward_s'] / jax_result['forward_s']:.2f}")
+    if "train_step_s" in torch_result:
+      print(f"train step: jax {jax_result['train_step_s']:.3f} s, torch {torch_result['train_step_s']:.3f} s, "
+            f"torch/jax time ratio {torch_result['train_step_s'] / jax_result['train_step_s']:.2f}")
+  print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+  app.run(main)

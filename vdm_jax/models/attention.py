@@ -1,0 +1,221 @@
+"""Multi-head attention with backends chosen by name, and the attention layer of the DiT.
+
+Backends (`dot_product_attention(..., backend=NAME)`), all on [B, L, H, D] inputs:
+  'xla'      jax.nn.dot_product_attention(implementation='xla'): materialises the [B, H, Lq, Lk] logits.
+  'cudnn'    jax.nn.dot_product_attention(implementation='cudnn'): cuDNN flash attention, GPU only (fp16/bf16).
+             Elsewhere it raises, unless `fallback=True`, which runs 'xla' instead. Not tested on a GPU here.
+  'chunked'  blockwise attention with an online softmax in pure JAX (lax.scan over query blocks and, inside, over
+             key/value blocks) and a recomputing backward (custom_vjp), so neither the forward nor the gradient
+             holds more than one [B, H, q_block, kv_block] block of logits: memory grows linearly with length.
+  'auto'     GPU with fp16/bf16 inputs: jax's own choice (cuDNN flash attention where it applies, else XLA).
+             Otherwise 'chunked' when the key length is above `chunk_threshold` (1024), else 'xla' (on this 2-core
+             CPU 'chunked' is as fast as 'xla' from ~2k tokens and needs far less memory, in the backward above all).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vdm_jax.models.embeddings import apply_rope
+from vdm_jax.models.layers import dense, layer_norm
+
+BACKENDS = ("auto", "xla", "cudnn", "chunked")
+
+
+def resolve_backend(backend: str, kv_length: int, *, dtype=jnp.float32, chunk_threshold: int = 1024,
+                    fallback: bool = False, platform: str | None = None) -> str:
+  """The backend that runs for `backend` on this platform: one of 'xla', 'cudnn', 'chunked', 'jax_auto'."""
+  platform = platform or jax.default_backend()
+  if backend not in BACKENDS:
+    raise ValueError(f"attention backend {backend!r}; allowed: {list(BACKENDS)}.")
+  if backend == "auto":
+    if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+      return "jax_auto"  # jax uses cuDNN flash attention where it applies
+    return "chunked" if kv_length > chunk_threshold else "xla"
+  if backend == "cudnn" and platform != "gpu":
+    if not fallback:
+      raise ValueError(f"attention backend 'cudnn' needs a GPU, but JAX runs on {platform!r}. Use 'auto', 'xla' or "
+                       "'chunked', or allow the fallback (attention_fallback=True) to run 'xla' instead.")
+    return "xla"
+  return backend
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, backend: str = "auto",
+                          scale: float | None = None, q_block: int = 512, kv_block: int = 1024,
+                          chunk_threshold: int = 1024, fallback: bool = False) -> jax.Array:
+  """Softmax(q k^T * scale) v without a mask. q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D] in q's dtype.
+
+  `scale` defaults to 1/sqrt(D). `q_block`/`kv_block` are the block sizes of 'chunked' (any lengths; the last
+  block is padded and masked).
+  """
+  scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+  name = resolve_backend(backend, k.shape[1], dtype=q.dtype, chunk_threshold=chunk_threshold, fallback=fallback)
+  if name == "chunked":
+    return chunked_attention(q, k, v, scale=scale, q_block=q_block, kv_block=kv_block)
+  implementation = None if name == "jax_auto" else name
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+
+
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_block: int = 512,
+                      kv_block: int = 1024) -> jax.Array:
+  """Blockwise (flash-style) attention; q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D]."""
+  b, lq, h, d = q.shape
+  lk = k.shape[1]
+  (nq, qb), (nk, kb) = _balanced_blocks(lq, q_block), _balanced_blocks(lk, kv_block)
+
+  def blocks(x, n, size):  # [B, L, H, D] -> [n, B, H, size, D], zero-padded to n * size
+    x = jnp.pad(x, ((0, 0), (0, n * size - x.shape[1]), (0, 0), (0, 0)))
+    return x.reshape(b, n, size, h, d).transpose(1, 0, 3, 2, 4)
+
+  out = _flash(blocks(q, nq, qb), blocks(k, nk, kb), blocks(v, nk, kb), scale, lk)
+  return out.transpose(1, 0, 3, 2, 4).reshape(b, nq * qb, h, d)[:, :lq]
+
+
+def _balanced_blocks(length: int, block: int) -> tuple[int, int]:
+  """(count, size): as few blocks as `block` allows, of equal size (a multiple of 8) so little padding is wasted.
+
+  E.g. 2176 tokens, block 1024: 3 blocks of 728 (16 padded) rather than 3 of 1024 (896 padded).
+  """
+  count = -(-length // block)
+  size = -(-length // count)
+  size = min(-(-size // 8) * 8, max(block, size))
+  return -(-length // size), size
+
+
+def _logits(q_i, k_j, j, scale, kv_length):
+  """Scaled logits of one block pair, [B, H, qb, kb] float32; padded keys (index >= kv_length) are -inf."""
+  s = jnp.einsum("bhqd,bhkd->bhqk", q_i, k_j, preferred_element_type=jnp.float32) * scale
+  kb = k_j.shape[2]
+  if kv_length % kb:  # only the last block has padding; where() everywhere is cheaper than a branch
+    valid = j * kb + jnp.arange(kb) < kv_length
+    s = jnp.where(valid, s, -jnp.inf)
+  return s
+
+
+def _flash_forward(q, k, v, scale, kv_length):
+  """Blocked q [nq, B, H, qb, D], k/v [nk, B, H, kb, D] -> out (blocked like q), logsumexp [nq, B, H, qb]."""
+  nk = k.shape[0]
+
+  def q_step(_, q_i):
+    def kv_step(carry, xs):
+      m, l, acc = carry
+      k_j, v_j, j = xs
+      s = _logits(q_i, k_j, j, scale, kv_length)
+      m_new = jnp.maximum(m, s.max(-1))
+      p = jnp.exp(s - m_new[..., None])
+      correction = jnp.exp(m - m_new)  # 0 on the first block, where m = -inf
+      l = l * correction + p.sum(-1)
+      acc = acc * correction[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(v_j.dtype), v_j,
+                                                     preferred_element_type=jnp.float32)
+      return (m_new, l, acc), None
+
+    stats = q_i.shape[:-1]
+    init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
+            jnp.zeros(q_i.shape, jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(kv_step, init, (k, v, jnp.arange(nk)))
+    return None, ((acc / l[..., None]).astype(q_i.dtype), m + jnp.log(l))
+
+  _, (out, lse) = jax.lax.scan(q_step, None, q)
+  return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _flash(q, k, v, scale, kv_length):
+  return _flash_forward(q, k, v, scale, kv_length)[0]
+
+
+def _flash_fwd(q, k, v, scale, kv_length):
+  out, lse = _flash_forward(q, k, v, scale, kv_length)
+  return out, (q, k, v, out, lse)
+
+
+def _flash_bwd(scale, kv_length, residuals, d_out):
+  """Recomputes each block's probabilities from the saved logsumexp (no [Lq, Lk] matrix is stored).
+
+  Outer scan over key/value blocks (accumulating dk, dv of that block); inner scan over query blocks (updating
+  that query block's dq). dS = P * (dP - rowsum(dO * O)).
+  """
+  q, k, v, out, lse = residuals
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [nq, B, H, qb]
+  nk = k.shape[0]
+
+  def kv_step(dq, xs):
+    k_j, v_j, j = xs
+
+    def q_step(carry, ys):
+      dk_j, dv_j = carry
+      q_i, do_i, lse_i, delta_i, dq_i = ys
+      p = jnp.exp(_logits(q_i, k_j, j, scale, kv_length) - lse_i[..., None])
+      dv_j = dv_j + jnp.einsum("bhqk,bhqd->bhkd", p.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bhqd,bhkd->bhqk", do_i, v_j, preferred_element_type=jnp.float32)
+      ds = (p * (dp - delta_i[..., None])).astype(q_i.dtype)
+      dq_i = dq_i + scale * jnp.einsum("bhqk,bhkd->bhqd", ds, k_j, preferred_element_type=jnp.float32)
+      dk_j = dk_j + scale * jnp.einsum("bhqk,bhqd->bhkd", ds, q_i, preferred_element_type=jnp.float32)
+      return (dk_j, dv_j), dq_i
+
+    zeros = jnp.zeros(k_j.shape, jnp.float32)
+    (dk_j, dv_j), dq = jax.lax.scan(q_step, (zeros, zeros), (q, d_out, lse, delta, dq))
+    return dq, (dk_j, dv_j)
+
+  dq, (dk, dv) = jax.lax.scan(kv_step, jnp.zeros(q.shape, jnp.float32), (k, v, jnp.arange(nk)))
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _rope_span(x: jax.Array, rope, start: int) -> jax.Array:
+  """Applies RoPE tables (cos, sin) [N, D] to the tokens [start, start + N) of x [B, L, H, D]."""
+  cos, sin = rope
+  end = start + cos.shape[0]
+  parts = [x[:, :start], apply_rope(x[:, start:end], cos, sin), x[:, end:]]
+  return jnp.concatenate([p for p in parts if p.shape[1]], axis=1)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with QK LayerNorm and RoPE; self-attention, or cross-attention when `context` is given.
+
+  x [B, Lq, D] (context [B, Lk, D]) -> [B, Lq, D]. Projections `to_q`, `to_k`, `to_v`, `to_out` ([D, H * Dh]);
+  QK LayerNorm over the head dim (`norm_q`, `norm_k`, shared by the heads); RoPE tables (cos, sin) [N, Dh] rotate
+  q and k of the tokens [rope_start, rope_start + N) (CogVideoX: the video tokens after the text), after QK norm.
+  """
+  num_heads: int
+  head_dim: int
+  qk_norm: bool = True
+  qk_norm_eps: float = 1e-6
+  use_bias: bool = True
+  out_bias: bool = True
+  backend: str = "auto"
+  fallback: bool = False
+  q_block: int = 512
+  kv_block: int = 1024
+  chunk_threshold: int = 1024
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, rope=None, rope_start: int = 0) -> jax.Array:
+    inner = self.num_heads * self.head_dim
+    proj = functools.partial(dense, inner, ("embed", "heads"), use_bias=self.use_bias, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    source = x if context is None else context
+    split = lambda y: y.reshape(*y.shape[:2], self.num_heads, self.head_dim)
+    q, k, v = (split(proj(name=n)(y)) for n, y in (("to_q", x), ("to_k", source), ("to_v", source)))
+    if self.qk_norm:
+      norm = functools.partial(layer_norm, self.qk_norm_eps, param_dtype=self.param_dtype)
+      q = norm(name="norm_q")(q).astype(self.dtype)
+      k = norm(name="norm_k")(k).astype(self.dtype)
+    if rope is not None:
+      q = _rope_span(q, rope, rope_start)
+      if context is None:
+        k = _rope_span(k, rope, rope_start)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    out = dot_product_attention(q, k, v, backend=self.backend, fallback=self.fallback, q_block=self.q_block,
+                                kv_block=self.kv_block, chunk_threshold=self.chunk_threshold)
+    out = out.reshape(*out.shape[:2], inner)
+    return dense(x.shape[-1], ("heads", "embed"), use_bias=self.out_bias, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="to_out")(out)
