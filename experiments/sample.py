@@ -30,6 +30,8 @@ _HEIGHT = flags.DEFINE_integer("height", 480, "CogVideoX: height.")
 _WIDTH = flags.DEFINE_integer("width", 720, "CogVideoX: width.")
 _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the mp4s.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Videos generated at once (t2v workdirs).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "CogVideoX: the weights' and computation's dtype (bfloat16 on accelerators).")
 flags.mark_flags_as_required(["prompt", "out"])
 
 
@@ -48,7 +50,8 @@ def _generate_t2v(prompts, seeds):
 def _generate_cogvideox(prompts, seeds):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vdm_jax.pipelines import cogvideox  # pylint: disable=g-import-not-at-top
-  pipe = cogvideox.load(_PRETRAINED.value)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  pipe = cogvideox.load(_PRETRAINED.value, dtype=jnp.dtype(_DTYPE.value))
   videos = []
   for prompt, seed in zip(prompts, seeds):
     video = pipe(prompt=prompt, negative_prompt=_NEGATIVE.value, num_frames=_FRAMES.value, height=_HEIGHT.value,
