@@ -10,6 +10,11 @@ Backends (`dot_product_attention(..., backend=NAME)`), all on [B, L, H, D] input
   'auto'     GPU with fp16/bf16 inputs: jax's own choice (cuDNN flash attention where it applies, else XLA).
              Otherwise 'chunked' when the key length is above `chunk_threshold` (1024), else 'xla' (on this 2-core
              CPU 'chunked' is as fast as 'xla' from ~2k tokens and needs far less memory, in the backward above all).
+  'ulysses', 'ulysses_xla', 'ulysses_chunked', 'ulysses_cudnn'
+             context (sequence) parallelism for long videos (`vdm_jax.parallel.context`): under a mesh whose
+             `context` axis is > 1, all-to-all from sequence-sharded to head-sharded q/k/v, full-sequence attention
+             with the inner backend ('auto' for plain 'ulysses'), all-to-all back. With no mesh or context 1 it is
+             the inner backend. Heads per tensor shard must divide by the context size (a ValueError says so).
 """
 from __future__ import annotations
 
@@ -21,17 +26,29 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax.models.embeddings import apply_rope
+from vdm_jax.parallel import context as context_lib
 from vdm_jax.models.layers import dense, layer_norm
 
-BACKENDS = ("auto", "xla", "cudnn", "chunked")
+LOCAL_BACKENDS = ("auto", "xla", "cudnn", "chunked")
+ULYSSES = "ulysses"
+BACKENDS = LOCAL_BACKENDS + (ULYSSES, "ulysses_xla", "ulysses_chunked", "ulysses_cudnn")
+
+
+def split_backend(backend: str) -> tuple[bool, str]:
+  """(context parallel?, the local backend): 'ulysses' -> (True, 'auto'), 'ulysses_xla' -> (True, 'xla'),
+  'chunked' -> (False, 'chunked')."""
+  if backend not in BACKENDS:
+    raise ValueError(f"attention backend {backend!r}; allowed: {list(BACKENDS)}.")
+  if backend.startswith(ULYSSES):
+    return True, backend[len(ULYSSES) + 1:] or "auto"
+  return False, backend
 
 
 def resolve_backend(backend: str, kv_length: int, *, dtype=jnp.float32, chunk_threshold: int = 1024,
                     fallback: bool = False, platform: str | None = None) -> str:
   """The backend that runs for `backend` on this platform: one of 'xla', 'cudnn', 'chunked', 'jax_auto'."""
   platform = platform or jax.default_backend()
-  if backend not in BACKENDS:
-    raise ValueError(f"attention backend {backend!r}; allowed: {list(BACKENDS)}.")
+  backend = split_backend(backend)[1]  # the local kernel of 'ulysses_*' (which runs it on the full sequence)
   if backend == "auto":
     if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
       return "jax_auto"  # jax uses cuDNN flash attention where it applies
@@ -53,6 +70,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, backend: 
   block is padded and masked).
   """
   scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+  parallel, local = split_backend(backend)
+  if parallel:
+    attend = functools.partial(dot_product_attention, backend=local, scale=scale, q_block=q_block,
+                               kv_block=kv_block, chunk_threshold=chunk_threshold, fallback=fallback)
+    return context_lib.ulysses_attention(q, k, v, attend=attend)
   name = resolve_backend(backend, k.shape[1], dtype=q.dtype, chunk_threshold=chunk_threshold, fallback=fallback)
   if name == "chunked":
     return chunked_attention(q, k, v, scale=scale, q_block=q_block, kv_block=kv_block)

@@ -71,6 +71,9 @@ class TextToVideo(registry.Experiment):
         "cache_dir": "",  # '' -> <vae workdir or this workdir>/latent_cache/<builder_config>
         "sample_posterior": True,
         "encode_batch_size": 16,
+        # [T', h, w, C] of one clip's latents when there is no latent cache yet (planning a run with no data or
+        # weights on disk, e.g. (13, 60, 90, 16) for CogVideoX at 480x720x49); () reads it from the cache.
+        "latent_shape": (),
     })
     c.text = encoders.default_config()
     c.text.update({"type": "byte", "trainable": True, "max_length": 32, "d_model": 128, "d_kv": 32,
@@ -175,8 +178,17 @@ class TextToVideo(registry.Experiment):
     return 1.0 / float(self.latents(self.config.input.split).meta["latent_std_overall"])
 
   def latent_shape(self) -> tuple[int, ...]:
-    """[T', h, w, C] of one clip's latents."""
-    t, h, w, c2 = self.latents(self.config.input.split).meta["shape"]
+    """[T', h, w, C] of one clip's latents: from the latent cache, or from `vae.latent_shape` while there is none
+    (so a run can be planned without data or VAE weights); both given must agree."""
+    configured = tuple(int(x) for x in self.config.vae.latent_shape)
+    split = self.config.input.split
+    if configured and split not in self._caches and not os.path.isfile(
+        os.path.join(self.cache_dir(split), latent_cache.META_FILE)):
+      return configured
+    t, h, w, c2 = self.latents(split).meta["shape"]
+    if configured and configured != (t, h, w, c2 // 2):
+      raise config_lib.ConfigError(f"vae.latent_shape={configured} but the latent cache {self.cache_dir(split)} "
+                                   f"holds latents of shape {(t, h, w, c2 // 2)}; fix or remove vae.latent_shape.")
     return (t, h, w, c2 // 2)
 
   # --- Model.

@@ -1,0 +1,97 @@
+"""Text-to-video training at CogVideoX scale: the 2b / 5b transformer (trained from scratch or fine-tuned) on
+latents of the CogVideoX VAE, conditioned on a frozen T5-XXL, with the CogVideoX recipe (v-prediction, zero
+terminal SNR with SNR shift 3.0 (2b) / 1.0 (5b), 10% text dropout, explicit uniform timestep sampling).
+
+Video 480x720x49 -> latents 13x60x90x16 -> 2x2 patches: 17550 video + 226 text tokens per clip. bf16 compute,
+float32 params and AdamW state sharded FSDP (ZeRO-3) over every device, full remat of each block.
+
+    # Train: `path` is a diffusers CogVideoX folder (vae/, text_encoder/, tokenizer/); `dataset` a tfds dataset of
+    # captioned 480x720x49 clips ('video' uint8 [49, 480, 720, 3], 'caption'). The first run writes the latent cache.
+    python -m experiments.train --config configs/cogvideox.py:size=2b,path=/data/CogVideoX-2b,dataset=my_videos \\
+        --workdir /ckpt/cogvideox_2b --config.distributed.enabled=True
+    # Fine-tune the released transformer instead of training from scratch: --config.init_from is not a key here;
+    # load it with vdm_jax.convert.cogvideox.load_transformer and restore into the workdir's first checkpoint.
+
+    # Plan it without any file on disk (abstract params only; `abstract` replaces T5-XXL by an encoder of the same
+    # widths with the byte vocabulary and takes the latent shape from the config, see below):
+    python -m experiments.plan --config configs/cogvideox.py:size=2b,abstract --mesh fsdp=64 --batch_sizes 64,128
+    python -m experiments.plan --config configs/cogvideox.py:size=2b,abstract --mesh data=2,fsdp=128
+
+`abstract`: for planning only. T5-XXL becomes the byte-vocabulary encoder with T5-XXL widths (d_model 4096,
+d_ff 10240, 64 heads x 64, 24 layers; 259 instead of 32128 embedding rows, ~0.13B fewer frozen params, an
+embedding gather's FLOPs) because building a 't5' encoder reads config.json and spiece.model from disk.
+"""
+from vdm_jax.train.config import ConfigError, base_config, parse_arg
+
+# diffusers CogVideoXTransformer3DModel configs (vdm_jax/convert/cogvideox_transformer.py maps them to DiT fields).
+SIZES = {
+    "2b": dict(num_layers=30, num_heads=30, head_dim=64, time_embed_dim=512, pos_embed="sincos", use_rope=False,
+               rope_grid="linspace"),
+    "5b": dict(num_layers=42, num_heads=48, head_dim=64, time_embed_dim=512, pos_embed="none", use_rope=True,
+               rope_grid="linspace"),
+}
+SCALING_FACTOR = {"2b": 1.15258426, "5b": 0.7}  # the VAE folders' scaling_factor
+SNR_SHIFT = {"2b": 3.0, "5b": 1.0}  # the schedulers' snr_shift_scale
+T5_XXL = dict(d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=24)
+MAX_TEXT_LENGTH = 226
+LATENT_SHAPE = (13, 60, 90, 16)  # 49 frames: (49 - 1) / 4 + 1; 480 / 8, 720 / 8; 16 channels
+
+
+def get_config(arg: str | None = None):
+  args = parse_arg(arg, size="2b", path="CogVideoX-2b", dataset="captioned_videos", abstract=False)
+  size = args["size"]
+  if size not in SIZES:
+    raise ConfigError(f"Config argument size={size!r}; allowed: {sorted(SIZES)}.")
+  c = base_config("t2v")
+  c.mesh.update({"data": 1, "fsdp": -1, "tensor": 1, "context": 1})
+
+  c.vae.path = f"{args['path']}/vae"
+  c.vae.scaling_factor = SCALING_FACTOR[size]
+  c.vae.sample_posterior = True
+  c.vae.encode_batch_size = 1
+
+  c.text.update({"type": "t5", "path": args["path"], "trainable": False, "max_length": MAX_TEXT_LENGTH,
+                 "use_attention_mask": False, "dtype": "bfloat16"})
+  tokenizer = f"'{args['path']}/tokenizer'"
+  if args["abstract"]:
+    c.text.update({"type": "byte", "path": "", **T5_XXL})
+    c.vae.latent_shape = LATENT_SHAPE
+    tokenizer = "'byte'"
+
+  c.input.dataset = args["dataset"]
+  c.input.builder_config = ""
+  c.input.pp = (f"decode_text('caption')|tokenize({MAX_TEXT_LENGTH}, tokenizer={tokenizer})|"
+                "keep('latent_moments', 'tokens', 'caption')")
+  c.input.batch_size = 64
+
+  c.model.update({
+      **SIZES[size], "conditioning": "joint", "activation": "gelu_tanh", "mlp_ratio": 4.0, "patch_size": 2,
+      "patch_size_t": 1, "qk_norm": True, "attention_backend": "auto", "remat_policy": "full",
+  })
+  c.train.compute_dtype = "bfloat16"
+  c.train.param_dtype = "float32"
+  c.train.steps = 100_000
+  c.train.ema_decay = 0.0  # an EMA copy would add a float32 params' worth of memory per device
+  c.train.log_every = 10
+  c.train.checkpoint_every = 1000
+  c.train.eval_every = 5000
+  c.train.sample_every = 5000
+
+  c.optimizer.name = "adamw"
+  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.95, 1e-8
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.grad_clip_norm = 1.0
+  c.schedule.name = "cosine"
+  c.schedule.base_lr = 1e-4
+  c.schedule.warmup_steps = 1000
+  c.schedule.end_lr_factor = 0.1
+
+  c.diffusion.update({
+      "prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+      "num_train_timesteps": 1000, "snr_shift_scale": SNR_SHIFT[size], "rescale_betas_zero_snr": True,
+      "timestep_sampling": "explicit_uniform", "loss_weighting": "none", "text_dropout": 0.1, "image_fraction": 0.0,
+  })
+  c.sample.update({"sampler": "ddim", "num_steps": 50, "guidance_scale": 6.0, "use_dynamic_cfg": True,
+                   "batch_size": 1})
+  c.eval.update({"num_examples": 64, "batch_size": 8, "probe_prompts": 0})
+  return c
