@@ -45,3 +45,11 @@ def test_plan_command_builds_its_own_virtual_mesh(shapes_data_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "(4 devices)" in result.stdout and "memory per device (GiB)" in result.stdout
   assert "MFU" in result.stdout
+
+
+def test_transformer_flops_by_hand():
+  # 2 layers, 10 tokens, width 8, MLP 32: dense 2*10*(4*64 + 2*8*32) = 15360, attention 4*10*10*8 = 3200
+  assert flops_lib.transformer_flops(10, 8, 32, 2) == 2 * (15360 + 3200)
+  # cross-attention to 5 context tokens adds q/o on the 10 tokens, k/v on the 5, and 4*10*5*8 score FLOPs
+  extra = 2 * 10 * 2 * 64 + 2 * 5 * 2 * 64 + 4 * 10 * 5 * 8
+  assert flops_lib.transformer_flops(10, 8, 32, 2, context=5) == 2 * (15360 + 3200 + extra)

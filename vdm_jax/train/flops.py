@@ -64,6 +64,34 @@ def memory_summary(compiled: Any) -> dict[str, float]:
   return {k: float(v) for k, v in out.items()}
 
 
+def step_flops(experiment, batch_shapes, compiled, num_devices: int) -> tuple[float | None, str]:
+  """(FLOPs per device per step, source): the experiment's analytic model FLOPs (`flops_per_step(batch_shapes)`,
+  total over devices) when it defines them, else XLA's count of the compiled program.
+
+  XLA counts the body of a loop once, so a model scanned over layers (the DiT, with `nn.scan`) is undercounted by
+  about the number of layers; experiments with scanned models should define `flops_per_step`.
+  """
+  analytic = getattr(experiment, "flops_per_step", None)
+  if analytic is not None:
+    total = analytic(batch_shapes)
+    if total:
+      return float(total) / num_devices, "analytic"
+  return compiled_flops(compiled), "xla"
+
+
+def transformer_flops(tokens: int, width: int, mlp_hidden: int, layers: int, *, context: int = 0,
+                      kv_tokens: int | None = None) -> float:
+  """Forward FLOPs of `layers` pre-norm transformer blocks on one sequence of `tokens` tokens: the dense layers
+  (2 FLOPs per multiply-add: q, k, v, o and the MLP's two matrices) plus attention scores and values
+  (4 S^2 D per layer). `context` adds cross-attention to `context` key tokens (q/o on the tokens, k/v on the
+  context). Gated MLPs count their extra matrix through `mlp_hidden` (pass 1.5x the hidden width)."""
+  kv = tokens if kv_tokens is None else kv_tokens
+  per_layer = 2 * tokens * (4 * width * width + 2 * width * mlp_hidden) + 4 * tokens * kv * width
+  if context:
+    per_layer += 2 * tokens * 2 * width * width + 2 * context * 2 * width * width + 4 * tokens * context * width
+  return float(layers * per_layer)
+
+
 def utilisation(flops_per_step: float | None, steps_per_sec: float, peak: float | None) -> dict[str, float]:
   """{'tflops_per_device': ..., 'mfu': ...} for a measured step rate (entries omitted when unknown)."""
   out = {}

@@ -190,11 +190,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     frozen, frozen_shardings = place_frozen(experiment, mesh, rules)
     step_fn = compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
                                  global_shapes, frozen, frozen_shardings)
-    step_flops = flops_lib.compiled_flops(step_fn)
+    step_flops, flops_source = flops_lib.step_flops(experiment, global_shapes, step_fn, mesh.size)
     peak = flops_lib.peak_tflops(jax.devices()[0], config.train.compute_dtype, config.train.peak_tflops)
     memory = flops_lib.memory_summary(step_fn)
-    logging.info("Train step: %s GFLOP per device; memory per device (MB): %s",
-                 f"{step_flops / 1e9:.3f}" if step_flops else "?",
+    logging.info("Train step: %s GFLOP per device (%s); memory per device (MB): %s",
+                 f"{step_flops / 1e9:.3f}" if step_flops else "?", flops_source,
                  {k: round(v / 2**20, 1) for k, v in memory.items()})
 
     # --- Loop.

@@ -48,13 +48,14 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch
     frozen_shardings = sharding.logical_shardings(abstract_frozen, mesh, rules) if abstract_frozen else {}
     compiled = loop.compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
                                        shapes, sharding.strip_boxes(abstract_frozen), frozen_shardings)
-  flops = flops_lib.compiled_flops(compiled)
+  flops, flops_source = flops_lib.step_flops(experiment, shapes, compiled, mesh.size)
   peak = flops_lib.peak_tflops(types.SimpleNamespace(device_kind=chip), config.train.compute_dtype,
                                config.train.peak_tflops)
   report = {"experiment": config.experiment, "mesh": dict(mesh.shape), "devices": mesh.size,
             "global_batch": batch_size, "per_device_batch": batch_size / (mesh.shape["data"] * mesh.shape["fsdp"]),
             "params": sum(x.size for x in jax.tree.leaves(abstract_state.params)),
-            "memory_bytes": flops_lib.memory_summary(compiled), "flops_per_device": flops, "chip": chip,
+            "memory_bytes": flops_lib.memory_summary(compiled), "flops_per_device": flops,
+            "flops_source": flops_source, "chip": chip,
             "peak_tflops": peak}
   if step_time > 0:
     report.update(flops_lib.utilisation(flops, 1.0 / step_time, peak))
@@ -67,7 +68,7 @@ def format_report(r: dict[str, Any]) -> str:
   lines = [f"{r['experiment']}: {r['params'] / 1e6:.2f}M params, mesh {r['mesh']} ({r['devices']} devices), "
            f"global batch {r['global_batch']} ({r['per_device_batch']:g} per data-parallel shard)",
            f"  memory per device (GiB): {gib}",
-           f"  FLOPs per device per step: {r['flops_per_device'] or 0:.4g}"]
+           f"  FLOPs per device per step: {r['flops_per_device'] or 0:.4g} ({r['flops_source']})"]
   if "tflops_per_device" in r:
     mfu = f", MFU {r['mfu']:.1%} of {r['peak_tflops']} TFLOP/s ({r['chip']})" if "mfu" in r else ""
     lines.append(f"  at the given step time: {r['tflops_per_device']:.3f} TFLOP/s per device{mfu}")

@@ -299,6 +299,25 @@ class TextToVideo(registry.Experiment):
     return {"latent_moments": jax.ShapeDtypeStruct((batch_size, t, h, w, 2 * c), jnp.float32),
             "tokens": jax.ShapeDtypeStruct((batch_size, self.text.max_length), jnp.int32)}
 
+  def flops_per_step(self, batch_shapes) -> float:
+    """Model FLOPs of one training step over the global batch (forward + backward = 3x forward; recomputation
+    from remat is not model work and is not counted): the DiT on its joint (or video + cross) sequence, plus the
+    text encoder (3x when trained, 1x frozen)."""
+    from vdm_jax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
+    dit = self.dit()
+    b = batch_shapes["latent_moments"].shape[0]
+    t, h, w, _ = batch_shapes["latent_moments"].shape[1:]
+    video = (t // dit.patch_size_t) * (h // dit.patch_size) * (w // dit.patch_size)
+    text = self.text.max_length
+    width, hidden = dit.num_heads * dit.head_dim, int(dit.num_heads * dit.head_dim * dit.mlp_ratio)
+    if dit.conditioning == "joint":
+      forward = flops_lib.transformer_flops(video + text, width, hidden, dit.num_layers)
+    else:
+      forward = flops_lib.transformer_flops(video, width, hidden, dit.num_layers, context=text)
+    m = self.text.module
+    text_forward = flops_lib.transformer_flops(text, m.d_model, int(1.5 * m.d_ff), m.num_layers)
+    return b * (3 * forward + (3 if self.text.trainable else 1) * text_forward)
+
   # --- Evals and samples.
 
   def _text_params(self, params):
