@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from vdm_jax.train import ablation as ablate
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from experiments import ablate  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_sweep_parsing_and_grid():
