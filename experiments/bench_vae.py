@@ -1,0 +1,150 @@
+"""Times VAE encode and decode: vdm_jax (jit, CPU) against diffusers' AutoencoderKLCogVideoX (torch, CPU), with
+identical random weights and input, at the real CogVideoX channel configuration.
+
+    python -m experiments.bench_vae                                   # 9x64x64 and 17x128x128
+    python -m experiments.bench_vae --sizes 9x64x64 --repeats 3
+
+Random weights are created once with diffusers (seeded, perturbed so norms/biases are not trivial) and saved as a
+diffusers folder; each framework then runs in its own subprocess, which loads that folder (vdm_jax through
+`load_vae`, without torch), warms up (jit compile / first call), times `repeats` calls of encode and of decode
+(both with their default frame batching) and reports the best time, and its peak RSS (`ru_maxrss`, which includes
+the weights and, for JAX, compilation). The JAX latents and reconstructions are also compared with diffusers' (max relative error, end to end).
+Prints one line per size and framework and the JAX/diffusers time ratios (< 1: JAX faster).
+Timings depend on what else runs on the machine: note the load average printed at the start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REAL = dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, latent_channels=16, norm_num_groups=32)
+
+
+def _rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _best(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _worker_jax(model_dir: str, video_file: str, out_dir: str, repeats: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vdm_jax.convert.cogvideox_vae import load_vae  # pylint: disable=g-import-not-at-top
+
+  module, params = load_vae(model_dir)
+  params = jax.device_put(params)
+  loaded = _rss_mb()
+  video = jnp.asarray(np.load(video_file).transpose(0, 2, 3, 4, 1))  # [B, C, T, H, W] -> [B, T, H, W, C]
+  encode = jax.jit(lambda p, x: module.apply({"params": p}, x, method="encode").mean)
+  decode = jax.jit(lambda p, z: module.apply({"params": p}, z, method="decode"))
+  start = time.perf_counter()
+  latents = encode(params, video).block_until_ready()
+  sample = decode(params, latents).block_until_ready()
+  first = time.perf_counter() - start
+  t_enc = _best(lambda: encode(params, video).block_until_ready(), repeats)
+  t_dec = _best(lambda: decode(params, latents).block_until_ready(), repeats)
+  np.save(os.path.join(out_dir, "jax_latents.npy"), np.asarray(latents).transpose(0, 4, 1, 2, 3))
+  np.save(os.path.join(out_dir, "jax_sample.npy"), np.asarray(sample).transpose(0, 4, 1, 2, 3))
+  return {"encode_s": t_enc, "decode_s": t_dec, "first_call_s": first, "rss_after_load_mb": loaded,
+          "peak_rss_mb": _rss_mb()}
+
+
+def _worker_torch(model_dir: str, video_file: str, out_dir: str, repeats: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  from diffusers import AutoencoderKLCogVideoX  # pylint: disable=g-import-not-at-top
+
+  torch.set_grad_enabled(False)
+  model = AutoencoderKLCogVideoX.from_pretrained(model_dir).eval()
+  loaded = _rss_mb()
+  video = torch.from_numpy(np.load(video_file))
+  start = time.perf_counter()
+  latents = model.encode(video).latent_dist.mean
+  model.decode(latents)
+  first = time.perf_counter() - start
+  t_enc = _best(lambda: model.encode(video).latent_dist.mean, repeats)
+  t_dec = _best(lambda: model.decode(latents).sample, repeats)
+  np.save(os.path.join(out_dir, "torch_latents.npy"), latents.numpy())
+  np.save(os.path.join(out_dir, "torch_sample.npy"), model.decode(latents).sample.numpy())
+  return {"encode_s": t_enc, "decode_s": t_dec, "first_call_s": first, "rss_after_load_mb": loaded,
+          "peak_rss_mb": _rss_mb(), "threads": torch.get_num_threads()}
+
+
+def make_model(model_dir: str, seed: int = 0) -> None:
+  """Random real-configuration AutoencoderKLCogVideoX saved as a diffusers folder (safetensors)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from diffusers import AutoencoderKLCogVideoX  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(seed)
+  model = AutoencoderKLCogVideoX(**REAL).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(model_dir)
+
+
+def _run_worker(framework: str, model_dir: str, video_file: str, out_dir: str, repeats: int) -> dict:
+  cmd = [sys.executable, "-m", "experiments.bench_vae", "--worker", framework, "--model_dir", model_dir,
+         "--video", video_file, "--out_dir", out_dir, "--repeats", str(repeats)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--sizes", default="9x64x64,17x128x128", help="comma-separated TxHxW")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--model_dir", help=argparse.SUPPRESS)
+  parser.add_argument("--video", help=argparse.SUPPRESS)
+  parser.add_argument("--out_dir", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.worker:
+    fn = _worker_jax if args.worker == "jax" else _worker_torch
+    print(json.dumps(fn(args.model_dir, args.video, args.out_dir, args.repeats)))
+    return
+
+  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
+  with tempfile.TemporaryDirectory() as tmp:
+    model_dir = os.path.join(tmp, "vae")
+    make_model(model_dir)
+    for size in args.sizes.split(","):
+      t, h, w = (int(v) for v in size.split("x"))
+      video = np.random.default_rng(0).uniform(-1, 1, (1, 3, t, h, w)).astype(np.float32)
+      video_file = os.path.join(tmp, "video.npy")
+      np.save(video_file, video)
+      results = {fw: _run_worker(fw, model_dir, video_file, tmp, args.repeats) for fw in ("torch", "jax")}
+      errors = {}
+      for name in ("latents", "sample"):
+        a, b = np.load(os.path.join(tmp, f"jax_{name}.npy")), np.load(os.path.join(tmp, f"torch_{name}.npy"))
+        errors[name] = float(np.abs(a - b).max() / np.abs(b).max())
+      for fw, r in results.items():
+        print(f"{size} {fw:5s} encode {r['encode_s']:.3f} s  decode {r['decode_s']:.3f} s  first call "
+              f"{r['first_call_s']:.1f} s  RSS after load {r['rss_after_load_mb']:.0f} MB  peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB")
+      ratio_enc = results["jax"]["encode_s"] / results["torch"]["encode_s"]
+      ratio_dec = results["jax"]["decode_s"] / results["torch"]["decode_s"]
+      print(f"{size} JAX/diffusers time ratio: encode {ratio_enc:.2f}  decode {ratio_dec:.2f}  "
+            f"(max rel err latents {errors['latents']:.1e}, decoded {errors['sample']:.1e})")
+
+
+if __name__ == "__main__":
+  main()

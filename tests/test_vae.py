@@ -1,0 +1,167 @@
+"""The causal 3D VAE on its own: frame chunking, shapes, which chunked/whole-clip equalities hold, causality,
+the posterior, and streaming memory (peak RSS of a subprocess does not grow with the number of latent frames)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdm_jax.models import vae as vae_lib
+
+TINY = dict(block_out_channels=(8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4)  # 4x4x4 compression
+
+
+def _rel(a, b):
+  """max |a - b| / max |b|."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_frame_chunks_follow_diffusers_batching():
+  assert vae_lib.frame_chunks(49, 8) == [(0, 9), (9, 17), (17, 25), (25, 33), (33, 41), (41, 49)]
+  assert vae_lib.frame_chunks(13, 2) == [(0, 3), (3, 5), (5, 7), (7, 9), (9, 11), (11, 13)]
+  assert vae_lib.frame_chunks(17, 8) == [(0, 9), (9, 17)]
+  assert vae_lib.frame_chunks(16, 8) == [(0, 8), (8, 16)]
+  assert vae_lib.frame_chunks(1, 8) == [(0, 1)] and vae_lib.frame_chunks(5, 8) == [(0, 5)]
+  assert vae_lib.frame_chunks(12, 8) == [(0, 12)]
+  with pytest.raises(ValueError, match="must be >= 1"):
+    vae_lib.frame_chunks(0, 8)
+
+
+@pytest.fixture(scope="module")
+def models():
+  """CogVideoX-style (GroupNorm over time) and per-frame-GroupNorm tiny VAEs sharing one set of random params."""
+  cog = vae_lib.AutoencoderKL(**TINY)
+  per_frame = vae_lib.AutoencoderKL(**TINY, group_norm_over_time=False)
+  @jax.jit
+  def init():
+    params = cog.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 16, 16, 3)), chunked=False)["params"]
+    # Non-trivial norms and biases: perturb everything.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+  params = init()
+  fns = {}
+  for name, model in (("cog", cog), ("frame", per_frame)):
+    for chunked in (True, False):
+      fns[name, "encode", chunked] = jax.jit(
+          lambda p, x, m=model, c=chunked: m.apply({"params": p}, x, chunked=c, method="encode").mean)
+      fns[name, "decode", chunked] = jax.jit(
+          lambda p, z, m=model, c=chunked: m.apply({"params": p}, z, chunked=c, method="decode"))
+  return params, fns
+
+
+def _video(t, seed=0, size=16):
+  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (2, t, size, size, 3)).astype(np.float32))
+
+
+def test_shapes_and_images(models):
+  params, fns = models
+  for t, t_latent in ((1, 1), (17, 5)):
+    z = fns["cog", "encode", True](params, _video(t))
+    assert z.shape == (2, t_latent, 4, 4, 4)
+    assert fns["cog", "decode", True](params, z).shape == (2, t, 16, 16, 3)
+  # An image is a 1-frame video: chunking is irrelevant and GroupNorm over T = 1 is per-frame.
+  image = _video(1)
+  np.testing.assert_array_equal(fns["cog", "encode", True](params, image), fns["cog", "encode", False](params, image))
+  np.testing.assert_allclose(fns["cog", "encode", True](params, image), fns["frame", "encode", True](params, image),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_vs_whole_clip(models):
+  """Chunked encode/decode carries only the causal convs' caches across chunks; time pooling and nearest time
+  upsampling are chunk-aligned (frame 0 apart, then pairs), and so is SpatialNorm's latent resize. So the two modes
+  are the same function up to GroupNorm, whose statistics pool over the frames of a chunk: with per-frame GroupNorm
+  (`group_norm_over_time=False`) chunked == whole clip to float rounding; with CogVideoX's GroupNorm over
+  (C/G, T, H, W) they differ by design (diffusers' frame batching; both modes match diffusers, see
+  tests/test_cogvideox_vae.py)."""
+  params, fns = models
+  video = _video(17)  # encode: chunks of 9 and 8 frames; decode: chunks of 3 and 2 latent frames
+  for kind in ("frame", "cog"):
+    z_chunked, z_whole = fns[kind, "encode", True](params, video), fns[kind, "encode", False](params, video)
+    x_chunked, x_whole = fns[kind, "decode", True](params, z_whole), fns[kind, "decode", False](params, z_whole)
+    if kind == "frame":
+      assert _rel(z_chunked, z_whole) < 1e-5
+      assert _rel(x_chunked, x_whole) < 1e-5
+    else:
+      assert _rel(z_chunked, z_whole) > 1e-3
+      assert _rel(x_chunked, x_whole) > 1e-3
+
+
+def test_causality(models):
+  """With per-frame norms the VAE is causal: later frames never change earlier latents or outputs (streamed)."""
+  params, fns = models
+  video = _video(17)
+  changed = video.at[:, 9:].set(-video[:, 9:])
+  z, z_changed = fns["frame", "encode", True](params, video), fns["frame", "encode", True](params, changed)
+  np.testing.assert_array_equal(z[:, :3], z_changed[:, :3])  # latents 0..2 see pixel frames 0..8
+  assert _rel(z_changed[:, 3:], z[:, 3:]) > 1e-2
+  x, x_changed = fns["frame", "decode", True](params, z), fns["frame", "decode", True](params, z_changed)
+  np.testing.assert_array_equal(x[:, :9], x_changed[:, :9])  # pixel frames 0..8 come from latents 0..2
+
+
+def test_posterior():
+  rng = np.random.default_rng(0)
+  moments = jnp.asarray(rng.normal(size=(3, 2, 2, 2, 8)).astype(np.float32)).at[0, 0, 0, 0, 4].set(50.0)
+  post = vae_lib.DiagonalGaussian.from_moments(moments)
+  np.testing.assert_array_equal(post.mean, moments[..., :4])
+  assert float(post.logvar[0, 0, 0, 0, 0]) == 20.0  # clamped to [-30, 20]
+  np.testing.assert_array_equal(post.mode(), post.mean)
+  mu, logvar = np.asarray(post.mean, np.float64), np.asarray(post.logvar, np.float64)
+  expected = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - logvar, axis=(1, 2, 3, 4))
+  np.testing.assert_allclose(post.kl(), expected, rtol=1e-5)
+  standard = vae_lib.DiagonalGaussian(mean=jnp.zeros((2, 3)), logvar=jnp.zeros((2, 3)))
+  np.testing.assert_array_equal(standard.kl(), [0.0, 0.0])
+  samples = vae_lib.DiagonalGaussian(mean=jnp.full((4000, 2), 3.0), logvar=jnp.full((4000, 2), np.log(4.0))).sample(
+      jax.random.PRNGKey(0))
+  assert abs(float(samples.mean()) - 3.0) < 0.05 and abs(float(samples.std()) - 2.0) < 0.05
+
+
+def test_resize_nearest_index_rule():
+  x = jnp.arange(5.0).reshape(1, 5, 1, 1, 1)
+  # PyTorch nearest with size=12 from 5: src = floor(dst * 5 / 12).
+  np.testing.assert_array_equal(np.asarray(vae_lib.resize_nearest(x, (12, 1, 1)))[0, :, 0, 0, 0],
+                                np.floor(np.arange(12) * np.float32(5 / 12)))
+  np.testing.assert_array_equal(np.asarray(vae_lib.resize_nearest(x, (10, 1, 1)))[0, :, 0, 0, 0],
+                                np.repeat(np.arange(5.0), 2))
+
+
+# --- Streaming memory: peak RSS of a fresh process decoding N vs 4N latent frames.
+
+MEMORY_MODEL = dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=4)
+
+
+def test_streaming_decode_memory_does_not_grow_with_length():
+  """Peak RSS of a fresh process (ru_maxrss, monotone) after decoding 5 latent frames (17 output frames), then 20
+  (80 frames: an even count has no separate frame 0) in chunks, then the same 20 as one whole clip: the 4x longer
+  chunked decode raises the peak by less than 10%, while the whole-clip decode, as a control, raises it by more
+  (so the measurement sees a growth of that size)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  peaks = json.loads(out.stdout.strip().splitlines()[-1])
+  assert peaks["chunked_20"] <= 1.10 * peaks["chunked_5"], peaks
+  assert peaks["whole_20"] > 1.10 * peaks["chunked_20"], peaks
+
+
+def _decode_and_report() -> None:
+  import resource  # pylint: disable=g-import-not-at-top
+  model = vae_lib.AutoencoderKL(**MEMORY_MODEL)
+  params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 8, 8, 3)), chunked=False))()
+  peaks = {}
+  for name, frames, chunked in (("chunked_5", 5, True), ("chunked_20", 20, True), ("whole_20", 20, False)):
+    latents = jax.random.normal(jax.random.PRNGKey(1), (1, frames, 16, 16, 4))
+    decode = jax.jit(lambda p, z, c=chunked: model.apply(p, z, chunked=c, method="decode"))
+    video = np.asarray(decode(params, latents))
+    assert video.shape[1] == (17 if frames == 5 else 80)
+    peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  print(json.dumps(peaks))
+
+
+if __name__ == "__main__":
+  _decode_and_report()

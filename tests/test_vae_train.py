@@ -1,0 +1,172 @@
+"""The `vae` experiment: configs, joint image/video batches, the GAN's separated gradients and adaptive weight,
+the warm-up, a short training run with evals and samples, and experiments.evaluate on its checkpoint."""
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.train import config as config_lib
+from vdm_jax.train import loop
+from vdm_jax.train import registry
+from vdm_jax.train import vae as vae_train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import vae as vae_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import evaluate as evaluate_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _config(data_dir, **loss):
+  c = vae_config.get_config("runlocal")
+  c.input.data_dir = data_dir
+  c.loss.update(loss)
+  return c
+
+
+def test_configs_validate_and_reject_bad_values():
+  for arg in ("size=tiny", "size=cogvideox", "runlocal", "size=cogvideox,runlocal"):
+    config_lib.validate(vae_config.get_config(arg))
+  tiny = vae_config.get_config("size=tiny")
+  assert tiny.input.builder_config == "64x64x17" and len(tiny.model.block_out_channels) == 4
+  assert tiny.loss.disc_weight == 0.0  # the discriminator is off in the CPU config
+  assert tuple(vae_config.get_config("size=cogvideox").model.block_out_channels) == (128, 256, 256, 512)
+  with pytest.raises(config_lib.ConfigError, match="allowed"):
+    vae_config.get_config("size=huge")
+  c = vae_config.get_config("size=tiny")
+  c.loss.train_frames = 5
+  with pytest.raises(config_lib.ConfigError, match="loss.train_frames"):
+    config_lib.validate(c)
+  c = vae_config.get_config("size=tiny")
+  c.model.norm_num_groups = 3
+  with pytest.raises(config_lib.ConfigError, match="model.block_out_channels"):
+    config_lib.validate(c)
+
+
+def _experiment(config):
+  mesh = mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])
+  return registry.get("vae")(config, mesh)
+
+
+def _batch(b=8, t=9, size=32):
+  return {"video": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (b, t, size, size, 3)).astype(np.float32))}
+
+
+def test_joint_image_and_video_batches():
+  c = vae_config.get_config("runlocal")
+  c.loss.image_fraction = 0.25
+  exp = _experiment(c)
+  video = _batch()["video"]
+  images, videos = exp._split(video, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  assert images.shape == (2, 1, 32, 32, 3) and videos.shape == (6, 9, 32, 32, 3)
+  for i in range(2):  # each image is one frame of its clip
+    assert any(np.array_equal(images[i, 0], video[i, t]) for t in range(9))
+  np.testing.assert_array_equal(videos, video[2:])
+
+
+@pytest.fixture(scope="module")
+def gan():
+  """runlocal with the discriminator on from step 0, deterministic (no images, posterior mode)."""
+  c = vae_config.get_config("runlocal")
+  c.loss.update(disc_weight=0.5, disc_start_step=0, image_fraction=0.0, sample_posterior=False, kl_weight=1e-3)
+  exp = _experiment(c)
+  batch = _batch(b=2)
+  params = exp.init(jax.random.PRNGKey(0), batch)
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  return c, exp, params, batch
+
+
+def test_gan_gradients_are_separated(gan):
+  """grad(total) w.r.t. the VAE params == grad of the generator objective alone (discriminator frozen), and w.r.t.
+  the discriminator params == grad of the hinge discriminator loss alone (reconstruction frozen)."""
+  c, exp, params, batch = gan
+  rng = jax.random.PRNGKey(1)
+  (_, metrics), grads = jax.value_and_grad(exp.loss, has_aux=True)(params, batch, rng)
+  video = batch["video"]
+  model, disc, l = exp.model, exp.discriminator, c.loss
+  d_weight = metrics["d_weight"]
+
+  def generator(vae_params):
+    recon, posterior = model.apply({"params": vae_params}, video)
+    kl = jnp.mean(posterior.kl()) / video[0].size
+    g = -jnp.mean(disc.apply({"params": params["disc"]}, recon))
+    return l.l1_weight * jnp.mean(jnp.abs(recon - video)) + l.kl_weight * kl + l.disc_weight * d_weight * g
+
+  def discriminator(disc_params):
+    recon = model.apply({"params": params["vae"]}, video)[0]
+    return vae_train.hinge_d_loss(disc.apply({"params": disc_params}, video), disc.apply({"params": disc_params},
+                                                                                        recon))
+
+  expected = {"vae": jax.grad(generator)(params["vae"]), "disc": jax.grad(discriminator)(params["disc"])}
+  for path, got in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    want = expected
+    for key in path:
+      want = want[key.key]
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+  assert float(jnp.abs(grads["disc"]["conv_out"]["kernel"]).max()) > 0
+
+
+def test_adaptive_weight_matches_last_layer_gradients(gan):
+  c, exp, params, batch = gan
+  _, metrics = exp.loss(params, batch, jax.random.PRNGKey(1))
+  video = batch["video"]
+
+  def last_layer_grad(term):
+    def f(kernel):
+      vae_params = jax.tree.map(lambda x: x, params["vae"])
+      vae_params["decoder"]["conv_out"]["conv"]["kernel"] = kernel
+      recon = exp.model.apply({"params": vae_params}, video)[0]
+      if term == "rec":
+        return jnp.mean(jnp.abs(recon - video))
+      return -jnp.mean(exp.discriminator.apply({"params": params["disc"]}, recon))
+    return jax.grad(f)(params["vae"]["decoder"]["conv_out"]["conv"]["kernel"])
+
+  expected = jnp.linalg.norm(last_layer_grad("rec")) / (jnp.linalg.norm(last_layer_grad("gan")) + 1e-4)
+  np.testing.assert_allclose(metrics["d_weight"], expected, rtol=1e-4)
+  assert float(metrics["d_weight"]) > 0
+
+
+def test_discriminator_warm_up():
+  c = vae_config.get_config("runlocal")
+  c.loss.update(disc_weight=0.5, disc_start_step=5, image_fraction=0.0, sample_posterior=False)
+  exp = _experiment(c)
+  batch = _batch(b=2)
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, exp.init(jax.random.PRNGKey(0), batch),
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  rng = jax.random.PRNGKey(1)
+  before, m_before = exp.loss(params, batch, rng, step=jnp.int32(4))
+  after, m_after = exp.loss(params, batch, rng, step=jnp.int32(5))
+  assert float(m_before["disc_on"]) == 0.0 and float(m_after["disc_on"]) == 1.0
+  np.testing.assert_allclose(before, m_before["rec"] + c.loss.kl_weight * m_before["kl"], rtol=1e-6)
+  assert abs(float(after) - float(before)) > 1e-4
+  with pytest.raises(ValueError, match="needs the training loop to pass `step`"):
+    exp.loss(params, batch, rng)
+
+
+def test_train_evaluate_and_samples(shapes_data_dir, tmp_path):
+  workdir = str(tmp_path / "vae")
+  c = _config(shapes_data_dir)
+  loop.train(c, workdir)
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [m["step"] for m in lines if "loss" in m] == [2, 4]
+  assert all(np.isfinite(m["loss"]) and "psnr" in m and "kl" in m for m in lines if "loss" in m)
+  final = [m for m in lines if "eval/psnr" in m][-1]
+  assert final["step"] == 4 and 0 < final["eval/ssim"] <= 1 and np.isfinite(final["eval/psnr"])
+  samples = os.path.join(workdir, "samples", "step_00000004")
+  assert sorted(os.listdir(samples)) == ["recon.png", "recon_0.mp4", "recon_1.mp4"]
+  from vdm_jax import io  # pylint: disable=g-import-not-at-top
+  assert io.read_video(os.path.join(samples, "recon_0.mp4")).shape == (9, 32, 64, 3)  # input | reconstruction
+
+  path, out = evaluate_lib.evaluate(c, workdir)
+  assert path == os.path.join(workdir, "eval", "vae_step4.json")
+  with open(path) as f:
+    written = json.load(f)
+  assert written["step"] == 4 and written["experiment"] == "vae"
+  # The EMA params restored from the checkpoint give back the trainer's own final eval.
+  np.testing.assert_allclose(written["metrics"]["psnr"], final["eval/psnr"], rtol=1e-6)
+  np.testing.assert_allclose(written["metrics"]["ssim"], final["eval/ssim"], rtol=1e-6)
