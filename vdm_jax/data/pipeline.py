@@ -70,6 +70,17 @@ def make_dataset(input_config, *, split: str | None = None, pp: str | None = Non
   return ds.to_iter_dataset(read_options)
 
 
+def eval_batches(input_config, *, split: str, batch_size: int, num_examples: int, source=None):
+  """The first batches of `split` in order (no shuffle, no repeat) until at least `num_examples` are served."""
+  ds = make_dataset(input_config, split=split, batch_size=batch_size, shuffle=False, repeat=False, source=source)
+  seen = 0
+  for batch in ds:
+    if seen >= num_examples:
+      break
+    seen += len(next(iter(batch.values())))
+    yield batch
+
+
 def numeric(batch: dict[str, Any]) -> dict[str, Any]:
   """The part of a batch that can go to devices (drops strings such as raw captions)."""
   return {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "OUS"}

@@ -218,14 +218,8 @@ class VAEExperiment(registry.Experiment):
 
   def _eval_batches(self):
     e = self.config.eval
-    ds = pipeline.make_dataset(self.config.input, split=e.split, batch_size=e.batch_size, shuffle=False,
-                               repeat=False)
-    seen = 0
-    for batch in ds:
-      if seen >= e.num_examples:
-        break
-      seen += len(batch["video"])
-      yield batch
+    return pipeline.eval_batches(self.config.input, split=e.split, batch_size=e.batch_size,
+                                 num_examples=e.num_examples)
 
   def _reconstruct_batch(self, params, batch) -> np.ndarray:
     video = sharding.shard_batch(pipeline.numeric(batch), self.mesh)["video"]
