@@ -5,8 +5,15 @@
     python -m experiments.train --config configs/vae.py:size=cogvideox --workdir /tmp/vae_cogvideox   # accelerators
 
 `size=tiny` (default): a small VAE with CogVideoX's structure (4 blocks: 8x spatial and 4x temporal compression,
-64x64x17 clips -> 5x8x8 latents) trained on Captioned Shapes 64x64x17 on a CPU.
-Expected: EXPECTED_TINY.
+64x64x17 clips -> 5x8x8x16 latents; 1.9M params) trained on Captioned Shapes 64x64x17 on a CPU: L2 + 1e-6 KL,
+batches of 3 random 9-frame windows + 1 single frame, 2000 steps at lr 1e-3 (cosine). The final eval reports PSNR and
+SSIM of 256 validation clips (all 17 frames, streamed decode); for the whole split run experiments.evaluate with
+--config.eval.num_examples=1024.
+Expected: >= 30 dB validation PSNR in <= 20 minutes on a quiet 2-core CPU (compile about a minute, ~2 steps/s).
+Measured with two other engineers' jobs on the same 2 cores (load 3-5), the same config with train.steps=1200
+(`--config.train.steps=1200 --config.train.eval_every=400 --config.eval.num_examples=64`): validation PSNR 23.7 /
+28.0 / 29.5 dB and SSIM 0.86 / 0.91 / 0.93 at steps 400 / 800 / 1200, 23 minutes wall-clock (of which 2.8 minutes
+compiling), about 1.1 steps/s.
 
 `size=cogvideox`: CogVideoX's VAE configuration (block_out_channels 128/256/256/512, 3 layers per block, 16 latent
 channels, 32 groups; 215.6M params) with L1 + KL and the 3D patch discriminator. Sized for accelerators (bf16 compute,
@@ -36,6 +43,11 @@ def get_config(arg: str | None = None):
     c.model.layers_per_block = 1
     c.model.latent_channels = 16
     c.model.norm_num_groups = 4
+    # Per-frame GroupNorm statistics: the VAE is then exactly causal and chunk-invariant, so training on 9-frame
+    # windows transfers to streamed 17-frame (or any-length) decoding; with CogVideoX's GroupNorm over each chunk's
+    # frames the eval chunks (9 + 8 frames, 3 + 2 latents) differ from the training windows (measured: 28.0 vs
+    # 26.1 dB validation PSNR after 800 steps).
+    c.model.group_norm_over_time = False
     # L2 (what PSNR measures) learns the shapes much faster than L1 on mostly-black frames (measured: 25 vs 19 dB
     # after 400 image steps at the same lr).
     c.loss.l1_weight = 0.0
@@ -50,10 +62,10 @@ def get_config(arg: str | None = None):
     c.train.steps = 2000
     c.train.log_every = 50
     c.train.checkpoint_every = 500
-    c.train.eval_every = 500
+    c.train.eval_every = 0  # only at the end (an eval of 256 clips costs about 40 training steps)
     c.train.sample_every = 0
     c.train.ema_decay = 0.0
-    c.eval.num_examples = 128
+    c.eval.num_examples = 256
     c.eval.batch_size = 8
   else:
     c.model.block_out_channels = (128, 256, 256, 512)

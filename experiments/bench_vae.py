@@ -3,6 +3,7 @@ identical random weights and input, at the real CogVideoX channel configuration.
 
     python -m experiments.bench_vae                                   # 9x64x64 and 17x128x128
     python -m experiments.bench_vae --sizes 9x64x64 --repeats 3
+    python -m experiments.bench_vae --stream_memory                   # JAX decode peak RSS: 5 vs 20 latent frames
 
 Random weights are created once with diffusers (seeded, perturbed so norms/biases are not trivial) and saved as a
 diffusers folder; each framework then runs in its own subprocess, which loads that folder (vdm_jax through
@@ -10,6 +11,9 @@ diffusers folder; each framework then runs in its own subprocess, which loads th
 (both with their default frame batching) and reports the best time, and its peak RSS (`ru_maxrss`, which includes
 the weights and, for JAX, compilation). The JAX latents and reconstructions are also compared with diffusers' (max relative error, end to end).
 Prints one line per size and framework and the JAX/diffusers time ratios (< 1: JAX faster).
+
+`--stream_memory` instead decodes 5 and 20 latent frames (17 and 80 frames at 64x64) with the streamed (chunked)
+decoder, and 20 as one whole clip, each in a fresh process, and prints the three peak RSS values.
 Timings depend on what else runs on the machine: note the load average printed at the start.
 """
 from __future__ import annotations
@@ -84,6 +88,21 @@ def _worker_torch(model_dir: str, video_file: str, out_dir: str, repeats: int) -
           "peak_rss_mb": _rss_mb(), "threads": torch.get_num_threads()}
 
 
+def _worker_stream(model_dir: str, frames: int, chunked: bool) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from vdm_jax.convert.cogvideox_vae import load_vae  # pylint: disable=g-import-not-at-top
+
+  module, params = load_vae(model_dir)
+  params = jax.device_put(params)
+  loaded = _rss_mb()
+  latents = jax.random.normal(jax.random.PRNGKey(0), (1, frames, 8, 8, module.latent_channels))
+  decode = jax.jit(lambda p, z: module.apply({"params": p}, z, chunked=chunked, method="decode"))
+  start = time.perf_counter()
+  video = decode(params, latents).block_until_ready()
+  return {"frames": int(video.shape[1]), "seconds": time.perf_counter() - start, "rss_after_load_mb": loaded,
+          "peak_rss_mb": _rss_mb()}
+
+
 def make_model(model_dir: str, seed: int = 0) -> None:
   """Random real-configuration AutoencoderKLCogVideoX saved as a diffusers folder (safetensors)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -97,9 +116,10 @@ def make_model(model_dir: str, seed: int = 0) -> None:
   model.save_pretrained(model_dir)
 
 
-def _run_worker(framework: str, model_dir: str, video_file: str, out_dir: str, repeats: int) -> dict:
+def _run_worker(framework: str, model_dir: str, video_file: str = "", out_dir: str = "", repeats: int = 1,
+                extra: tuple[str, ...] = ()) -> dict:
   cmd = [sys.executable, "-m", "experiments.bench_vae", "--worker", framework, "--model_dir", model_dir,
-         "--video", video_file, "--out_dir", out_dir, "--repeats", str(repeats)]
+         "--video", video_file, "--out_dir", out_dir, "--repeats", str(repeats), *extra]
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
   if proc.returncode:
@@ -111,12 +131,18 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sizes", default="9x64x64,17x128x128", help="comma-separated TxHxW")
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--stream_memory", action="store_true", help="peak RSS of streamed vs whole-clip decode")
+  parser.add_argument("--worker", choices=("jax", "torch", "stream"), help=argparse.SUPPRESS)
+  parser.add_argument("--frames", type=int, default=5, help=argparse.SUPPRESS)
+  parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--model_dir", help=argparse.SUPPRESS)
   parser.add_argument("--video", help=argparse.SUPPRESS)
   parser.add_argument("--out_dir", help=argparse.SUPPRESS)
   args = parser.parse_args()
 
+  if args.worker == "stream":
+    print(json.dumps(_worker_stream(args.model_dir, args.frames, not args.whole)))
+    return
   if args.worker:
     fn = _worker_jax if args.worker == "jax" else _worker_torch
     print(json.dumps(fn(args.model_dir, args.video, args.out_dir, args.repeats)))
@@ -126,6 +152,13 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     model_dir = os.path.join(tmp, "vae")
     make_model(model_dir)
+    if args.stream_memory:
+      for frames, whole in ((5, False), (20, False), (20, True)):
+        r = _run_worker("stream", model_dir, extra=("--frames", str(frames)) + (("--whole",) if whole else ()))
+        print(f"decode {frames} latent frames -> {r['frames']} frames at 64x64, {'whole clip' if whole else 'streamed'}: "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB (after loading weights {r['rss_after_load_mb']:.0f} MB), "
+              f"{r['seconds']:.1f} s with compile")
+      return
     for size in args.sizes.split(","):
       t, h, w = (int(v) for v in size.split("x"))
       video = np.random.default_rng(0).uniform(-1, 1, (1, 3, t, h, w)).astype(np.float32)

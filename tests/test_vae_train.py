@@ -68,27 +68,33 @@ def test_joint_image_and_video_batches():
   np.testing.assert_array_equal(videos, video[2:])
 
 
+def _init(exp, batch):
+  """The experiment's params, unboxed, initialised under jit."""
+  return jax.jit(lambda rng: jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, exp.init(rng, batch),
+                                          is_leaf=lambda x: hasattr(x, "unbox")))(jax.random.PRNGKey(0))
+
+
+def _rec(l, recon, video):
+  return l.l1_weight * jnp.mean(jnp.abs(recon - video)) + l.l2_weight * jnp.mean(jnp.square(recon - video))
+
+
 @pytest.fixture(scope="module")
 def gan():
   """runlocal with the discriminator on from step 0, deterministic (no images, posterior mode)."""
   c = vae_config.get_config("runlocal")
-  c.loss.update(disc_weight=0.5, disc_start_step=0, image_fraction=0.0, sample_posterior=False, kl_weight=1e-3)
+  c.loss.update(disc_weight=0.5, disc_start_step=0, image_fraction=0.0, sample_posterior=False, kl_weight=1e-3,
+                l1_weight=1.0, l2_weight=0.5)
   exp = _experiment(c)
   batch = _batch(b=2)
-  params = exp.init(jax.random.PRNGKey(0), batch)
-  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
-                        is_leaf=lambda x: hasattr(x, "unbox"))
-  return c, exp, params, batch
+  return c, exp, _init(exp, batch), batch
 
 
-@pytest.mark.xfail(reason="Known failure, issue #3 open: the GAN's generator/discriminator gradient "
-                   "separation does not hold yet (see the closing note).", strict=False)
 def test_gan_gradients_are_separated(gan):
   """grad(total) w.r.t. the VAE params == grad of the generator objective alone (discriminator frozen), and w.r.t.
   the discriminator params == grad of the hinge discriminator loss alone (reconstruction frozen)."""
   c, exp, params, batch = gan
   rng = jax.random.PRNGKey(1)
-  (_, metrics), grads = jax.value_and_grad(exp.loss, has_aux=True)(params, batch, rng)
+  (_, metrics), grads = jax.jit(jax.value_and_grad(exp.loss, has_aux=True))(params, batch, rng)
   video = batch["video"]
   model, disc, l = exp.model, exp.discriminator, c.loss
   d_weight = metrics["d_weight"]
@@ -97,14 +103,15 @@ def test_gan_gradients_are_separated(gan):
     recon, posterior = model.apply({"params": vae_params}, video)
     kl = jnp.mean(posterior.kl()) / video[0].size
     g = -jnp.mean(disc.apply({"params": params["disc"]}, recon))
-    return l.l1_weight * jnp.mean(jnp.abs(recon - video)) + l.kl_weight * kl + l.disc_weight * d_weight * g
+    return _rec(l, recon, video) + l.kl_weight * kl + l.disc_weight * d_weight * g
 
   def discriminator(disc_params):
     recon = model.apply({"params": params["vae"]}, video)[0]
     return vae_train.hinge_d_loss(disc.apply({"params": disc_params}, video), disc.apply({"params": disc_params},
                                                                                         recon))
 
-  expected = {"vae": jax.grad(generator)(params["vae"]), "disc": jax.grad(discriminator)(params["disc"])}
+  expected = {"vae": jax.jit(jax.grad(generator))(params["vae"]),
+              "disc": jax.jit(jax.grad(discriminator))(params["disc"])}
   for path, got in jax.tree_util.tree_flatten_with_path(grads)[0]:
     want = expected
     for key in path:
@@ -113,11 +120,9 @@ def test_gan_gradients_are_separated(gan):
   assert float(jnp.abs(grads["disc"]["conv_out"]["kernel"]).max()) > 0
 
 
-@pytest.mark.xfail(reason="Known failure, issue #3 open: the GAN's generator/discriminator gradient "
-                   "separation does not hold yet (see the closing note).", strict=False)
 def test_adaptive_weight_matches_last_layer_gradients(gan):
   c, exp, params, batch = gan
-  _, metrics = exp.loss(params, batch, jax.random.PRNGKey(1))
+  _, metrics = jax.jit(exp.loss)(params, batch, jax.random.PRNGKey(1))
   video = batch["video"]
 
   def last_layer_grad(term):
@@ -126,9 +131,9 @@ def test_adaptive_weight_matches_last_layer_gradients(gan):
       vae_params["decoder"]["conv_out"]["conv"]["kernel"] = kernel
       recon = exp.model.apply({"params": vae_params}, video)[0]
       if term == "rec":
-        return jnp.mean(jnp.abs(recon - video))
+        return _rec(c.loss, recon, video)
       return -jnp.mean(exp.discriminator.apply({"params": params["disc"]}, recon))
-    return jax.grad(f)(params["vae"]["decoder"]["conv_out"]["conv"]["kernel"])
+    return jax.jit(jax.grad(f))(params["vae"]["decoder"]["conv_out"]["conv"]["kernel"])
 
   expected = jnp.linalg.norm(last_layer_grad("rec")) / (jnp.linalg.norm(last_layer_grad("gan")) + 1e-4)
   np.testing.assert_allclose(metrics["d_weight"], expected, rtol=1e-4)
@@ -140,11 +145,11 @@ def test_discriminator_warm_up():
   c.loss.update(disc_weight=0.5, disc_start_step=5, image_fraction=0.0, sample_posterior=False)
   exp = _experiment(c)
   batch = _batch(b=2)
-  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, exp.init(jax.random.PRNGKey(0), batch),
-                        is_leaf=lambda x: hasattr(x, "unbox"))
+  params = _init(exp, batch)
   rng = jax.random.PRNGKey(1)
-  before, m_before = exp.loss(params, batch, rng, step=jnp.int32(4))
-  after, m_after = exp.loss(params, batch, rng, step=jnp.int32(5))
+  loss = jax.jit(lambda p, b, r, s: exp.loss(p, b, r, step=s))
+  before, m_before = loss(params, batch, rng, jnp.int32(4))
+  after, m_after = loss(params, batch, rng, jnp.int32(5))
   assert float(m_before["disc_on"]) == 0.0 and float(m_after["disc_on"]) == 1.0
   np.testing.assert_allclose(before, m_before["rec"] + c.loss.kl_weight * m_before["kl"], rtol=1e-6)
   assert abs(float(after) - float(before)) > 1e-4
