@@ -1,17 +1,30 @@
-r"""DiT vs diffusers' CogVideoXTransformer3DModel on this CPU: forward and training-step time, peak memory, FLOP/s.
+r"""DiT vs diffusers' CogVideoXTransformer3DModel (CPU or GPU): forward and training-step time, peak memory, FLOP/s.
 
     python -m experiments.bench_dit                       # 2b width (1920, 30 x 64), 2 layers, 13x20x30 + 226 text
     python -m experiments.bench_dit --frames 13 --height 60 --width 90 --skip_torch --skip_train \
         --backend chunked                                 # the full CogVideoX latent (~17,800 tokens): memory
+    python -m experiments.bench_dit --dtype bfloat16 --backend cudnn --height 60 --width 90 --rounds 1 \
+        --repeats 5                                       # on a GPU (torch on 'cuda' when it sees one)
+
+On a GPU name `--backend cudnn`: 'auto' there is jax.nn.dot_product_attention(implementation=None), which in jax
+0.10-0.11 is XLA's attention; it materialises the [B, H, L, L] float32 logits, and the training step on the full
+latent asks for 168 GiB (measured on an H100).
 
 Both models get identical random weights: a torch subprocess builds the diffusers model (seeded, perturbed so that
 norms and biases are not trivial), saves it with `save_pretrained`, and times it; a JAX subprocess loads that folder
 with `load_transformer` and times the same inputs. Each framework runs in its own process so that its peak RSS
-(`ru_maxrss`, weights included) is its own. Training step = forward + backward of an MSE loss w.r.t. all params
-(and, for JAX, jitted; compile time is reported separately). FLOP/s use an analytic count (matmuls only, backward =
-2x forward) against this machine's measured float32 matmul peak (a jitted 4096^3 matmul). Times are medians of
-`repeats` within a worker; the workers alternate for `rounds` rounds and the best round's numbers are reported
-(the machine is shared: every round's numbers and the load average are printed too).
+(`ru_maxrss`, weights included) is its own; on a GPU the device's peak allocated memory is reported too. Training
+step = forward + backward of an MSE loss w.r.t. all params (and, for JAX, jitted; compile time is reported
+separately). FLOP/s use an analytic count (matmuls only, backward = 2x forward) against this machine's measured matmul
+peak in `--dtype` (a jitted 4096^3 matmul on a CPU, 8192^3 on a GPU). Times are medians of `repeats` within a worker
+(torch synchronises the GPU before reading the clock; JAX blocks until ready); the workers alternate for `rounds`
+rounds and the best round's numbers are reported (the machine is shared: every round's numbers and the load average
+are printed too).
+
+`--dtype` (float32, bfloat16, float16) is the weights' and compute dtype of both models: the float32 weights are
+saved once, torch casts its model with `.to(dtype)` and JAX loads them with `load_transformer(dtype=...)`. Outside
+float32, torch also runs the float32 model once on the same device, and the errors of both low-precision outputs
+against that float32 output are reported beside their difference to each other.
 """
 from __future__ import annotations
 
@@ -34,7 +47,10 @@ flags.DEFINE_integer("heads", 30, "Attention heads (x 64 channels).")
 flags.DEFINE_integer("text_length", 226, "Text tokens.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions (after one warm-up).")
 flags.DEFINE_integer("rounds", 2, "Alternating torch/jax worker rounds (the machine is shared: the best round counts).")
-flags.DEFINE_string("backend", "auto", "DiT attention backend: auto, xla, chunked.")
+flags.DEFINE_string("backend", "auto", "DiT attention backend: auto, xla, chunked, cudnn (GPU; see above).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Weights and compute dtype of both models.")
+flags.DEFINE_string("torch_device", "auto", "Torch device: 'auto' (cuda when torch sees a GPU, else cpu), 'cpu', "
+                    "'cuda'.")
 flags.DEFINE_string("remat", "none", "DiT remat policy for the training step.")
 flags.DEFINE_bool("skip_torch", False, "Only run JAX (diffusers weights are still created, in a subprocess).")
 flags.DEFINE_bool("skip_train", False, "Only time the forward pass.")
@@ -68,6 +84,13 @@ def _median_time(fn, repeats: int) -> float:
   return sorted(times)[len(times) // 2]
 
 
+def _errors(out, ref) -> dict:
+  """Max abs error and max abs error / max |ref| of `out` against `ref` (numpy arrays)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  diff = np.abs(out.astype(np.float32) - ref.astype(np.float32))
+  return {"max_abs_err": float(diff.max()), "max_rel_err": float(diff.max() / np.abs(ref).max())}
+
+
 def torch_worker() -> dict:
   """Builds and saves the diffusers model (if the folder is empty) and times it."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -82,31 +105,57 @@ def torch_worker() -> dict:
   model.save_pretrained(FLAGS.folder)
   if FLAGS.skip_torch:
     return {}
+  device = FLAGS.torch_device
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  gpu = device.startswith("cuda")
+  sync = torch.cuda.synchronize if gpu else lambda: None
   latents, t, text = _inputs()
-  x = torch.from_numpy(latents.transpose(0, 1, 4, 2, 3).copy())
-  t, text = torch.from_numpy(t), torch.from_numpy(text)
+  x = torch.from_numpy(latents.transpose(0, 1, 4, 2, 3).copy()).to(device)
+  t, text = torch.from_numpy(t).to(device), torch.from_numpy(text).to(device)
+  model = model.to(device)
+  to_numpy = lambda y: y.float().cpu().numpy().transpose(0, 1, 3, 4, 2)
+  forward = lambda: model(x, text, t, return_dict=False)[0]
+  result = {"threads": torch.get_num_threads(), "device": device, "dtype": FLAGS.dtype}
+  if FLAGS.dtype != "float32":
+    with torch.no_grad():
+      reference = to_numpy(forward())
+    np.save(os.path.join(FLAGS.folder, "torch_out_float32.npy"), reference)
+    dtype = getattr(torch, FLAGS.dtype)
+    model, x, text = model.to(dtype), x.to(dtype), text.to(dtype)
+  if gpu:
+    torch.cuda.reset_peak_memory_stats()
   baseline = _peak_rss_gb()
 
-  def forward():
+  def timed_forward():
     with torch.no_grad():
-      return model(x, text, t, return_dict=False)[0]
+      out = forward()
+    sync()
+    return out
 
-  out = forward()
-  result = {"threads": torch.get_num_threads(), "rss_before_gb": baseline,
-            "forward_s": _median_time(forward, FLAGS.repeats)}
+  out_tensor = timed_forward()
+  result.update(rss_before_gb=baseline, forward_s=_median_time(timed_forward, FLAGS.repeats))
   result["forward_peak_rss_gb"] = _peak_rss_gb()
-  np.save(os.path.join(FLAGS.folder, "torch_out.npy"), out.numpy().transpose(0, 1, 3, 4, 2))
+  if gpu:
+    result["forward_peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+  out = to_numpy(out_tensor)
+  np.save(os.path.join(FLAGS.folder, "torch_out.npy"), out)
+  if FLAGS.dtype != "float32":
+    result.update({f"{k}_vs_float32": v for k, v in _errors(out, reference).items()})
   if not FLAGS.skip_train:
-    target = torch.zeros_like(out)
+    target = torch.zeros_like(out_tensor)
 
     def train_step():
       model.zero_grad(set_to_none=True)
-      loss = torch.mean((model(x, text, t, return_dict=False)[0] - target) ** 2)
+      loss = torch.mean((forward().float() - target.float()) ** 2)
       loss.backward()
+      sync()
 
     train_step()
     result["train_step_s"] = _median_time(train_step, FLAGS.repeats)
     result["train_peak_rss_gb"] = _peak_rss_gb()
+    if gpu:
+      result["train_peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
   return result
 
 
@@ -124,26 +173,37 @@ def jax_worker() -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vdm_jax.convert.cogvideox_transformer import load_transformer  # pylint: disable=g-import-not-at-top
 
-  a = jnp.ones((4096, 4096), jnp.float32)
+  dtype = jnp.dtype(FLAGS.dtype)
+  gpu = jax.default_backend() == "gpu"
+  size = 8192 if gpu else 4096  # a GPU needs a larger product to reach its peak
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32), dtype)
   matmul = jax.jit(lambda a: a @ a)
   matmul(a).block_until_ready()
-  peak = 2 * 4096 ** 3 / _median_time(lambda: matmul(a).block_until_ready(), 5)
+  peak = 2 * size ** 3 / _median_time(lambda: matmul(a).block_until_ready(), 5)
   del a
 
-  module, params = load_transformer(FLAGS.folder, attention_backend=FLAGS.backend, remat_policy=FLAGS.remat)
+  def peak_gpu_gb():
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30
+
+  module, params = load_transformer(FLAGS.folder, dtype=dtype, attention_backend=FLAGS.backend,
+                                    remat_policy=FLAGS.remat)
   latents, t, text = (jnp.asarray(v) for v in _inputs())
   baseline = _peak_rss_gb()
   forward = jax.jit(lambda p, x, t, c: module.apply({"params": p}, x, t, c))
   start = time.perf_counter()
   out = forward(params, latents, t, text).block_until_ready()
-  result = {"devices": str(jax.devices()), "rss_before_gb": baseline, "matmul_peak_gflops": peak / 1e9,
-            "forward_compile_and_first_s": time.perf_counter() - start,
+  result = {"devices": str(jax.devices()), "dtype": FLAGS.dtype, "rss_before_gb": baseline,
+            "matmul_peak_gflops": peak / 1e9, "forward_compile_and_first_s": time.perf_counter() - start,
             "forward_s": _median_time(lambda: forward(params, latents, t, text).block_until_ready(), FLAGS.repeats)}
   result["forward_peak_rss_gb"] = _peak_rss_gb()
-  torch_out = os.path.join(FLAGS.folder, "torch_out.npy")
-  if os.path.exists(torch_out):
-    ref = np.load(torch_out)
-    result["max_rel_err_vs_torch"] = float(np.abs(np.asarray(out) - ref).max() / np.abs(ref).max())
+  if gpu:
+    result["forward_peak_gpu_gb"] = peak_gpu_gb()
+  out = np.asarray(out, np.float32)
+  for name, suffix in (("torch_out.npy", "vs_torch"), ("torch_out_float32.npy", "vs_torch_float32")):
+    if os.path.exists(path := os.path.join(FLAGS.folder, name)):
+      errors = _errors(out, np.load(path))
+      result.update({f"max_rel_err_{suffix}": errors["max_rel_err"], f"max_abs_err_{suffix}": errors["max_abs_err"]})
   video_tokens = FLAGS.frames * FLAGS.height * FLAGS.width // 4
   tokens = video_tokens + FLAGS.text_length
   fwd_flops = flops(tokens, video_tokens, FLAGS.heads * 64, FLAGS.layers, FLAGS.text_length)
@@ -151,7 +211,7 @@ def jax_worker() -> dict:
                 forward_gflops_per_s=fwd_flops / result["forward_s"] / 1e9)
   if not FLAGS.skip_train:
     def loss(p):
-      return jnp.mean(jnp.square(module.apply({"params": p}, latents, t, text)))
+      return jnp.mean(jnp.square(module.apply({"params": p}, latents, t, text).astype(jnp.float32)))
 
     grad = jax.jit(jax.grad(loss))
     start = time.perf_counter()
@@ -159,6 +219,8 @@ def jax_worker() -> dict:
     result["train_compile_and_first_s"] = time.perf_counter() - start
     result["train_step_s"] = _median_time(lambda: jax.block_until_ready(grad(params)), FLAGS.repeats)
     result["train_peak_rss_gb"] = _peak_rss_gb()
+    if gpu:
+      result["train_peak_gpu_gb"] = peak_gpu_gb()
     result["train_gflops_per_s"] = 3 * fwd_flops / result["train_step_s"] / 1e9
   return result
 
@@ -166,7 +228,8 @@ def jax_worker() -> dict:
 def _run_worker(name: str, folder: str) -> dict:
   args = [sys.executable, "-m", "experiments.bench_dit", f"--worker={name}", f"--folder={folder}"]
   args += [f"--{k}={getattr(FLAGS, k)}" for k in ("frames", "height", "width", "layers", "heads", "text_length",
-                                                   "repeats", "backend", "remat", "skip_torch", "skip_train")]
+                                                   "repeats", "backend", "dtype", "torch_device", "remat",
+                                                   "skip_torch", "skip_train")]
   proc = subprocess.run(args, capture_output=True, text=True, check=False)
   if proc.returncode:
     raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-4000:]}")
@@ -192,9 +255,9 @@ def main(_):
       torch_results.append(_run_worker("torch", folder))
       jax_results.append(_run_worker("jax", folder))
       if torch_results[-1]:
-        print(f"round {i}: forward torch {torch_results[-1]['forward_s']:.3f} s jax {jax_results[-1]['forward_s']:.3f}"
-              f" s; train step torch {torch_results[-1].get('train_step_s', float('nan')):.3f} s jax "
-              f"{jax_results[-1].get('train_step_s', float('nan')):.3f} s; load {os.getloadavg()}")
+        print(f"round {i}: forward torch {torch_results[-1]['forward_s']:.4g} s jax {jax_results[-1]['forward_s']:.4g}"
+              f" s; train step torch {torch_results[-1].get('train_step_s', float('nan')):.4g} s jax "
+              f"{jax_results[-1].get('train_step_s', float('nan')):.4g} s; load {os.getloadavg()}")
   torch_result, jax_result = (_best(torch_results) if torch_results[0] else {}), _best(jax_results)
   jax_result["matmul_utilisation_forward"] = jax_result["forward_gflops_per_s"] / jax_result["matmul_peak_gflops"]
   if "train_gflops_per_s" in jax_result:
@@ -202,11 +265,18 @@ def main(_):
   print("diffusers (best of rounds):", json.dumps(torch_result, indent=1))
   print("vdm_jax (best of rounds):", json.dumps(jax_result, indent=1))
   if torch_result:
-    print(f"forward: jax {jax_result['forward_s']:.3f} s, torch {torch_result['forward_s']:.3f} s, "
+    print(f"forward: jax {jax_result['forward_s']:.4g} s, torch {torch_result['forward_s']:.4g} s, "
           f"torch/jax time ratio {torch_result['forward_s'] / jax_result['forward_s']:.2f}")
     if "train_step_s" in torch_result:
-      print(f"train step: jax {jax_result['train_step_s']:.3f} s, torch {torch_result['train_step_s']:.3f} s, "
+      print(f"train step: jax {jax_result['train_step_s']:.4g} s, torch {torch_result['train_step_s']:.4g} s, "
             f"torch/jax time ratio {torch_result['train_step_s'] / jax_result['train_step_s']:.2f}")
+    line = (f"outputs ({FLAGS.dtype}): jax vs torch max abs {jax_result['max_abs_err_vs_torch']:.3g} "
+            f"(rel {jax_result['max_rel_err_vs_torch']:.3g})")
+    if "max_abs_err_vs_torch_float32" in jax_result:
+      line += (f"; vs torch float32: jax max abs {jax_result['max_abs_err_vs_torch_float32']:.3g} "
+               f"(rel {jax_result['max_rel_err_vs_torch_float32']:.3g}), torch max abs "
+               f"{torch_result['max_abs_err_vs_float32']:.3g} (rel {torch_result['max_rel_err_vs_float32']:.3g})")
+    print(line)
   print(f"load average at end: {os.getloadavg()}")
 
 
