@@ -64,7 +64,10 @@ def test_chunked_memory_grows_linearly():
 def test_backend_selection_and_cudnn_on_cpu():
   assert attention.resolve_backend("auto", 1024, platform="cpu") == "xla"
   assert attention.resolve_backend("auto", 1025, platform="cpu") == "chunked"
-  assert attention.resolve_backend("auto", 100, dtype=jnp.bfloat16, platform="gpu") == "jax_auto"
+  assert attention.resolve_backend("auto", 100, dtype=jnp.bfloat16, platform="gpu") == "cudnn"
+  assert attention.resolve_backend("auto", 20000, dtype=jnp.float16, platform="gpu", head_dim=128) == "cudnn"
+  assert attention.resolve_backend("auto", 100, dtype=jnp.bfloat16, platform="gpu", head_dim=160) == "xla"
+  assert attention.resolve_backend("auto", 20000, dtype=jnp.bfloat16, platform="gpu", head_dim=20) == "chunked"
   assert attention.resolve_backend("auto", 20000, dtype=jnp.float32, platform="gpu") == "chunked"
   assert attention.resolve_backend("cudnn", 100, platform="gpu") == "cudnn"
   assert attention.resolve_backend("cudnn", 100, fallback=True, platform="cpu") == "xla"

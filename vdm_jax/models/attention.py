@@ -3,12 +3,15 @@
 Backends (`dot_product_attention(..., backend=NAME)`), all on [B, L, H, D] inputs:
   'xla'      jax.nn.dot_product_attention(implementation='xla'): materialises the [B, H, Lq, Lk] logits.
   'cudnn'    jax.nn.dot_product_attention(implementation='cudnn'): cuDNN flash attention, GPU only (fp16/bf16).
-             Elsewhere it raises, unless `fallback=True`, which runs 'xla' instead. Not tested on a GPU here.
+             Elsewhere it raises, unless `fallback=True`, which runs 'xla' instead. Checked on an H100
+             (`python -m experiments.check_gpu_attention`): at CogVideoX-2b's 17,776 tokens x 30 heads x 64 in bf16,
+             10.9x (forward) and 6.8x (forward+backward) faster than 'xla', which needs 70 GB of temporaries there;
+             values and q/k/v gradients within 2.7e-3 to 4e-3 of a float32 reference (fp16: 3.6e-4 to 5.7e-4).
   'chunked'  blockwise attention with an online softmax in pure JAX (lax.scan over query blocks and, inside, over
              key/value blocks) and a recomputing backward (custom_vjp), so neither the forward nor the gradient
              holds more than one [B, H, q_block, kv_block] block of logits: memory grows linearly with length.
-  'auto'     GPU with fp16/bf16 inputs: jax's own choice (cuDNN flash attention where it applies, else XLA).
-             Otherwise 'chunked' when the key length is above `chunk_threshold` (1024), else 'xla' (on this 2-core
+  'auto'     GPU with fp16/bf16 inputs and a head dim cuDNN takes (a multiple of 8, <= 128): 'cudnn' (jax's own
+             implementation=None still means XLA, which materialises the logits). Otherwise 'chunked' when the key length is above `chunk_threshold` (1024), else 'xla' (on this 2-core
              CPU 'chunked' is as fast as 'xla' from ~2k tokens and needs far less memory, in the backward above all).
   'ulysses', 'ulysses_xla', 'ulysses_chunked', 'ulysses_cudnn'
              context (sequence) parallelism for long videos (`vdm_jax.parallel.context`): under a mesh whose
@@ -45,13 +48,14 @@ def split_backend(backend: str) -> tuple[bool, str]:
 
 
 def resolve_backend(backend: str, kv_length: int, *, dtype=jnp.float32, chunk_threshold: int = 1024,
-                    fallback: bool = False, platform: str | None = None) -> str:
-  """The backend that runs for `backend` on this platform: one of 'xla', 'cudnn', 'chunked', 'jax_auto'."""
+                    fallback: bool = False, platform: str | None = None, head_dim: int = 64) -> str:
+  """The backend that runs for `backend` on this platform: one of 'xla', 'cudnn', 'chunked'."""
   platform = platform or jax.default_backend()
   backend = split_backend(backend)[1]  # the local kernel of 'ulysses_*' (which runs it on the full sequence)
   if backend == "auto":
-    if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-      return "jax_auto"  # jax uses cuDNN flash attention where it applies
+    if (platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+        and head_dim <= 128):
+      return "cudnn"
     return "chunked" if kv_length > chunk_threshold else "xla"
   if backend == "cudnn" and platform != "gpu":
     if not fallback:
@@ -75,11 +79,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, backend: 
     attend = functools.partial(dot_product_attention, backend=local, scale=scale, q_block=q_block,
                                kv_block=kv_block, chunk_threshold=chunk_threshold, fallback=fallback)
     return context_lib.ulysses_attention(q, k, v, attend=attend)
-  name = resolve_backend(backend, k.shape[1], dtype=q.dtype, chunk_threshold=chunk_threshold, fallback=fallback)
+  name = resolve_backend(backend, k.shape[1], dtype=q.dtype, chunk_threshold=chunk_threshold, fallback=fallback,
+                         head_dim=q.shape[-1])
   if name == "chunked":
     return chunked_attention(q, k, v, scale=scale, q_block=q_block, kv_block=kv_block)
-  implementation = None if name == "jax_auto" else name
-  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=name)
 
 
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_block: int = 512,
