@@ -33,7 +33,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3.6", "scipy>=1.13"],
+    # nbclient/nbformat/ipykernel: tests/test_notebooks.py executes the colab/ notebooks.
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "scipy>=1.13", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
     "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate"],
 }

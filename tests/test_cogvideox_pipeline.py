@@ -208,6 +208,18 @@ def test_bfloat16_runs_close_to_float32(folder, pipe):
   assert float(error.max()) <= 0.15 and float(error.mean()) <= 0.02
 
 
+def test_shard_over_a_mesh_gives_the_same_video(pipe):
+  """The params placed on a 4 fsdp x 2 tensor mesh by their logical axes: sharded weights, the same video."""
+  from vdm_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  sharded = pipe.shard(mesh_lib.create_mesh({"fsdp": 4, "tensor": 2}))
+  specs = {tuple(leaf.sharding.spec) for part in (sharded.transformer_params, sharded.text_params)
+           for leaf in jax.tree.leaves(part)}
+  assert any("fsdp" in str(spec) for spec in specs) and any("tensor" in str(spec) for spec in specs)
+  assert all(len(leaf.sharding.device_set) == 8 for leaf in jax.tree.leaves(sharded.vae_params))
+  call = dict(CALL, prompt=PROMPTS[0], num_inference_steps=2, progress=False)
+  np.testing.assert_allclose(sharded(**call, seed=3), pipe(**call, seed=3), atol=1e-5)
+
+
 def test_missing_part_fails_naming_it(folder, tmp_path):
   for part in ("vae", "tokenizer"):
     root = tmp_path / f"no_{part}"

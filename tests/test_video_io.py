@@ -140,3 +140,35 @@ def test_contact_sheet_shape_and_png(tmp_path):
   assert np.array_equal(np.asarray(Image.open(path)), sheet)
   with pytest.raises(ValueError, match="PNG"):
     video_io.write_image(tmp_path / "s.jpg", sheet)
+
+
+def _embedded(snippet, mime):
+  """The decoded videos of every `data:<mime>;base64,...` URL in an HTML snippet."""
+  import base64  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  return [video_io.read_video_bytes(base64.b64decode(data))
+          for data in re.findall(rf'src="data:{mime};base64,([A-Za-z0-9+/=]+)"', snippet)]
+
+
+def test_video_html_embeds_every_video_with_its_caption():
+  videos = np.stack([palette_video(frames=4, height=8, width=10)] * 2)
+  snippet = video_io.video_html(videos, captions=["a red <circle>", "b"], fmt="gif", scale=3)
+  gifs = _embedded(snippet, "image/gif")
+  assert len(gifs) == 2
+  upscaled = np.repeat(np.repeat(videos[0], 3, axis=1), 3, axis=2)
+  assert gifs[0].shape == (4, 24, 30, 3) and np.array_equal(gifs[0], upscaled)  # gif: exact, pixels repeated
+  assert "a red &lt;circle&gt;" in snippet and "<circle>" not in snippet  # captions are escaped
+  mp4s = _embedded(video_io.video_html(smooth_video(frames=6)), "video/mp4")  # one [T, H, W, 3] video
+  assert len(mp4s) == 1 and mp4s[0].shape == (6, 64, 64, 3) and psnr(mp4s[0], smooth_video(frames=6)) > MP4_MIN_PSNR
+
+
+def test_video_html_rejects_bad_arguments():
+  video = palette_video(frames=4, height=8, width=8)
+  with pytest.raises(ValueError, match="captions"):
+    video_io.video_html([video], captions=["a", "b"])
+  with pytest.raises(ValueError, match="fmt"):
+    video_io.video_html([video], fmt="webm")
+  with pytest.raises(ValueError, match="scale"):
+    video_io.video_html([video], scale=0)
+  with pytest.raises(ValueError, match="at least one"):
+    video_io.video_html([])

@@ -98,8 +98,9 @@ def module_from_config(config: dict[str, Any], dtype=jnp.float32, **overrides) -
   return DiT(**kwargs)
 
 
-def abstract_params(module: DiT) -> Any:
-  """Shapes of the module's params (no memory), unboxed, traced at the config's sample size."""
+def abstract_params(module: DiT, boxed: bool = False) -> Any:
+  """Shapes of the module's params (no memory), traced at the config's sample size; unboxed unless `boxed` (then
+  with their logical-axis boxes, for `vdm_jax.parallel.sharding.logical_shardings`)."""
   from vdm_jax.parallel.sharding import strip_boxes  # pylint: disable=g-import-not-at-top
   latents = jax.ShapeDtypeStruct((1, module.sample_frames, module.sample_height, module.sample_width,
                                   module.in_channels), jnp.float32)
@@ -108,7 +109,8 @@ def abstract_params(module: DiT) -> Any:
   if module.patch_size_t > 1 and module.sample_frames % module.patch_size_t:
     latents = jax.ShapeDtypeStruct((1, module.patch_size_t, *latents.shape[2:]), jnp.float32)
   init = lambda *args: module.init(jax.random.PRNGKey(0), *args)["params"]
-  return strip_boxes(jax.eval_shape(init, latents, t, text))
+  abstract = jax.eval_shape(init, latents, t, text)
+  return abstract if boxed else strip_boxes(abstract)
 
 
 class _Stacked:

@@ -67,12 +67,12 @@ def flax_path(name: str, ndim: int) -> tuple[str, ...]:
   return tuple(path) + (leaf,)
 
 
-def abstract_params(module: AutoencoderKL) -> Any:
-  """ShapeDtypeStructs of the module's params (no computation)."""
+def abstract_params(module: AutoencoderKL, boxed: bool = False) -> Any:
+  """ShapeDtypeStructs of the module's params (no computation); with their logical-axis boxes if `boxed`."""
   s = module.spatial_compression
   video = jax.ShapeDtypeStruct((1, 1, s, s, module.in_channels), jnp.float32)
   variables = jax.eval_shape(lambda v: module.init(jax.random.PRNGKey(0), v, chunked=False), video)
-  return strip_boxes(variables["params"])
+  return variables["params"] if boxed else strip_boxes(variables["params"])
 
 
 def convert(tensors: dict[str, np.ndarray], abstract: Any, *, dtype=None, source: str = "weights") -> Any:

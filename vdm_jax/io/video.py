@@ -14,7 +14,12 @@ Formats, chosen by the file extension:
 `read_video` also reads any other format ffmpeg can decode. A missing file raises `FileNotFoundError`; a file that
 exists but cannot be decoded (truncated, corrupt, not a video) raises `VideoReadError`, a `ValueError`, so dataset
 code can catch it, skip the file and count it.
+
+`video_html` encodes videos into an HTML snippet (base64 mp4 or gif, captions) for notebooks:
+`IPython.display.HTML(video_html(videos, captions))`.
 """
+import base64
+import html
 import io
 import os
 import re
@@ -303,3 +308,58 @@ def write_image(path, image):
   _make_parent(path)
   Image.fromarray(image).save(path, format="PNG")
   return path
+
+
+HTML_FORMATS = ("mp4", "gif")
+
+
+def encode_video(video, fmt="mp4", fps=8):
+  """uint8 `[T, H, W, 3]` -> the bytes of an .mp4 (`write_mp4`) or .gif (`write_gif`) file."""
+  if fmt not in HTML_FORMATS:
+    raise ValueError(f"fmt must be one of {HTML_FORMATS}, got {fmt!r}")
+  with tempfile.TemporaryDirectory() as folder:
+    path = write_video(os.path.join(folder, f"video.{fmt}"), video, fps=fps)
+    with open(path, "rb") as f:
+      return f.read()
+
+
+def video_html(videos, captions=None, fps=8, scale=1, fmt="mp4"):
+  """Videos as one HTML snippet for a notebook: a row of looping, autoplaying players with captions.
+
+  Args:
+    videos: uint8 `[B, T, H, W, 3]`, a sequence of uint8 `[T, H, W, 3]`, or one `[T, H, W, 3]` video.
+    captions: optional sequence of B strings (HTML-escaped), shown under each video.
+    fps: frames per second.
+    scale: integer upscaling by pixel repetition (small clips, e.g. 32x32, stay sharp when shown larger).
+    fmt: 'mp4' (H.264, small; a <video> element) or 'gif' (exact for few colours; an <img> element).
+
+  Returns:
+    an HTML string with the videos embedded as base64 data URLs (no files needed).
+  """
+  if isinstance(videos, np.ndarray) and videos.ndim == 4 and videos.shape[-1] == 3:
+    videos = videos[None]
+  videos = [as_video(v, name=f"videos[{i}]") for i, v in enumerate(videos)]
+  if not videos:
+    raise ValueError("video_html needs at least one video, got none")
+  if captions is not None and len(captions) != len(videos):
+    raise ValueError(f"got {len(captions)} captions for {len(videos)} videos")
+  if fmt not in HTML_FORMATS:
+    raise ValueError(f"fmt must be one of {HTML_FORMATS}, got {fmt!r}")
+  if not isinstance(scale, int) or scale < 1:
+    raise ValueError(f"scale must be an int >= 1, got {scale!r}")
+  figures = []
+  for i, video in enumerate(videos):
+    if scale > 1:
+      video = np.repeat(np.repeat(video, scale, axis=1), scale, axis=2)
+    data = base64.b64encode(encode_video(video, fmt, fps)).decode("ascii")
+    width = video.shape[2]
+    if fmt == "mp4":
+      player = (f'<video width="{width}" autoplay loop muted playsinline controls '
+                f'src="data:video/mp4;base64,{data}"></video>')
+    else:
+      player = f'<img width="{width}" src="data:image/gif;base64,{data}"/>'
+    caption = ""
+    if captions is not None:
+      caption = f'<figcaption style="max-width:{max(width, 96)}px">{html.escape(str(captions[i]))}</figcaption>'
+    figures.append(f'<figure style="margin:4px;text-align:center">{player}{caption}</figure>')
+  return f'<div style="display:flex;flex-wrap:wrap;align-items:flex-start">{"".join(figures)}</div>'

@@ -230,6 +230,32 @@ class CogVideoXPipeline:
       raise ValueError(f"height={height}, width={width}: both must be positive multiples of {s} (VAE factor "
                        f"{self.vae_scale_factor_spatial} x patch_size {self.transformer.patch_size}).")
 
+  def shard(self, mesh, rules=None) -> "CogVideoXPipeline":
+    """A copy of this pipeline with the params of its three models placed on `mesh` by their logical axes.
+
+    `rules`: logical axis -> mesh axes (default `vdm_jax.parallel.sharding.DEFAULT_RULES`: `embed` over fsdp,
+    heads / mlp / vocab over tensor; a mesh axis that does not divide a dimension is dropped for it). The jitted
+    denoiser, T5 and VAE decode then run as one SPMD program over the mesh's devices with the weights sharded
+    (XLA gathers them where a layer needs them), so the weights need not fit on one device once placed. The
+    loaders put every weight on the default device first, so that device must hold them once.
+
+        mesh = vdm_jax.parallel.mesh.create_mesh({"fsdp": -1})   # every device of the runtime
+        pipe = cogvideox.load(path, dtype=jnp.bfloat16).shard(mesh)
+    """
+    from vdm_jax.convert import cogvideox_transformer, cogvideox_vae  # pylint: disable=g-import-not-at-top
+    from vdm_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+    ids = jnp.zeros((1, 1), jnp.int32)
+    abstract = {
+        "transformer": cogvideox_transformer.abstract_params(self.transformer, boxed=True),
+        "vae": cogvideox_vae.abstract_params(self.vae, boxed=True),
+        "text": jax.eval_shape(lambda: self.text_encoder.init(jax.random.PRNGKey(0), ids))["params"],
+    }
+    shardings = sharding.logical_shardings(abstract, mesh, sharding.DEFAULT_RULES if rules is None else rules)
+    params = jax.device_put({"transformer": self.transformer_params, "vae": self.vae_params,
+                             "text": self.text_params}, shardings)
+    return dataclasses.replace(self, transformer_params=params["transformer"], vae_params=params["vae"],
+                               text_params=params["text"])
+
   # --- The steps of a call.
 
   def encode_prompt(self, prompts: Sequence[str], max_sequence_length: int = 226) -> jax.Array:

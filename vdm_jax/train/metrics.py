@@ -82,7 +82,9 @@ class _QuietLibraries(logging.logging.Filter):
   """Keeps INFO lines of our own modules; libraries (orbax, grain, tfds) only say WARNING and above."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "/vdm_jax/" in record.pathname or "/experiments/" in record.pathname
+    # Python levels: absl's own constants (logging.WARNING == 1) are not record.levelno's scale.
+    return (record.levelno >= logging.logging.WARNING or "/vdm_jax/" in record.pathname
+            or "/experiments/" in record.pathname)
 
 
 def quiet_library_logs() -> None:
