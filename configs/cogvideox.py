@@ -1,25 +1,31 @@
 """Text-to-video training at CogVideoX scale: the 2b / 5b transformer (trained from scratch or fine-tuned) on
-latents of the CogVideoX VAE, conditioned on a frozen T5-XXL, with the CogVideoX recipe (v-prediction, zero
+latents of the CogVideoX VAE, conditioned on a frozen T5-XXL (its embeddings cached once per split, so the train
+step neither runs nor holds the 4.8B-parameter encoder), with the CogVideoX recipe (v-prediction, zero
 terminal SNR with SNR shift 3.0 (2b) / 1.0 (5b), 10% text dropout, explicit uniform timestep sampling).
 
 Video 480x720x49 -> latents 13x60x90x16 -> 2x2 patches: 17550 video + 226 text tokens per clip. bf16 compute,
 float32 params and AdamW state sharded FSDP (ZeRO-3) over every device, full remat of each block.
 
     # Train: `path` is a diffusers CogVideoX folder (vae/, text_encoder/, tokenizer/); `dataset` a tfds dataset of
-    # captioned 480x720x49 clips ('video' uint8 [49, 480, 720, 3], 'caption'). The first run writes the latent cache.
+    # captioned 480x720x49 clips ('video' uint8 [49, 480, 720, 3], 'caption'). The first run writes the latent and
+    # text-embedding caches (W/latent_cache, W/text_cache; `encode_text` runs T5 in every step instead).
     python -m experiments.train --config configs/cogvideox.py:size=2b,path=/data/CogVideoX-2b,dataset=my_videos \\
         --workdir /ckpt/cogvideox_2b --config.distributed.enabled=True
     # Fine-tune the released transformer instead of training from scratch: --config.init_from is not a key here;
     # load it with vdm_jax.convert.cogvideox.load_transformer and restore into the workdir's first checkpoint.
 
-    # Plan it without any file on disk (abstract params only; `abstract` replaces T5-XXL by an encoder of the same
-    # widths with the byte vocabulary and takes the latent shape from the config, see below):
+    # Plan it without any file on disk (abstract params only, see `abstract` below):
     python -m experiments.plan --config configs/cogvideox.py:size=2b,abstract --mesh fsdp=64 --batch_sizes 64,128
     python -m experiments.plan --config configs/cogvideox.py:size=2b,abstract --mesh data=2,fsdp=128
 
-`abstract`: for planning only. T5-XXL becomes the byte-vocabulary encoder with T5-XXL widths (d_model 4096,
-d_ff 10240, 64 heads x 64, 24 layers; 259 instead of 32128 embedding rows, ~0.13B fewer frozen params, an
-embedding gather's FLOPs) because building a 't5' encoder reads config.json and spiece.model from disk.
+`abstract`: for planning only: the latent shape comes from the config, and T5-XXL is described by a byte-vocabulary
+encoder with T5-XXL widths (d_model 4096, d_ff 10240, 64 heads x 64, 24 layers) because building a 't5' encoder
+reads config.json and spiece.model from disk. With cached embeddings (the default) the step only sees their shape
+[226, 4096] bf16, so this changes nothing; with `encode_text` the plan holds 0.13B fewer frozen parameters (259
+instead of 32128 embedding rows) than the real T5-XXL.
+`encode_text`: run the frozen T5-XXL inside every train step on tokenized captions instead of caching its
+embeddings (no cache to write, but the step all-gathers the encoder's weights: 2b over fsdp=64 plans 24.8 instead of
+11.2 GiB per device at 1 example per device).
 """
 from vdm_jax.train.config import ConfigError, base_config, parse_arg
 
@@ -38,7 +44,8 @@ LATENT_SHAPE = (13, 60, 90, 16)  # 49 frames: (49 - 1) / 4 + 1; 480 / 8, 720 / 8
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, size="2b", path="CogVideoX-2b", dataset="captioned_videos", abstract=False)
+  args = parse_arg(arg, size="2b", path="CogVideoX-2b", dataset="captioned_videos", abstract=False,
+                   encode_text=False)
   size = args["size"]
   if size not in SIZES:
     raise ConfigError(f"Config argument size={size!r}; allowed: {sorted(SIZES)}.")
@@ -51,7 +58,7 @@ def get_config(arg: str | None = None):
   c.vae.encode_batch_size = 1
 
   c.text.update({"type": "t5", "path": args["path"], "trainable": False, "max_length": MAX_TEXT_LENGTH,
-                 "use_attention_mask": False, "dtype": "bfloat16"})
+                 "use_attention_mask": False, "dtype": "bfloat16", "cached": not args["encode_text"]})
   tokenizer = f"'{args['path']}/tokenizer'"
   if args["abstract"]:
     c.text.update({"type": "byte", "path": "", **T5_XXL})
@@ -60,8 +67,10 @@ def get_config(arg: str | None = None):
 
   c.input.dataset = args["dataset"]
   c.input.builder_config = ""
-  c.input.pp = (f"decode_text('caption')|tokenize({MAX_TEXT_LENGTH}, tokenizer={tokenizer})|"
-                "keep('latent_moments', 'tokens', 'caption')")
+  c.input.pp = "decode_text('caption')|keep('latent_moments', 'text_embeds', 'caption')"
+  if args["encode_text"]:
+    c.input.pp = (f"decode_text('caption')|tokenize({MAX_TEXT_LENGTH}, tokenizer={tokenizer})|"
+                  "keep('latent_moments', 'tokens', 'caption')")
   c.input.batch_size = 64
 
   c.model.update({

@@ -15,3 +15,20 @@ def shapes_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   captioned_shapes.load_data_source("32x32x9_tiny", "train", data_dir=data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="module")
+def vae_workdir(shapes_data_dir, tmp_path_factory):
+  """A one-step `vae` run of configs/vae.py:runlocal (once per test module): the frozen VAE that t2v runs read and
+  write their latent caches next to (its quality does not matter in tests)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import vae  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("vae"))
+  c = vae.get_config("runlocal")
+  c.input.data_dir = shapes_data_dir
+  c.train.steps = 1
+  c.train.eval_every = 0
+  loop.train(c, workdir)
+  return workdir

@@ -76,3 +76,18 @@ def test_command_line_typo_fails_at_start(tmp_path):
   assert result.returncode != 0
   assert "stpes" in result.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_batch_size_splits_over_data_and_fsdp_only():
+  mesh = {"data": 1, "fsdp": 2, "tensor": 1, "context": 4}
+  config_lib.check_batch_size(2, mesh)  # 0.25 per device: the other devices split the sequence
+  config_lib.check_batch_size(6, {"data": 2, "fsdp": 1, "tensor": 2, "context": 2}, process_count=2)
+  with pytest.raises(ConfigError, match=r"'input.batch_size' is 3, which does not split over the batch axes data x "
+                                        r"fsdp = 1 x 2 = 2 .*allowed: multiples of 2"):
+    config_lib.check_batch_size(3, mesh)
+  # the default mesh (data=-1) puts every device on the batch: the message says how to go below 1 per device
+  with pytest.raises(ConfigError, match=r"2 on 8 = 0.25 per device.*--config.mesh.data=1 --config.mesh.fsdp=2 "
+                                        r"--config.mesh.context=4"):
+    config_lib.check_batch_size(2, {"data": 8, "fsdp": 1, "tensor": 1, "context": 1})
+  with pytest.raises(ConfigError, match=r"does not split over the 2 processes.*multiples of 2"):
+    config_lib.check_batch_size(3, {"data": 1, "fsdp": 1, "tensor": 1, "context": 8}, process_count=2)

@@ -14,19 +14,6 @@ from vdm_jax.train import checkpoint, loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from configs import t2v as t2v_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import vae as vae_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-@pytest.fixture(scope="module")
-def vae_workdir(shapes_data_dir, tmp_path_factory):
-  """A `vae` run of one step: the frozen VAE the t2v runs read (its quality does not matter here)."""
-  workdir = str(tmp_path_factory.mktemp("vae"))
-  c = vae_config.get_config("runlocal")
-  c.input.data_dir = shapes_data_dir
-  c.train.steps = 1
-  c.train.eval_every = 0
-  loop.train(c, workdir)
-  return workdir
 
 
 def _t2v(data_dir, vae_dir, **train):
@@ -82,7 +69,7 @@ def test_sample_command_writes_videos_npy_and_jsonl(shapes_data_dir, vae_workdir
 
 
 def _one_step(config, mesh_sizes, devices, batch):
-  """Loss and updated params of one training step of the t2v model over a mesh of `devices`."""
+  """Loss, updated params (numpy and as placed) and the compiled HLO of one t2v training step over `devices`."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from vdm_jax.parallel import mesh as mesh_lib, sharding  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
@@ -90,30 +77,91 @@ def _one_step(config, mesh_sizes, devices, batch):
   mesh = mesh_lib.create_mesh(mesh_sizes, devices)
   rules = sharding.rules_tuple(config.sharding_rules)
   experiment = registry.get("t2v")(config, mesh)
+  experiment.workdir = None
   tx, schedule = make_optimizer(config), make_schedule(config)
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     init_fn, abstract, shardings = loop.state_initializer(experiment, tx, shapes, mesh, rules)
     state = init_fn(jax.random.PRNGKey(0))
-    step = loop.compile_train_step(experiment, tx, schedule, config, mesh, abstract, shardings, shapes)
-    state, metrics, _ = step(state, sharding.shard_batch(batch, mesh), {})
-  return float(metrics["loss"]), jax.tree.map(np.asarray, state.params), state.params
+    frozen, frozen_shardings = loop.place_frozen(experiment, mesh, rules)
+    step = loop.compile_train_step(experiment, tx, schedule, config, mesh, abstract, shardings, shapes, frozen,
+                                   frozen_shardings)
+    state, metrics, _ = step(state, sharding.shard_batch(batch, mesh), frozen)
+  return float(metrics["loss"]), jax.tree.map(np.asarray, state.params), state.params, step.as_text()
+
+
+def _first_batch(config):
+  """The first training batch of `config` (numeric leaves), through the experiment's data source."""
+  from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
+  experiment = registry.get("t2v")(config, None)
+  experiment.workdir = None
+  return pipeline.numeric(next(iter(pipeline.make_dataset(config.input, source=experiment.data_source("train")))))
 
 
 def test_one_step_is_the_same_on_every_mesh(shapes_data_dir, vae_workdir):
   """(8 data), (2 data x 4 fsdp), (2 fsdp x 2 tensor x 2 context) vs 1 device: loss and params to 1e-5 relative."""
-  from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
   c = _t2v(shapes_data_dir, vae_workdir)
   c.model.update({"num_heads": 2, "head_dim": 16})  # heads and widths divisible by the tensor axis
-  experiment = registry.get("t2v")(c, None)
-  experiment.workdir = None
-  batch = pipeline.numeric(next(iter(pipeline.make_dataset(c.input, source=experiment.data_source("train")))))
-  ref_loss, ref_params, _ = _one_step(c, {"data": 1}, jax.devices()[:1], batch)
+  batch = _first_batch(c)
+  ref_loss, ref_params, _, _ = _one_step(c, {"data": 1}, jax.devices()[:1], batch)
   for sizes in ({"data": 8}, {"data": 2, "fsdp": 4}, {"fsdp": 2, "tensor": 2, "context": 2}):
-    loss, params, placed = _one_step(c, sizes, jax.devices(), batch)
+    loss, params, placed, _ = _one_step(c, sizes, jax.devices(), batch)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), params, ref_params)
     if sizes.get("fsdp", 1) > 1:  # parameters really are sharded, not replicated
       specs = {str(x.sharding.spec) for x in jax.tree.leaves(placed)}
       assert any("fsdp" in s for s in specs), specs
+
+
+def test_fractional_per_device_batch_with_context_parallelism(shapes_data_dir, vae_workdir):
+  """2 clips on 8 devices, mesh fsdp 2 x context 4 (0.25 clips per device): the batch splits over fsdp only, each
+  clip's tokens over context (Ulysses all-to-all); loss and params equal the 1-device step (fp32, 1e-5)."""
+  from vdm_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = _t2v(shapes_data_dir, vae_workdir)
+  c.model.update({"num_heads": 4, "head_dim": 16, "attention_backend": "ulysses_xla"})  # 4 heads, context 4
+  c.input.batch_size = 2
+  sizes = {"fsdp": 2, "context": 4}
+  config_lib.check_batch_size(2, {"data": 1, "fsdp": 2, "tensor": 1, "context": 4})  # what the trainer checks
+  batch = _first_batch(c)
+  assert batch["latent_moments"].shape[0] == 2
+  ref_loss, ref_params, _, _ = _one_step(c, {"data": 1}, jax.devices()[:1], batch)
+  loss, params, placed, hlo = _one_step(c, sizes, jax.devices(), batch)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), params, ref_params)
+  assert "all-to-all" in hlo  # the sequence really is split over context
+  assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(placed))
+
+
+def test_cached_text_embeddings_train_like_the_encoder_in_the_step(shapes_data_dir, vae_workdir, tmp_path):
+  """`text.cached`: the frozen encoder's embeddings of every caption (and of "") written once and served with the
+  batch give the same step as running that encoder inside it; a cache of another encoder is refused."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vdm_jax.text import cache as text_cache  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import config as config_lib, registry  # pylint: disable=g-import-not-at-top
+  c = _t2v(shapes_data_dir, vae_workdir)
+  c.text.trainable = False
+  c.diffusion.text_dropout = 0.5  # about half the captions become the empty prompt
+  cached = ml_collections.ConfigDict(c.to_dict())
+  cached.text.update({"cached": True, "cache_dir": str(tmp_path / "text_cache")})
+  cached.input.pp = "decode_text('caption')|keep('latent_moments', 'text_embeds', 'caption')"
+  config_lib.validate(cached)
+  batch, cached_batch = _first_batch(c), _first_batch(cached)
+  np.testing.assert_array_equal(cached_batch["latent_moments"], batch["latent_moments"])  # the same clips
+  assert "tokens" not in cached_batch and cached_batch["text_embeds"].shape == (8, 16, 32)
+  assert os.path.isfile(os.path.join(str(tmp_path), "text_cache", "32x32x9_tiny", "train", "cache.json"))
+
+  ref_loss, ref_params, _, _ = _one_step(c, {"data": 1}, jax.devices()[:1], batch)
+  loss, params, _, hlo = _one_step(cached, {"data": 1}, jax.devices()[:1], cached_batch)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), params, ref_params)
+  assert set(params) == {"dit"}
+
+  other = ml_collections.ConfigDict(cached.to_dict())
+  other.text.num_layers = 2
+  with pytest.raises(text_cache.CacheMismatchError, match="was written by the encoder"):
+    registry.get("t2v")(other, None).text_cache("train")
+  trained = ml_collections.ConfigDict(cached.to_dict())
+  trained.text.trainable = True
+  with pytest.raises(config_lib.ConfigError, match="'text.cached' needs text.trainable=False"):
+    config_lib.validate(trained)

@@ -115,12 +115,3 @@ def to_host(tree: Any) -> Any:
 
   return jax.tree.map(get, tree)
 
-
-def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
-  """The global batch must split evenly over the data-parallel axes and over processes."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if global_batch % shards:
-    raise ValueError(f"input.batch_size={global_batch} is not divisible by the data-parallel size data x fsdp = "
-                     f"{shards} of mesh {dict(mesh.shape)}.")
-  if global_batch % jax.process_count():
-    raise ValueError(f"input.batch_size={global_batch} is not divisible by the {jax.process_count()} processes.")

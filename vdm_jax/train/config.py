@@ -8,7 +8,8 @@ what is allowed, so a typo never silently trains the wrong thing.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+import math
+from typing import Any, Mapping
 
 import ml_collections
 
@@ -195,6 +196,29 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   registry.get(config.experiment).validate_config(config)
   return config
 
+
+def check_batch_size(batch_size: int, mesh_shape: Mapping[str, int], process_count: int = 1,
+                     path: str = "input.batch_size") -> None:
+  """The global batch is split over the mesh axes data x fsdp only (tensor and context split heads and sequence),
+  and each process loads its own equal part of it; raises ConfigError naming the numbers and what is allowed.
+
+  So a per-device batch below 1 is fine when the spare devices go to context or tensor parallelism, e.g. 2 clips
+  on 8 devices with fsdp=2, context=4 (0.25 per device).
+  """
+  shards = mesh_shape["data"] * mesh_shape["fsdp"]
+  devices = math.prod(mesh_shape.values())
+  if batch_size % shards:
+    fsdp = math.gcd(batch_size, devices)
+    raise ConfigError(
+        f"Config key '{path}' is {batch_size}, which does not split over the batch axes data x fsdp = "
+        f"{mesh_shape['data']} x {mesh_shape['fsdp']} = {shards} of mesh {dict(mesh_shape)}; allowed: multiples of "
+        f"{shards}. The batch is split over data x fsdp only, so fewer examples than devices ({batch_size} on "
+        f"{devices} = {batch_size / devices:g} per device) need the other devices on mesh.context (sequence) or "
+        f"mesh.tensor (heads), e.g. --config.mesh.data=1 --config.mesh.fsdp={fsdp} "
+        f"--config.mesh.context={devices // fsdp} (heads and tokens must divide by the context size).")
+  if batch_size % process_count:
+    raise ConfigError(f"Config key '{path}' is {batch_size}, which does not split over the {process_count} "
+                      f"processes (each loads batch / processes examples); allowed: multiples of {process_count}.")
 
 
 def parse_arg(arg: str | None, **defaults) -> dict[str, str | bool]:

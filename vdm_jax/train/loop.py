@@ -154,7 +154,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   mesh_lib.maybe_initialize_distributed(config)
   mesh = mesh_lib.create_mesh(config.mesh)
   rules = sharding.rules_tuple(config.sharding_rules)
-  sharding.check_batch_divisible(config.input.batch_size, mesh)
+  config_lib.check_batch_size(config.input.batch_size, mesh.shape, jax.process_count())
   write_config(config, workdir)
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
   experiment = registry.get(config.experiment)(config, mesh)
@@ -185,6 +185,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       logging.info("Resuming from checkpoint %d in %s.", start_step, checkpointer.directory)
       target = checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
       state = checkpointer.restore(start_step, target, train_iter)
+      # Every process logs the same global checksum: a restore under another mesh or process count can be checked
+      # against the `l2_params` the saving run logged at that step.
+      logging.info("Restored step %d: l2_params=%.9g", start_step, float(l2_norm(state.params)))
 
     # --- Update step: compiled once ahead of time with explicit shardings, the state donated.
     frozen, frozen_shardings = place_frozen(experiment, mesh, rules)
@@ -227,6 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
           break
       if pending is not None:
         _check_finite(*pending)
+        logging.info("Finished step %d: l2_params=%.9g", pending[0], float(pending[1]["l2_params"]))
     checkpointer.close()
     writer.close()
   return state

@@ -38,7 +38,7 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch
   config_lib.validate(config)
   mesh = mesh_lib.create_mesh(config.mesh)
   rules = sharding.rules_tuple(config.sharding_rules)
-  sharding.check_batch_divisible(batch_size, mesh)
+  config_lib.check_batch_size(batch_size, mesh.shape, jax.process_count())
   experiment = registry.get(config.experiment)(config, mesh)
   shapes = batch_shapes(config, experiment, batch_size)
   tx, schedule = make_optimizer(config), make_schedule(config)
@@ -52,7 +52,8 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch
   peak = flops_lib.peak_tflops(types.SimpleNamespace(device_kind=chip), config.train.compute_dtype,
                                config.train.peak_tflops)
   report = {"experiment": config.experiment, "mesh": dict(mesh.shape), "devices": mesh.size,
-            "global_batch": batch_size, "per_device_batch": batch_size / (mesh.shape["data"] * mesh.shape["fsdp"]),
+            "global_batch": batch_size, "per_device_batch": batch_size / mesh.size,
+            "per_shard_batch": batch_size / (mesh.shape["data"] * mesh.shape["fsdp"]),
             "params": sum(x.size for x in jax.tree.leaves(abstract_state.params)),
             "memory_bytes": flops_lib.memory_summary(compiled), "flops_per_device": flops,
             "flops_source": flops_source, "chip": chip,
@@ -66,7 +67,8 @@ def format_report(r: dict[str, Any]) -> str:
   """A few readable lines."""
   gib = {k: f"{v / 2**30:.3f}" for k, v in r["memory_bytes"].items()}
   lines = [f"{r['experiment']}: {r['params'] / 1e6:.2f}M params, mesh {r['mesh']} ({r['devices']} devices), "
-           f"global batch {r['global_batch']} ({r['per_device_batch']:g} per data-parallel shard)",
+           f"global batch {r['global_batch']} ({r['per_device_batch']:g} per device, {r['per_shard_batch']:g} per "
+           "data-parallel shard)",
            f"  memory per device (GiB): {gib}",
            f"  FLOPs per device per step: {r['flops_per_device'] or 0:.4g} ({r['flops_source']})"]
   if "tflops_per_device" in r:

@@ -4,7 +4,9 @@ Data: each clip's VAE posterior moments come from a latent cache written once wi
 or a CogVideoX folder), joined to the examples by index; captions are tokenized in the input pipeline. The step:
 
   z = (mean + std eps) * scaling_factor          the posterior sample (or its mean), scaled to about unit variance
-  text: byte/T5 encoder (trained with the DiT, or frozen), captions dropped to "" with `diffusion.text_dropout`
+  text: byte/T5 encoder (trained with the DiT, or frozen), captions dropped to "" with `diffusion.text_dropout`;
+        a frozen encoder's embeddings can be cached once per split (`text.cached`, vdm_jax/text/cache.py): the
+        batch then carries `text_embeds` and the step never runs (or holds) the encoder
   t ~ timestep sampler; x_t = noised z; loss = weighted MSE(DiT(x_t, t, text), target)   (v / eps / x0 / flow)
 
 A share `diffusion.image_fraction` of each batch trains as images (the first latent frame, which the causal VAE
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,7 @@ from vdm_jax.data import shapes as shapes_lib
 from vdm_jax.diffusion import objectives, schedules, timesteps
 from vdm_jax.models.dit import DiT
 from vdm_jax.parallel import sharding
+from vdm_jax.text import cache as text_cache_lib
 from vdm_jax.text import encoders
 from vdm_jax.train import config as config_lib
 from vdm_jax.train import registry
@@ -57,6 +61,32 @@ def probe_prompts(n: int) -> list[str]:
           for i in range(n)]
 
 
+def _write_once(meta_file: str, name: str, write: Callable[[], Any],
+                prepare: Callable[[], Any] | None = None) -> None:
+  """Calls `write` on process 0 if `meta_file` (a cache's last-written file) is missing, as process 0 sees it, and
+  `prepare` first on every process; the others wait until it is written. A collective in multi-process runs:
+  every process calls it for the same caches in the same order.
+
+  `write` runs on process 0's first device under a mesh of its own: called from inside the run's mesh (an eval's
+  validation cache), the encoders' sharding constraints would otherwise spread it over every process's devices.
+  """
+  multi = jax.process_count() > 1
+  missing = not os.path.isfile(meta_file)
+  if multi:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
+  if not missing:
+    return
+  if prepare is not None:
+    prepare()
+  if jax.process_index() == 0:
+    from vdm_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    with jax.set_mesh(mesh_lib.create_mesh({"data": 1}, jax.local_devices()[:1])):
+      write()
+  if multi:
+    multihost_utils.sync_global_devices(name)
+
+
 @registry.register("t2v")
 class TextToVideo(registry.Experiment):
   """DiT on cached VAE latents of Captioned Shapes (or any captioned video dataset)."""
@@ -78,6 +108,10 @@ class TextToVideo(registry.Experiment):
     c.text = encoders.default_config()
     c.text.update({"type": "byte", "trainable": True, "max_length": 32, "d_model": 128, "d_kv": 32,
                    "num_heads": 4, "d_ff": 256, "num_layers": 2})
+    # A frozen encoder (trainable=False) run once per split into an embedding cache instead of in every step
+    # (CogVideoX trains on cached T5-XXL embeddings); input.pp must then keep 'text_embeds'.
+    c.text.cached = False
+    c.text.cache_dir = ""  # '' -> <vae workdir or this workdir>/text_cache/<builder_config>
     c.model = dit_config()
     c.diffusion = ml_collections.ConfigDict({
         "prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
@@ -120,6 +154,12 @@ class TextToVideo(registry.Experiment):
                        f"tokenize({config.text.max_length}).")
     config_lib.check(config.model.conditioning in ("joint", "cross"), "model.conditioning",
                      f"is {config.model.conditioning!r}; allowed values: ['joint', 'cross'].")
+    if config.text.cached:
+      config_lib.check(not config.text.trainable, "text.cached",
+                       "needs text.trainable=False: a trained encoder's embeddings change every step.")
+      config_lib.check("'text_embeds'" in config.input.pp or '"text_embeds"' in config.input.pp, "input.pp",
+                       "must keep 'text_embeds' when text.cached=True, e.g. "
+                       "\"decode_text('caption')|keep('latent_moments', 'text_embeds', 'caption')\".")
 
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
@@ -130,6 +170,7 @@ class TextToVideo(registry.Experiment):
     self._alphas_cumprod = jnp.asarray(self.schedule.alphas_cumprod, jnp.float32)
     self._vae = None  # (module, params), loaded on first use
     self._caches: dict[str, latent_cache.LatentCache] = {}
+    self._text_caches: dict[str, text_cache_lib.EmbeddingCache] = {}
     self._frozen_text = None
 
   # --- Frozen VAE and the latent cache.
@@ -150,24 +191,52 @@ class TextToVideo(registry.Experiment):
     """The split's latent cache, written first (by process 0) if missing."""
     if split not in self._caches:
       directory = self.cache_dir(split)
-      if not os.path.isfile(os.path.join(directory, latent_cache.META_FILE)):
-        if jax.process_index() == 0:
-          module, params = self.vae()
-          encode = jax.jit(lambda p, video: jnp.concatenate(
-              [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1))
-          logging.info("Writing the %s latent cache to %s.", split, directory)
-          latent_cache.write(directory, pipeline.data_source(self.config.input, split),
-                             lambda video: np.asarray(encode(params, video)),
-                             batch_size=self.config.vae.encode_batch_size,
-                             fingerprint={"workdir": self.config.vae.workdir, "path": self.config.vae.path})
-        if jax.process_count() > 1:
-          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-          multihost_utils.sync_global_devices(f"latent_cache_{split}")
+
+      def write():
+        module, params = self.vae()
+        encode = jax.jit(lambda p, video: jnp.concatenate(
+            [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1))
+        logging.info("Writing the %s latent cache to %s.", split, directory)
+        latent_cache.write(directory, pipeline.data_source(self.config.input, split),
+                           lambda video: np.asarray(encode(params, video)),
+                           batch_size=self.config.vae.encode_batch_size,
+                           fingerprint={"workdir": self.config.vae.workdir, "path": self.config.vae.path})
+
+      # Every process loads the VAE: restoring a VAE workdir's checkpoint is itself a step all processes take.
+      _write_once(os.path.join(directory, latent_cache.META_FILE), f"latent_cache_{split}", write,
+                  prepare=self.vae)
       self._caches[split] = latent_cache.LatentCache(directory)
     return self._caches[split]
 
+  def text_cache_dir(self, split: str) -> str:
+    root = self.config.text.cache_dir or os.path.join(self.config.vae.workdir or self.workdir or ".", "text_cache")
+    return os.path.join(root, self.config.input.builder_config or self.config.input.dataset, split)
+
+  def text_cache(self, split: str) -> text_cache_lib.EmbeddingCache:
+    """The split's text-embedding cache (`text.cached`), written first (by process 0, with the frozen encoder) if
+    missing; one written by another encoder fails instead of training on the wrong embeddings."""
+    if split not in self._text_caches:
+      directory = self.text_cache_dir(split)
+
+      def write():
+        logging.info("Writing the %s text-embedding cache to %s.", split, directory)
+        text_cache_lib.cache_split(directory, self.config.input, split, self.text, self._encoder_params())
+
+      _write_once(os.path.join(directory, text_cache_lib.META_FILE), f"text_cache_{split}", write)
+      cache = text_cache_lib.EmbeddingCache(directory)
+      expected = json.loads(json.dumps(self.text.fingerprint()))
+      if cache.meta["encoder"] != expected:
+        raise text_cache_lib.CacheMismatchError(
+            f"The text-embedding cache {directory!r} was written by the encoder {cache.meta['encoder']}, not the "
+            f"configured {expected}; remove it or point text.cache_dir elsewhere.")
+      self._text_caches[split] = cache
+    return self._text_caches[split]
+
   def data_source(self, split):
-    return latent_cache.CachedLatentSource(pipeline.data_source(self.config.input, split), self.latents(split))
+    source = latent_cache.CachedLatentSource(pipeline.data_source(self.config.input, split), self.latents(split))
+    if self.config.text.cached:
+      source = text_cache_lib.CachedTextSource(source, self.text_cache(split))
+    return source
 
   @property
   def scaling_factor(self) -> float:
@@ -218,14 +287,24 @@ class TextToVideo(registry.Experiment):
     return params
 
   def frozen_params(self, abstract=False):
+    """{'text': the frozen encoder's params}, or with `text.cached` only {'empty_text': [L, D]}, the cached
+    embedding of "" that dropped captions get; {} for a trained encoder."""
     if self.text.trainable:
       return {}
+    if self.config.text.cached:
+      if abstract:
+        return {"empty_text": jax.ShapeDtypeStruct((self.text.max_length, self.text.d_model), self.text.module.dtype)}
+      return {"empty_text": self.text_cache(self.config.input.split).empty_prompt()["text_embeds"]}
     if abstract:
       ids = jnp.zeros((1, self.text.max_length), jnp.int32)
       return {"text": jax.eval_shape(lambda: self.text.module.init(jax.random.PRNGKey(0), ids)["params"])}
+    return {"text": self._encoder_params()}
+
+  def _encoder_params(self):
+    """The frozen encoder's params (its weights, or a fixed random init), loaded once."""
     if self._frozen_text is None:
       self._frozen_text = self.text.init(jax.random.PRNGKey(self.config.seed + 1))
-    return {"text": self._frozen_text}
+    return self._frozen_text
 
   def _empty_tokens(self) -> np.ndarray:
     return self.text.tokenize([""])[0][0]
@@ -273,12 +352,16 @@ class TextToVideo(registry.Experiment):
     d = self.config.diffusion
     z_rng, drop_rng, video_rng, image_rng = jax.random.split(rng, 4)
     z = self._latents(batch["latent_moments"], z_rng)
-    tokens = batch["tokens"]
-    if d.text_dropout > 0:
-      drop = jax.random.bernoulli(drop_rng, d.text_dropout, (tokens.shape[0], 1))
-      tokens = jnp.where(drop, jnp.asarray(self._empty_tokens())[None], tokens)
-    text_params = params["text"] if self.text.trainable else frozen["text"]
-    embeds = self.text_embeds(text_params, tokens)
+    drop = jax.random.bernoulli(drop_rng, d.text_dropout, (z.shape[0], 1)) if d.text_dropout > 0 else None
+    if self.config.text.cached:
+      embeds = batch["text_embeds"].astype(jnp.float32)
+      if drop is not None:
+        embeds = jnp.where(drop[:, :, None], frozen["empty_text"].astype(jnp.float32)[None], embeds)
+    else:
+      tokens = batch["tokens"]
+      if drop is not None:
+        tokens = jnp.where(drop, jnp.asarray(self._empty_tokens())[None], tokens)
+      embeds = self.text_embeds(params["text"] if self.text.trainable else frozen["text"], tokens)
     if not self.text.trainable:
       embeds = jax.lax.stop_gradient(embeds)
     num_images = int(round(d.image_fraction * z.shape[0]))
@@ -296,13 +379,18 @@ class TextToVideo(registry.Experiment):
 
   def batch_shapes(self, batch_size: int):
     t, h, w, c = self.latent_shape()
-    return {"latent_moments": jax.ShapeDtypeStruct((batch_size, t, h, w, 2 * c), jnp.float32),
-            "tokens": jax.ShapeDtypeStruct((batch_size, self.text.max_length), jnp.int32)}
+    shapes = {"latent_moments": jax.ShapeDtypeStruct((batch_size, t, h, w, 2 * c), jnp.float32)}
+    if self.config.text.cached:
+      shapes["text_embeds"] = jax.ShapeDtypeStruct((batch_size, self.text.max_length, self.text.d_model),
+                                                   self.text.module.dtype)
+    else:
+      shapes["tokens"] = jax.ShapeDtypeStruct((batch_size, self.text.max_length), jnp.int32)
+    return shapes
 
   def flops_per_step(self, batch_shapes) -> float:
     """Model FLOPs of one training step over the global batch (forward + backward = 3x forward; recomputation
     from remat is not model work and is not counted): the DiT on its joint (or video + cross) sequence, plus the
-    text encoder (3x when trained, 1x frozen)."""
+    text encoder (3x when trained, 1x frozen, 0 when its embeddings are cached)."""
     from vdm_jax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
     dit = self.dit()
     b = batch_shapes["latent_moments"].shape[0]
@@ -316,12 +404,13 @@ class TextToVideo(registry.Experiment):
       forward = flops_lib.transformer_flops(video, width, hidden, dit.num_layers, context=text)
     m = self.text.module
     text_forward = flops_lib.transformer_flops(text, m.d_model, int(1.5 * m.d_ff), m.num_layers)
-    return b * (3 * forward + (3 if self.text.trainable else 1) * text_forward)
+    text_passes = 3 if self.text.trainable else (0 if self.config.text.cached else 1)
+    return b * (3 * forward + text_passes * text_forward)
 
   # --- Evals and samples.
 
   def _text_params(self, params):
-    return params["text"] if self.text.trainable else self.frozen_params()["text"]
+    return params["text"] if self.text.trainable else self._encoder_params()
 
   def validation_losses(self, params) -> dict[str, float]:
     """Mean loss on the validation split at each timestep of `eval.loss_timesteps`, with fixed noise."""
@@ -329,11 +418,14 @@ class TextToVideo(registry.Experiment):
     ds = pipeline.make_dataset(self.config.input, split=e.split, batch_size=e.batch_size, shuffle=False,
                                repeat=False, source=self.data_source(e.split))
 
+    cached = self.config.text.cached
+    text_key = "text_embeds" if cached else "tokens"
+
     @jax.jit
-    def grid_loss(params, moments, tokens, t, rng):
+    def grid_loss(params, moments, text, t, rng):
       mean = jnp.split(moments, 2, axis=-1)[0] * self.scaling_factor
       noise = jax.random.normal(rng, mean.shape)
-      embeds = self.text_embeds(params["text"], tokens)
+      embeds = text.astype(jnp.float32) if cached else self.text_embeds(params["text"], text)
       d = self.config.diffusion
       if d.prediction_type == "flow":
         tt = jnp.full((mean.shape[0],), t / d.num_train_timesteps)
@@ -346,17 +438,17 @@ class TextToVideo(registry.Experiment):
       out = self.dit().apply({"params": params["dit"]}, x_t, model_t, embeds)
       return objectives.mse_per_example(out, target)
 
-    eval_params = params if self.text.trainable else {**params, "text": self.frozen_params()["text"]}
+    eval_params = params if self.text.trainable or cached else {**params, "text": self._encoder_params()}
     per_t = {int(t): [] for t in e.loss_timesteps}
     seen = 0
     for i, batch in enumerate(ds):
       if seen >= e.num_examples:
         break
-      seen += len(batch["tokens"])
+      seen += len(batch[text_key])
       dev = sharding.shard_batch(pipeline.numeric(batch), self.mesh)
       for t in per_t:
         rng = jax.random.fold_in(jax.random.PRNGKey(1234 + i), t)
-        per_t[t].append(sharding.to_host(grid_loss(eval_params, dev["latent_moments"], dev["tokens"], t, rng)))
+        per_t[t].append(sharding.to_host(grid_loss(eval_params, dev["latent_moments"], dev[text_key], t, rng)))
     return {f"val_loss_t{t}": float(np.mean(np.concatenate(v))) for t, v in per_t.items() if v}
 
   def pipeline(self, params):
