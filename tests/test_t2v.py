@@ -165,3 +165,34 @@ def test_cached_text_embeddings_train_like_the_encoder_in_the_step(shapes_data_d
   trained.text.trainable = True
   with pytest.raises(config_lib.ConfigError, match="'text.cached' needs text.trainable=False"):
     config_lib.validate(trained)
+
+
+def test_latents_are_normalised_per_channel_and_the_pipeline_inverts_it(shapes_data_dir, vae_workdir):
+  """latent_norm='channel' (the default for a VAE workdir): the DiT trains on (z - mean_c) / std_c with the training
+  cache's channel statistics; the pipeline maps its samples back to VAE latents exactly."""
+  from vdm_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
+  config = _t2v(shapes_data_dir, vae_workdir)
+  experiment = registry.get("t2v")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1]))
+  assert experiment.latent_norm == "channel"
+  cache = experiment.latents("train")
+  means = np.stack([np.split(cache[i]["latent_moments"], 2, axis=-1)[0] for i in range(len(cache))])
+  z = np.asarray(experiment.normalize_latents(means)).reshape(-1, means.shape[-1])
+  np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-3)
+  np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-3)
+  assert np.shape(experiment.scaling_factor) == np.shape(experiment.latent_shift) == (means.shape[-1],)
+  from vdm_jax.pipelines.t2v import TextToVideoPipeline  # pylint: disable=g-import-not-at-top
+  pipe = TextToVideoPipeline(dit=None, dit_params=None, text=None, text_params=None, vae=None, vae_params=None,
+                             scaling_factor=experiment.scaling_factor, latent_shape=(), schedule=None,
+                             latent_shift=experiment.latent_shift)
+  np.testing.assert_allclose(np.asarray(pipe.denormalize(experiment.normalize_latents(means))), means,
+                             rtol=1e-5, atol=1e-5)
+
+  config.vae.latent_norm = "scaling_factor"  # CogVideoX's convention: one global scale, no shift
+  legacy = registry.get("t2v")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1]))
+  assert legacy.latent_shift == 0.0
+  np.testing.assert_allclose(np.asarray(legacy.normalize_latents(means)), means / cache.meta["latent_std_overall"],
+                             rtol=1e-5)
+  config.vae.latent_norm = "per_pixel"
+  with pytest.raises(Exception, match="latent_norm"):
+    registry.get("t2v").validate_config(config)

@@ -48,14 +48,19 @@ class TextToVideoPipeline:
   text_params: Any
   vae: Any
   vae_params: Any
-  scaling_factor: float
+  scaling_factor: Any  # float, or float32 [C]: the DiT's latents are (VAE latents - latent_shift) * scaling_factor
   latent_shape: tuple[int, ...]  # [T', h, w, C]
   schedule: NoiseSchedule
   prediction_type: str = "v_prediction"
   flow_shift: float = 1.0
+  latent_shift: Any = 0.0  # float, or float32 [C]
 
   def __post_init__(self):
     self._decode = jax.jit(lambda p, z: self.vae.apply({"params": p}, z, method="decode"))
+
+  def denormalize(self, latents: jax.Array) -> jax.Array:
+    """The DiT's latents -> VAE latents (the inverse of the training normalisation)."""
+    return latents / jnp.asarray(self.scaling_factor, jnp.float32) + jnp.asarray(self.latent_shift, jnp.float32)
 
   def _model_fn(self, x, t, dit_params, embeds):
     return self.dit.apply({"params": dit_params}, x, t, embeds)
@@ -102,6 +107,6 @@ class TextToVideoPipeline:
       if return_latents:
         outputs.append(np.asarray(latents)[:len(chunk) - pad])
         continue
-      video = self._decode(self.vae_params, latents / self.scaling_factor)
+      video = self._decode(self.vae_params, self.denormalize(latents))
       outputs.append(to_uint8(video)[:len(chunk) - pad])
     return np.concatenate(outputs)

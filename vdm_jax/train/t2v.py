@@ -3,7 +3,9 @@
 Data: each clip's VAE posterior moments come from a latent cache written once with the frozen VAE (a VAE workdir
 or a CogVideoX folder), joined to the examples by index; captions are tokenized in the input pipeline. The step:
 
-  z = (mean + std eps) * scaling_factor          the posterior sample (or its mean), scaled to about unit variance
+  z = (mean + std eps - shift) * scale           the posterior sample (or its mean), normalised (`vae.latent_norm`):
+                                                 per channel to zero mean and unit variance (a VAE trained here),
+                                                 or times the VAE's scaling factor (CogVideoX's folders)
   text: byte/T5 encoder (trained with the DiT, or frozen), captions dropped to "" with `diffusion.text_dropout`;
         a frozen encoder's embeddings can be cached once per split (`text.cached`, vdm_jax/text/cache.py): the
         batch then carries `text_embeds` and the step never runs (or holds) the encoder
@@ -38,6 +40,7 @@ from vdm_jax.train import config as config_lib
 from vdm_jax.train import registry
 
 OBJECTIVES = ("v_prediction", "epsilon", "sample", "flow")
+LATENT_NORMS = ("auto", "channel", "scaling_factor")
 
 
 def dit_config(**overrides) -> ml_collections.ConfigDict:
@@ -46,6 +49,7 @@ def dit_config(**overrides) -> ml_collections.ConfigDict:
       "conditioning": "joint", "activation": "gelu_tanh", "num_layers": 4, "num_heads": 4, "head_dim": 32,
       "mlp_ratio": 4.0, "patch_size": 2, "patch_size_t": 1, "time_embed_dim": 128, "pos_embed": "none",
       "use_rope": True, "rope_grid": "slice", "qk_norm": True, "attention_backend": "auto", "remat_policy": "none",
+      "pooled_text": False,
   })
   c.update(overrides)
   return c
@@ -97,7 +101,13 @@ class TextToVideo(registry.Experiment):
     c.vae = ml_collections.ConfigDict({
         "workdir": "",  # a `vae` experiment's workdir (its EMA params), or
         "path": "",  # a diffusers AutoencoderKLCogVideoX folder
-        "scaling_factor": 0.0,  # 0: 1 / std of the cached training latents (the folder's own value with `path`)
+        # How latents are normalised for the DiT: 'channel' = (z - mean_c) / std_c with the per-channel statistics
+        # of the training latent cache; 'scaling_factor' = z * scaling_factor (CogVideoX: no shift); 'auto' =
+        # 'scaling_factor' for a CogVideoX folder (`path`) or an explicit scaling_factor, else 'channel'.
+        # A VAE trained with a tiny KL weight has per-channel offsets far larger than its variations (the tiny
+        # VAE: means -1.2 ... 2.4, stds 0.15 ... 0.5), which one global scale leaves in place.
+        "latent_norm": "auto",
+        "scaling_factor": 0.0,  # 0: the folder's own value with `path`, else 1 / std of the cached training latents
         "cache_dir": "",  # '' -> <vae workdir or this workdir>/latent_cache/<builder_config>
         "sample_posterior": True,
         "encode_batch_size": 16,
@@ -106,7 +116,8 @@ class TextToVideo(registry.Experiment):
         "latent_shape": (),
     })
     c.text = encoders.default_config()
-    c.text.update({"type": "byte", "trainable": True, "max_length": 32, "d_model": 128, "d_kv": 32,
+    # max_length 40: the longest Captioned Shapes caption is 36 bytes (+ EOS); 32 cut the motion word off 6% of them.
+    c.text.update({"type": "byte", "trainable": True, "max_length": 40, "d_model": 128, "d_kv": 32,
                    "num_heads": 4, "d_ff": 256, "num_layers": 2})
     # A frozen encoder (trainable=False) run once per split into an embedding cache instead of in every step
     # (CogVideoX trains on cached T5-XXL embeddings); input.pp must then keep 'text_embeds'.
@@ -136,6 +147,7 @@ class TextToVideo(registry.Experiment):
     d, v = config.diffusion, config.vae
     config_lib.check(bool(v.workdir) != bool(v.path), "vae.workdir",
                      "and vae.path: give exactly one (a VAE workdir or a CogVideoX VAE folder).")
+    config_lib.check_choice(config, "vae.latent_norm", LATENT_NORMS)
     config_lib.check_choice(config, "diffusion.prediction_type", OBJECTIVES)
     config_lib.check_choice(config, "diffusion.beta_schedule", schedules.BETA_SCHEDULES)
     config_lib.check_choice(config, "diffusion.timestep_sampling", timesteps.SAMPLERS)
@@ -239,12 +251,36 @@ class TextToVideo(registry.Experiment):
     return source
 
   @property
-  def scaling_factor(self) -> float:
-    if self.config.vae.scaling_factor > 0:
-      return float(self.config.vae.scaling_factor)
-    if self.config.vae.path:
+  def latent_norm(self) -> str:
+    """'channel' or 'scaling_factor' (`vae.latent_norm` with 'auto' resolved)."""
+    v = self.config.vae
+    if v.latent_norm != "auto":
+      return v.latent_norm
+    return "scaling_factor" if v.path or v.scaling_factor > 0 else "channel"
+
+  @property
+  def latent_shift(self) -> np.ndarray | float:
+    """Subtracted from VAE latents before scaling: float32 [C] (latent_norm='channel': the channel means) or 0."""
+    if self.latent_norm == "channel":
+      return np.asarray(self.latents(self.config.input.split).meta["latent_mean"], np.float32)
+    return 0.0
+
+  @property
+  def scaling_factor(self) -> np.ndarray | float:
+    """The latent scale: float32 [C] (latent_norm='channel': 1 / the channel stds) or one float."""
+    v = self.config.vae
+    if self.latent_norm == "channel":
+      std = np.asarray(self.latents(self.config.input.split).meta["latent_std"], np.float64)
+      return (1.0 / np.maximum(std, 1e-6)).astype(np.float32)
+    if v.scaling_factor > 0:
+      return float(v.scaling_factor)
+    if v.path:
       return float(self.vae()[0].scaling_factor)
     return 1.0 / float(self.latents(self.config.input.split).meta["latent_std_overall"])
+
+  def normalize_latents(self, z: jax.Array) -> jax.Array:
+    """VAE latents [..., C] -> the DiT's latents: (z - latent_shift) * scaling_factor."""
+    return (z - jnp.asarray(self.latent_shift, jnp.float32)) * jnp.asarray(self.scaling_factor, jnp.float32)
 
   def latent_shape(self) -> tuple[int, ...]:
     """[T', h, w, C] of one clip's latents: from the latent cache, or from `vae.latent_shape` while there is none
@@ -320,7 +356,7 @@ class TextToVideo(registry.Experiment):
     z = mean
     if self.config.vae.sample_posterior:
       z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
-    return z * self.scaling_factor
+    return self.normalize_latents(z)
 
   def _noised(self, z: jax.Array, rng: jax.Array, num_groups: int = 1):
     """(x_t, model timesteps, target, per-example weight) for clean latents z [B, ...]."""
@@ -423,7 +459,7 @@ class TextToVideo(registry.Experiment):
 
     @jax.jit
     def grid_loss(params, moments, text, t, rng):
-      mean = jnp.split(moments, 2, axis=-1)[0] * self.scaling_factor
+      mean = self.normalize_latents(jnp.split(moments, 2, axis=-1)[0])
       noise = jax.random.normal(rng, mean.shape)
       embeds = text.astype(jnp.float32) if cached else self.text_embeds(params["text"], text)
       d = self.config.diffusion
@@ -457,7 +493,7 @@ class TextToVideo(registry.Experiment):
     vae_module, vae_params = self.vae()
     return t2v_pipeline.TextToVideoPipeline(
         dit=self.dit(), dit_params=params["dit"], text=self.text, text_params=self._text_params(params),
-        vae=vae_module, vae_params=vae_params, scaling_factor=self.scaling_factor, latent_shape=self.latent_shape(),
+        vae=vae_module, vae_params=vae_params, scaling_factor=self.scaling_factor, latent_shift=self.latent_shift, latent_shape=self.latent_shape(),
         schedule=self.schedule, prediction_type=self.config.diffusion.prediction_type,
         flow_shift=self.config.diffusion.flow_shift)
 
