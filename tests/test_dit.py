@@ -127,3 +127,19 @@ def test_bad_fields_are_named(field, value):
   with pytest.raises(ValueError, match=f"DiT.{field}={value!r}; allowed"):
     jax.eval_shape(lambda: DiT(**TINY, **{field: value}).init(jax.random.PRNGKey(0), data["latents"],
                                                                data["timesteps"], data["text"]))
+
+
+def test_pooled_text_adds_the_mean_prompt_embedding_to_the_time_embedding():
+  """pooled_text=True: temb += MLP(mean over tokens of text_embeds). With that MLP's output layer zeroed the model is
+  exactly the one without it (same other params); otherwise the prompt changes every block's modulation."""
+  data = batch(b=2)
+  plain, pooled = DiT(**TINY, zero_init=False), DiT(**TINY, zero_init=False, pooled_text=True)
+  params = init(pooled, data)
+  assert set(params) - set(init(plain, data)) == {"text_pool_embed"}
+  run = lambda model, p: np.asarray(jax.jit(model.apply)({"params": p}, data["latents"], data["timesteps"],
+                                                         data["text"]))
+  silenced = {**params, "text_pool_embed": {**params["text_pool_embed"], "linear_2": jax.tree.map(
+      jnp.zeros_like, params["text_pool_embed"]["linear_2"])}}
+  without = {k: v for k, v in params.items() if k != "text_pool_embed"}
+  np.testing.assert_allclose(run(pooled, silenced), run(plain, without), rtol=1e-6, atol=1e-6)
+  assert np.abs(run(pooled, params) - run(plain, without)).max() > 1e-3

@@ -13,6 +13,9 @@ Both end with LayerNorm -> adaLN (shift, scale) -> Dense -> unpatchify. The modu
 output projection are zero-initialised (adaLN-Zero: every block starts as the identity, the output as zero);
 converted weights overwrite them.
 
+`pooled_text` adds the prompt's mean embedding (through an MLP) to the timestep embedding: a global path for
+attributes of the whole clip (SD3, Imagen); off for CogVideoX.
+
 Positions: additive 'sincos' (CogVideoX 2b), 'learned' (5b-I2V) or 'none', and/or 3D RoPE (`use_rope`, CogVideoX
 5b and 1.5, with the pipeline's 'linspace' crop-region grid or the 1.5 'slice' grid), computed from the latent size.
 
@@ -192,6 +195,9 @@ class DiT(nn.Module):
   flip_sin_to_cos: bool = True
   freq_shift: float = 0.0
   ofs_embed_dim: int | None = None  # CogVideoX 1.5 I2V: a second sinusoid+MLP of `ofs`, added to the time embedding
+  # Global text conditioning (SD3's pooled text, Imagen's pooled T5): the mean of text_embeds over tokens through an
+  # MLP, added to the time embedding, so every adaLN modulation sees the prompt. CogVideoX has none (False).
+  pooled_text: bool = False
   conditioning: str = "joint"
   activation: str = "gelu_tanh"
   norm_eps: float = 1e-5
@@ -318,6 +324,9 @@ class DiT(nn.Module):
       raise ValueError(f"latents {latents.shape}: expected [B, T, H, W, {self.in_channels}] (in_channels).")
     timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (latents.shape[0],))
     temb = self._time_embedding(timesteps, ofs, param_dtype)
+    if self.pooled_text:
+      temb = temb + embeddings.TimestepMLP(self.time_embed_dim, param_dtype=param_dtype, name="text_pool_embed")(
+          jnp.mean(text_embeds.astype(jnp.float32), axis=1))
 
     video, grid = PatchEmbed(self.width, self.patch_size, self.patch_size_t, use_bias=self.patch_bias, dtype=dtype,
                              param_dtype=param_dtype, name="patch_embed")(latents.astype(dtype))
