@@ -194,10 +194,13 @@ class TextToVideo(registry.Experiment):
       self._vae = t2v_pipeline.load_vae(self.config.vae)
     return self._vae
 
-  def cache_dir(self, split: str) -> str:
-    v = self.config.vae
-    root = v.cache_dir or os.path.join(v.workdir or self.workdir or ".", "latent_cache")
+  def _split_dir(self, override: str, name: str, split: str) -> str:
+    """`<override or <vae workdir, else this workdir>/<name>>/<builder_config or dataset>/<split>`."""
+    root = override or os.path.join(self.config.vae.workdir or self.workdir or ".", name)
     return os.path.join(root, self.config.input.builder_config or self.config.input.dataset, split)
+
+  def cache_dir(self, split: str) -> str:
+    return self._split_dir(self.config.vae.cache_dir, "latent_cache", split)
 
   def latents(self, split: str) -> latent_cache.LatentCache:
     """The split's latent cache, written first (by process 0) if missing."""
@@ -221,8 +224,7 @@ class TextToVideo(registry.Experiment):
     return self._caches[split]
 
   def text_cache_dir(self, split: str) -> str:
-    root = self.config.text.cache_dir or os.path.join(self.config.vae.workdir or self.workdir or ".", "text_cache")
-    return os.path.join(root, self.config.input.builder_config or self.config.input.dataset, split)
+    return self._split_dir(self.config.text.cache_dir, "text_cache", split)
 
   def text_cache(self, split: str) -> text_cache_lib.EmbeddingCache:
     """The split's text-embedding cache (`text.cached`), written first (by process 0, with the frozen encoder) if
