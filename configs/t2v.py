@@ -37,8 +37,9 @@ def get_config(arg: str | None = None):
   c.model.update({"num_layers": 4, "num_heads": 4, "head_dim": 32, "conditioning": "joint"})
   # The recipe, measured on the tiny VAE's latents (probe on 64 new-seed prompts, guidance 4; README): CogVideoX's
   # SNR shift of 3 puts more training where the prompt decides the content (it changes the loss only for t > 700
-  # here), the pooled prompt in adaLN is a global path for color/shape/motion, and absolute positions let the model
-  # say where an object starts (which depends on its motion; RoPE alone is relative). Step 1500 of 3000:
+  # here), the pooled prompt in adaLN is a global path for color/shape/motion, and absolute positions could let the
+  # model say where an object starts (which depends on its motion; RoPE alone is relative; the gain measured is
+  # within the noise of 64 prompts). Step 1500 of 3000:
   # color/shape/motion 0.25/0.19/0.08 without the three, 0.52/0.23/0.23 with shift + pooled, 0.59/0.22/0.27 with all.
   c.model.update({"pos_embed": "sincos", "pooled_text": True})
   c.diffusion.snr_shift_scale = 3.0
