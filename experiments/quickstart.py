@@ -114,7 +114,8 @@ def main(argv):
   seeds = [PROBE_SEED + i for i in range(num_probe)]
   s = t2v_config.sample
   videos = pipe.generate(prompts, seeds, sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
-                         use_dynamic_cfg=s.use_dynamic_cfg, batch_size=s.batch_size, progress=True)
+                         use_dynamic_cfg=s.use_dynamic_cfg, guidance_rescale=s.guidance_rescale,
+                         batch_size=s.batch_size, progress=True)
   scores = probe.score(videos, prompts)
   minutes["sample_and_score"] = (time.time() - start) / 60 - minutes["vae"] - minutes["t2v"]
 

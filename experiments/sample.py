@@ -25,6 +25,8 @@ _SAMPLER = flags.DEFINE_enum("sampler", None, ["ddim", "dpmpp_2m", "dpmpp_2m_sde
 _STEPS = flags.DEFINE_integer("num_steps", None, "Sampling steps (default: the run's config; 50 for CogVideoX).")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config; 6 for CogVideoX).")
 _DYNAMIC = flags.DEFINE_bool("use_dynamic_cfg", None, "CogVideoX's dynamic CFG schedule.")
+_RESCALE = flags.DEFINE_float("guidance_rescale", None, "t2v workdirs: rescale of the guided output in [0, 1] (Lin et "
+                              "al. 2023; default: the run's config).")
 _FRAMES = flags.DEFINE_integer("num_frames", 49, "CogVideoX: frames (4k + 1).")
 _HEIGHT = flags.DEFINE_integer("height", 480, "CogVideoX: height.")
 _WIDTH = flags.DEFINE_integer("width", 720, "CogVideoX: width.")
@@ -43,7 +45,9 @@ def _generate_t2v(prompts, seeds):
   pick = lambda flag, default: default if flag.value is None else flag.value
   return pipe.generate(prompts, seeds, sampler=pick(_SAMPLER, sample.sampler), num_steps=pick(_STEPS, sample.num_steps),
                        guidance_scale=pick(_GUIDANCE, sample.guidance_scale),
-                       use_dynamic_cfg=pick(_DYNAMIC, sample.use_dynamic_cfg), negative_prompt=_NEGATIVE.value,
+                       use_dynamic_cfg=pick(_DYNAMIC, sample.use_dynamic_cfg),
+                       guidance_rescale=pick(_RESCALE, sample.get("guidance_rescale", 0.0)),
+                       negative_prompt=_NEGATIVE.value,
                        batch_size=_BATCH.value, progress=True)
 
 

@@ -125,6 +125,38 @@ def test_dynamic_cfg_formula():
   assert samplers.dynamic_guidance_scale(6.0, 50, 50) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("guidance_rescale", [0.0, 0.7, 1.0])
+def test_guidance_rescale_matches_diffusers(guidance_rescale):
+  from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+  rng = np.random.default_rng(3)
+  uncond, cond = rng.normal(size=(2, 3, 5, 4, 4, 8)).astype(np.float32) * np.array([1.0, 1.3])[:, None, None, None,
+                                                                                               None, None, None]
+  guided = uncond + 4.0 * (cond - uncond)
+  want = rescale_noise_cfg(torch.from_numpy(guided), torch.from_numpy(cond), guidance_rescale).numpy()
+  got = np.asarray(samplers.rescale_guidance(jnp.asarray(guided), jnp.asarray(cond), guidance_rescale))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32
+  if guidance_rescale == 1.0:  # fully rescaled: each example has the conditional output's std
+    np.testing.assert_allclose(got.reshape(3, -1).std(1), cond.reshape(3, -1).std(1), rtol=1e-5)
+
+
+def test_guidance_rescale_changes_guided_samples_only():
+  """With uncond != cond, rescale changes the sample; without guidance it is ignored; out of [0, 1] it fails."""
+  schedule = schedules.make_schedule(**COGVIDEOX_2B)
+  text = jnp.asarray([[-1.0], [2.0]])  # [uncond; cond] for a batch of one
+
+  def model_fn(x, t, scale):
+    return x * scale[:, None, None, None, None] + 0.1 * t[:, None, None, None, None] / 1000.0
+
+  noise = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 2, 2, 4))
+  run = lambda g, r: np.asarray(samplers.sample(model_fn, noise, schedule=schedule, num_steps=4, guidance_scale=g,
+                                                guidance_rescale=r, progress=False,
+                                                model_args=(text if g > 1 else text[1:],)))
+  assert float(np.abs(run(4.0, 0.7) - run(4.0, 0.0)).max()) > 1e-3
+  np.testing.assert_array_equal(run(1.0, 0.7), run(1.0, 0.0))
+  with pytest.raises(ValueError, match="guidance_rescale"):
+    run(4.0, 1.5)
+
+
 def test_v_loss_equals_x0_loss_weighted_by_one_over_one_minus_abar():
   """CogVideoX trains with an x0 loss weighted 1 / (1 - abar); that is the v-prediction MSE."""
   rng = np.random.default_rng(0)

@@ -1,5 +1,6 @@
 """Samplers: DDIM (CogVideoX's, eta 0), DPM-Solver++(2M) deterministic and the SDE variant CogVideoX uses, Euler for
-rectified flow; classifier-free guidance (incl. CogVideoX's dynamic CFG).
+rectified flow; classifier-free guidance (incl. CogVideoX's dynamic CFG, and the guidance rescale of Lin et al. 2023,
+"Common Diffusion Noise Schedules and Sample Steps are Flawed", sec. 3.4, for zero-terminal-SNR models).
 
 Per-step coefficients are computed on the host in float64 (as diffusers does) and enter one jitted step function as
 float32 scalars, so a whole sampling run compiles the model once; the Python loop over steps carries a progress bar.
@@ -134,24 +135,35 @@ def flow_timesteps(num_steps: int, shift: float = 1.0) -> np.ndarray:
 # --- Sampling loops.
 
 
+def rescale_guidance(guided: jax.Array, cond: jax.Array, guidance_rescale) -> jax.Array:
+  """Lin et al.'s guidance rescale (diffusers' `rescale_noise_cfg`): the guided output [B, ...] rescaled to the
+  per-example std of the conditional one, mixed back with the guided output by `guidance_rescale` (0: unchanged,
+  1: fully rescaled). Against the over-saturation that large guidance gives a zero-terminal-SNR v-model."""
+  axes = tuple(range(1, guided.ndim))
+  rescaled = guided * (jnp.std(cond, axis=axes, keepdims=True) / jnp.std(guided, axis=axes, keepdims=True))
+  return guidance_rescale * rescaled + (1.0 - guidance_rescale) * guided
+
+
 @functools.lru_cache(maxsize=32)
-def _flow_step_fn(model_fn: Callable, use_cfg: bool, dtype: str):
+def _flow_step_fn(model_fn: Callable, use_cfg: bool, dtype: str, use_rescale: bool = False):
   """The jitted Euler step for `model_fn` (cached: one compile per model function and shapes)."""
   @jax.jit
-  def flow_step(x, t, t_next, g, model_args):
-    v = _guided(model_fn, x, jnp.full((x.shape[0],), t * 1000.0, jnp.float32), g if use_cfg else None, model_args)
+  def flow_step(x, t, t_next, g, rescale, model_args):
+    v = _guided(model_fn, x, jnp.full((x.shape[0],), t * 1000.0, jnp.float32), g if use_cfg else None, model_args,
+                rescale if use_rescale else None)
     return euler_flow_step(x.astype(jnp.float32), v, t, t_next).astype(dtype)
   return flow_step
 
 
 @functools.lru_cache(maxsize=32)
-def _discrete_step_fn(model_fn: Callable, use_cfg: bool, prediction_type: str, dtype: str):
+def _discrete_step_fn(model_fn: Callable, use_cfg: bool, prediction_type: str, dtype: str, use_rescale: bool = False):
   """The jitted DDIM / DPM++ step for `model_fn`: every sampler is `mult1 x - mult2 D + mult_noise z` with
   D = mult3 x0 - mult4 x0_old; coef float32 [7] = (sqrt abar, sqrt(1-abar), mult1, mult2, mult3, mult4, mult_noise).
   """
   @jax.jit
-  def step(x, old_x0, t, coef, g, noise, model_args):
-    out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), g if use_cfg else None, model_args)
+  def step(x, old_x0, t, coef, g, rescale, noise, model_args):
+    out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), g if use_cfg else None, model_args,
+                  rescale if use_rescale else None)
     xf = x.astype(jnp.float32)
     if prediction_type == "v_prediction":
       x0 = coef[0] * xf - coef[1] * out
@@ -164,35 +176,45 @@ def _discrete_step_fn(model_fn: Callable, use_cfg: bool, prediction_type: str, d
   return step
 
 
-def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: jax.Array | None, model_args) -> jax.Array:
-  """Model output with classifier-free guidance: one call on [x; x], then uncond + g (cond - uncond) in float32."""
+def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: jax.Array | None, model_args,
+            rescale: jax.Array | None = None) -> jax.Array:
+  """Model output with classifier-free guidance: one call on [x; x], then uncond + g (cond - uncond) in float32,
+  optionally with the guidance rescale."""
   if guidance is None:
     return model_fn(x, t, *model_args).astype(jnp.float32)
   out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), *model_args).astype(jnp.float32)
   uncond, cond = jnp.split(out, 2)
-  return uncond + guidance * (cond - uncond)
+  guided = uncond + guidance * (cond - uncond)
+  return guided if rescale is None else rescale_guidance(guided, cond, rescale)
 
 
 def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | None = None, sampler: str = "ddim",
            num_steps: int = 50, prediction_type: str = "v_prediction", guidance_scale: float = 1.0,
-           use_dynamic_cfg: bool = False, rng: jax.Array | None = None, timestep_spacing: str = "trailing",
-           flow_shift: float = 1.0, progress: bool = True, model_args: tuple = ()) -> jax.Array:
+           use_dynamic_cfg: bool = False, guidance_rescale: float = 0.0, rng: jax.Array | None = None,
+           timestep_spacing: str = "trailing", flow_shift: float = 1.0, progress: bool = True,
+           model_args: tuple = ()) -> jax.Array:
   """Runs `sampler` from initial noise `latents` [B, ...] for `num_steps`; returns the final sample.
 
   guidance_scale > 1 turns on CFG (the model is called on the doubled batch); `use_dynamic_cfg` applies CogVideoX's
-  schedule to it. `rng` is needed by `dpmpp_2m_sde` (two normal draws per step, like the reference).
+  schedule to it; `guidance_rescale` in [0, 1] rescales the guided output (`rescale_guidance`; 0: off).
+  `rng` is needed by `dpmpp_2m_sde` (two normal draws per step, like the reference).
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampler {sampler!r}; allowed: {list(SAMPLERS)}.")
+  if not 0.0 <= guidance_rescale <= 1.0:
+    raise ValueError(f"guidance_rescale={guidance_rescale}; allowed: [0, 1] (0: off).")
   use_cfg = guidance_scale > 1.0
+  use_rescale = use_cfg and guidance_rescale > 0.0
+  rescale = jnp.float32(guidance_rescale)
   dtype = latents.dtype
 
   if sampler == "euler":
     times = flow_timesteps(num_steps, flow_shift)
-    flow_step = _flow_step_fn(model_fn, use_cfg, jnp.dtype(dtype).name)
+    flow_step = _flow_step_fn(model_fn, use_cfg, jnp.dtype(dtype).name, use_rescale)
     x = latents
     for i in tqdm(range(num_steps), disable=not progress, desc="euler"):
-      x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), jnp.float32(guidance_scale), model_args)
+      x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), jnp.float32(guidance_scale), rescale,
+                    model_args)
     return x
 
   if schedule is None:
@@ -203,7 +225,7 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
   timesteps = inference_timesteps(num_steps, n_train, timestep_spacing)
   abar = schedule.alphas_cumprod
 
-  step = _discrete_step_fn(model_fn, use_cfg, prediction_type, jnp.dtype(dtype).name)
+  step = _discrete_step_fn(model_fn, use_cfg, prediction_type, jnp.dtype(dtype).name, use_rescale)
 
   x, old_x0 = latents, jnp.zeros(latents.shape, jnp.float32)
   for i in tqdm(range(num_steps), disable=not progress, desc=sampler):
@@ -228,6 +250,6 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
       else:
         noise = jnp.zeros(latents.shape, jnp.float32)
     coef = jnp.asarray([np.sqrt(abar_t), np.sqrt(1.0 - abar_t), *mults], jnp.float32)
-    x, old_x0 = step(x, old_x0, jnp.int32(t), coef, jnp.float32(g), noise, model_args)
+    x, old_x0 = step(x, old_x0, jnp.int32(t), coef, jnp.float32(g), rescale, noise, model_args)
   return x
 

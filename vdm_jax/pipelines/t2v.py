@@ -79,10 +79,12 @@ class TextToVideoPipeline:
     return experiment.pipeline(params)
 
   def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, sampler: str = "ddim", num_steps: int = 25,
-               guidance_scale: float = 4.0, use_dynamic_cfg: bool = False, negative_prompt: str = "",
-               batch_size: int = 16, progress: bool = False, return_latents: bool = False) -> np.ndarray:
+               guidance_scale: float = 4.0, use_dynamic_cfg: bool = False, guidance_rescale: float = 0.0,
+               negative_prompt: str = "", batch_size: int = 16, progress: bool = False,
+               return_latents: bool = False) -> np.ndarray:
     """uint8 videos [N, T, H, W, 3], video i from prompts[i] and the initial noise of seeds[i]. Batches are padded
-    to `batch_size` so one compiled program serves all of them."""
+    to `batch_size` so one compiled program serves all of them. `guidance_rescale`: see
+    `vdm_jax.diffusion.samplers.rescale_guidance`."""
     if len(prompts) != len(seeds):
       raise ValueError(f"Got {len(prompts)} prompts but {len(seeds)} seeds.")
     batch_size = max(1, min(batch_size, len(prompts)))
@@ -101,7 +103,7 @@ class TextToVideoPipeline:
       noise = jnp.stack([jax.random.normal(jax.random.PRNGKey(int(s)), self.latent_shape) for s in chunk_seeds])
       latents = samplers.sample(self._model_fn, noise, schedule=self.schedule, sampler=sampler, num_steps=num_steps,
                                 prediction_type=self.prediction_type, guidance_scale=guidance_scale,
-                                use_dynamic_cfg=use_dynamic_cfg, rng=jax.random.PRNGKey(int(chunk_seeds[0])),
+                                use_dynamic_cfg=use_dynamic_cfg, guidance_rescale=guidance_rescale, rng=jax.random.PRNGKey(int(chunk_seeds[0])),
                                 flow_shift=self.flow_shift, progress=progress,
                                 model_args=(self.dit_params, embeds))
       if return_latents:

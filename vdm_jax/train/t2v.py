@@ -135,6 +135,7 @@ class TextToVideo(registry.Experiment):
                     "a white circle standing still"),
         "sampler": "ddim", "num_steps": 25, "guidance_scale": 4.0, "use_dynamic_cfg": False, "seed": 0,
         "batch_size": 16,
+        "guidance_rescale": 0.0,  # Lin et al.'s rescale of the guided output, in [0, 1] (0: off)
     })
     c.eval = ml_collections.ConfigDict({
         "split": "validation", "num_examples": 64, "batch_size": 16, "loss_timesteps": (100, 300, 500, 700, 900),
@@ -159,6 +160,8 @@ class TextToVideo(registry.Experiment):
                      "must be 'uniform' or 'logit_normal' for flow.")
     from vdm_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
     config_lib.check_choice(config, "sample.sampler", samplers.SAMPLERS)
+    config_lib.check(0.0 <= config.sample.guidance_rescale <= 1.0, "sample.guidance_rescale",
+                     f"is {config.sample.guidance_rescale}; must be in [0, 1] (0: off).")
     encoders.validate_config(config.text)
     if "tokenize(" in config.input.pp:
       config_lib.check(f"tokenize({config.text.max_length}" in config.input.pp.replace(" ", ""), "input.pp",
@@ -508,7 +511,7 @@ class TextToVideo(registry.Experiment):
       videos = self.pipeline(params).generate(
           prompts, seeds=[e.probe_seed + i for i in range(len(prompts))], sampler=s.sampler,
           num_steps=s.num_steps, guidance_scale=s.guidance_scale, use_dynamic_cfg=s.use_dynamic_cfg,
-          batch_size=s.batch_size)
+          guidance_rescale=s.guidance_rescale, batch_size=s.batch_size)
       scores = probe.score(videos, prompts)
       metrics.update({f"probe_{k}": v for k, v in scores.items() if k != "num_videos"})
     return metrics
@@ -519,7 +522,7 @@ class TextToVideo(registry.Experiment):
     videos = self.pipeline(params).generate(prompts, seeds=[s.seed + i for i in range(len(prompts))],
                                             sampler=s.sampler, num_steps=s.num_steps,
                                             guidance_scale=s.guidance_scale, use_dynamic_cfg=s.use_dynamic_cfg,
-                                            batch_size=s.batch_size)
+                                            guidance_rescale=s.guidance_rescale, batch_size=s.batch_size)
     if jax.process_index() != 0:
       return
     from vdm_jax import io  # pylint: disable=g-import-not-at-top
