@@ -74,6 +74,40 @@ def _init(exp, batch):
                                           is_leaf=lambda x: hasattr(x, "unbox")))(jax.random.PRNGKey(0))
 
 
+def test_decoder_noise_scales_with_the_channel_stds():
+  rng = np.random.default_rng(1)
+  means = jnp.asarray(rng.normal(size=(4, 3, 4, 4, 6)) * np.array([0.1, 0.5, 1, 2, 4, 8]) + 3.0, jnp.float32)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  noisy = vae_train.add_decoder_noise(means, means, 0.5, *keys)
+  delta = np.asarray(noisy - means).reshape(4, -1, 6)
+  # per example, the noise in channel c is sigma_b * std_c * N(0, 1): its per-channel std / std_c is one sigma_b
+  ratios = delta.std(axis=1) / np.asarray(means).reshape(-1, 6).std(axis=0)
+  assert ratios.max() <= 0.5 * 1.4 and np.ptp(ratios, axis=1).max() < 0.5 * ratios.max(axis=1).max()
+  np.testing.assert_array_equal(vae_train.add_decoder_noise(means, means, 0.0, *keys), means)
+  # no gradient flows through the std: d(sum z')/d(means) is the identity's
+  grad = jax.grad(lambda m: jnp.sum(vae_train.add_decoder_noise(m, m, 0.5, *keys)))(means)
+  np.testing.assert_allclose(np.asarray(grad), 1.0, rtol=1e-6)
+
+
+def test_decoder_noise_in_the_loss():
+  """With decoder_noise the decoded latents are perturbed (a different loss), and the forward pass equals the model's
+  own encode -> sample -> decode when the noise is 0; a negative value fails at start-up."""
+  batch = _batch(b=2, t=5)
+  base = _experiment(_config("", image_fraction=0.0))
+  params = _init(base, batch)
+  rng = jax.random.PRNGKey(3)
+  loss0, _ = base.loss(params, batch, rng)
+  noisy = _experiment(_config("", image_fraction=0.0, decoder_noise=0.5))
+  loss1, _ = noisy.loss(params, batch, rng)
+  assert abs(float(loss1) - float(loss0)) > 1e-6
+  recon, _ = base.forward(params["vae"], batch["video"], rng)
+  want, _ = base.model.apply({"params": params["vae"]}, batch["video"], rng, base.config.model.chunked)
+  np.testing.assert_array_equal(np.asarray(recon), np.asarray(want))
+  c = _config("", decoder_noise=-0.1)
+  with pytest.raises(config_lib.ConfigError, match="loss.decoder_noise"):
+    config_lib.validate(c)
+
+
 def _rec(l, recon, video):
   return l.l1_weight * jnp.mean(jnp.abs(recon - video)) + l.l2_weight * jnp.mean(jnp.square(recon - video))
 

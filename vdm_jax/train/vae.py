@@ -2,7 +2,11 @@
 
 Loss per step, for a batch of clips `[B, T, H, W, 3]` in [-1, 1]:
 
-  rec   = l1_weight * |x - x'| + l2_weight * (x - x')^2, averaged over pixels
+  rec   = l1_weight * |x - x'| + l2_weight * (x - x')^2, averaged over pixels; x' decodes a posterior sample, plus
+          (with `decoder_noise` > 0) Gaussian noise of std sigma * (the batch's per-channel std of the posterior
+          means, no gradient), sigma ~ U(0, decoder_noise) per clip: the decoder learns to give clean videos from
+          latents a little off the encoder's, as a diffusion model's samples are (a latent diffusion model's errors
+          are measured in those per-channel stds, the units it is trained in)
   kl    = KL(q(z|x) || N(0, I)) per clip / pixels per clip (so `kl_weight` means what it means in LDM/CogVideoX,
           where the per-clip sums are compared: 1e-6 is the usual value)
   gan   = -mean D(x')  (hinge generator loss), weighted by `disc_weight` * the adaptive weight
@@ -48,6 +52,15 @@ def _to_uint8(x) -> np.ndarray:
   return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def add_decoder_noise(z: jax.Array, means: jax.Array, max_sigma: float, sigma_rng: jax.Array,
+                      eps_rng: jax.Array) -> jax.Array:
+  """z [B, T', h, w, C] + sigma_b * std_c * eps: sigma_b ~ U(0, max_sigma) per example, std_c the per-channel std of
+  `means` over all other axes (without gradient, so the encoder cannot outgrow the noise by scaling up)."""
+  std = jax.lax.stop_gradient(jnp.std(means.reshape(-1, means.shape[-1]), axis=0))
+  sigma = jax.random.uniform(sigma_rng, (z.shape[0],) + (1,) * (z.ndim - 1), maxval=max_sigma)
+  return z + sigma * std * jax.random.normal(eps_rng, z.shape, z.dtype)
+
+
 def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
   """Discriminator hinge loss: mean relu(1 - D(real)) + mean relu(1 + D(fake))."""
   return jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake))
@@ -71,6 +84,7 @@ class VAEExperiment(registry.Experiment):
     })
     c.loss = ml_collections.ConfigDict({
         "l1_weight": 1.0, "l2_weight": 0.0, "kl_weight": 1e-6, "sample_posterior": True,
+        "decoder_noise": 0.0,  # max std of the noise added to decoded latents, in per-channel stds (0: none)
         "image_fraction": 0.25,  # share of each batch trained as single frames
         "train_frames": 0,  # 0: whole clips; else a random window of this many frames (1 + ratio * k)
         "disc_weight": 0.0,  # 0 disables the discriminator
@@ -95,6 +109,7 @@ class VAEExperiment(registry.Experiment):
     config_lib.check(l.l1_weight >= 0 and l.l2_weight >= 0 and l.l1_weight + l.l2_weight > 0, "loss.l1_weight",
                      "and loss.l2_weight must be >= 0 and not both 0.")
     config_lib.check(l.kl_weight >= 0, "loss.kl_weight", "must be >= 0.")
+    config_lib.check(l.decoder_noise >= 0, "loss.decoder_noise", f"is {l.decoder_noise}; must be >= 0 (0: none).")
     config_lib.check(0.0 <= l.image_fraction <= 1.0, "loss.image_fraction", "must be in [0, 1].")
     # An odd number of latent frames decodes back to 1 + ratio (T' - 1) frames; an even one to ratio T' (as in
     # diffusers), so training windows have 1 + 2 ratio k frames.
@@ -153,6 +168,18 @@ class VAEExperiment(registry.Experiment):
         videos = jax.lax.dynamic_slice_in_dim(videos, start, l.train_frames, axis=1)
     return images, videos
 
+  def forward(self, vae_params, x, rng):
+    """(reconstruction, posterior) of x [B, T, H, W, 3] in training: decodes a posterior sample (its mode unless
+    `loss.sample_posterior`), plus the `decoder_noise` augmentation when configured."""
+    l, chunked = self.config.loss, self.config.model.chunked
+    if l.decoder_noise <= 0:
+      return self.model.apply({"params": vae_params}, x, rng if l.sample_posterior else None, chunked)
+    sample_rng, sigma_rng, eps_rng = jax.random.split(rng, 3)
+    posterior = self.model.apply({"params": vae_params}, x, chunked, method="encode")
+    z = posterior.sample(sample_rng) if l.sample_posterior else posterior.mode()
+    z = add_decoder_noise(z, posterior.mean, l.decoder_noise, sigma_rng, eps_rng)
+    return self.model.apply({"params": vae_params}, z, chunked, method="decode"), posterior
+
   def loss(self, params, batch, rng, step=None):
     l = self.config.loss
     video = nn.with_logical_constraint(batch["video"], ("batch", None, None, None, None))
@@ -172,8 +199,7 @@ class VAEExperiment(registry.Experiment):
     totals = {k: 0.0 for k in ("rec", "l1", "mse", "kl", "g_loss", "d_loss", "logits_real", "logits_fake")}
     last_rec, last_gan = 0.0, 0.0
     for i, (x, w) in enumerate(zip(groups, weights)):
-      rng_i = jax.random.fold_in(sample_rng, i) if l.sample_posterior else None
-      forward = lambda p, x=x, rng_i=rng_i: self.model.apply({"params": p}, x, rng_i, self.config.model.chunked)
+      forward = lambda p, x=x, rng_i=jax.random.fold_in(sample_rng, i): self.forward(p, x, rng_i)
       if use_disc and l.disc_adaptive_weight:
         recon, vjp_fn, posterior = jax.vjp(forward, params["vae"], has_aux=True)
       else:
