@@ -4,6 +4,7 @@ identical random weights and input, at the real CogVideoX channel configuration.
     python -m experiments.bench_vae                                   # 9x64x64 and 17x128x128
     python -m experiments.bench_vae --sizes 9x64x64 --repeats 3
     python -m experiments.bench_vae --stream_memory                   # JAX decode peak RSS: 5 vs 20 latent frames
+    python -m experiments.bench_vae --convs                           # one 3x3x3 conv: Conv3d impls vs torch
 
 Random weights are created once with diffusers (seeded, perturbed so norms/biases are not trivial) and saved as a
 diffusers folder; each framework then runs in its own subprocess, which loads that folder (vdm_jax through
@@ -14,6 +15,9 @@ Prints one line per size and framework and the JAX/diffusers time ratios (< 1: J
 
 `--stream_memory` instead decodes 5 and 20 latent frames (17 and 80 frames at 64x64) with the streamed (chunked)
 decoder, and 20 as one whole clip, each in a fresh process, and prints the three peak RSS values.
+`--convs` times one 3x3x3 convolution at the tiny VAE's and CogVideoX's widths, forward and forward + backward
+(float32), with each of vdm_jax's Conv3d implementations ('frames', 'xla') and torch's conv3d: what Conv3d's choice
+on CPU ('frames') rests on, and where XLA:CPU's convolutions lose to torch's.
 Timings depend on what else runs on the machine: note the load average printed at the start.
 """
 from __future__ import annotations
@@ -103,6 +107,43 @@ def _worker_stream(model_dir: str, frames: int, chunked: bool) -> dict:
           "peak_rss_mb": _rss_mb()}
 
 
+CONV_SHAPES = ((3, 11, 64, 8), (3, 11, 64, 16), (3, 7, 32, 32), (3, 5, 8, 64), (1, 11, 64, 128))  # B, T+2, H=W, C
+
+
+def bench_convs(repeats: int) -> None:
+  """Prints ms per forward and per forward + backward of one 3x3x3 conv (C -> C, 'same' in H, W, valid in time)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models.vae import Conv3d  # pylint: disable=g-import-not-at-top
+  for b, t, size, c in CONV_SHAPES:
+    x = np.random.default_rng(0).normal(size=(b, t, size, size, c)).astype(np.float32)
+    xj = jnp.asarray(x)
+    cells = []
+    for impl in ("frames", "xla"):
+      conv = Conv3d(c, (3, 3, 3), (1, 1), impl=impl)
+      params = conv.init(jax.random.PRNGKey(0), xj)
+      forward = jax.jit(conv.apply)
+      grad = jax.jit(jax.grad(lambda p, v, conv=conv: jnp.sum(jnp.square(conv.apply(p, v))), argnums=(0, 1)))
+      fwd = _best(lambda f=forward, p=params: jax.block_until_ready(f(p, xj)), repeats)
+      both = _best(lambda g=grad, p=params: jax.block_until_ready(g(p, xj)), repeats)
+      cells.append((impl, fwd, both))
+    tconv = torch.nn.Conv3d(c, c, 3, padding=(0, 1, 1))
+    tx = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy()).requires_grad_(True)
+
+    def torch_forward():
+      with torch.no_grad():
+        tconv(tx)
+
+    def torch_step():
+      tconv.zero_grad()
+      torch.square(tconv(tx)).sum().backward()
+
+    cells.append(("torch", _best(torch_forward, repeats), _best(torch_step, repeats)))
+    text = "  ".join(f"{name} {f * 1e3:.1f} / {g * 1e3:.1f} ms" for name, f, g in cells)
+    print(f"[{b}, {t}, {size}, {size}, {c}]  forward / forward+backward:  {text}")
+
+
 def make_model(model_dir: str, seed: int = 0) -> None:
   """Random real-configuration AutoencoderKLCogVideoX saved as a diffusers folder (safetensors)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -132,6 +173,7 @@ def main() -> None:
   parser.add_argument("--sizes", default="9x64x64,17x128x128", help="comma-separated TxHxW")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--stream_memory", action="store_true", help="peak RSS of streamed vs whole-clip decode")
+  parser.add_argument("--convs", action="store_true", help="one 3x3x3 conv per Conv3d implementation vs torch")
   parser.add_argument("--worker", choices=("jax", "torch", "stream"), help=argparse.SUPPRESS)
   parser.add_argument("--frames", type=int, default=5, help=argparse.SUPPRESS)
   parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
@@ -149,6 +191,9 @@ def main() -> None:
     return
 
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
+  if args.convs:
+    bench_convs(args.repeats)
+    return
   with tempfile.TemporaryDirectory() as tmp:
     model_dir = os.path.join(tmp, "vae")
     make_model(model_dir)

@@ -111,6 +111,27 @@ def test_posterior():
   assert abs(float(samples.mean()) - 3.0) < 0.05 and abs(float(samples.std()) - 2.0) < 0.05
 
 
+@pytest.mark.parametrize("channels", [4, 24])
+def test_conv3d_implementations_agree(channels):
+  """'frames' (kt 2D convs summed) and 'xla' (one 3D conv) are the same convolution, forward and backward
+  (float32)."""
+  from vdm_jax.models.vae import Conv3d  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 8, 6, channels)), jnp.float32)
+  outs = {}
+  for impl in ("frames", "xla"):
+    conv = Conv3d(7, (3, 3, 3), (1, 1), impl=impl)
+    params = conv.init(jax.random.PRNGKey(0), x)
+    y, grads = jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x))), argnums=(0, 1))(params, x)
+    outs[impl] = (y, jax.tree.leaves(grads))
+  for impl in ("xla",):
+    np.testing.assert_allclose(outs[impl][0], outs["frames"][0], rtol=1e-5)
+    for a, b in zip(outs[impl][1], outs["frames"][1]):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  assert Conv3d(7, (3, 3, 3), (1, 1)).apply(params, x).shape == (2, 3, 8, 6, 7)
+  with pytest.raises(ValueError, match="allowed: 'auto', 'frames', 'xla'"):
+    Conv3d(7, (3, 3, 3), (1, 1), impl="winograd").init(jax.random.PRNGKey(0), x)
+
+
 def test_resize_nearest_index_rule():
   x = jnp.arange(5.0).reshape(1, 5, 1, 1, 1)
   # PyTorch nearest with size=12 from 5: src = floor(dst * 5 / 12).
