@@ -109,6 +109,25 @@ def test_remat_policies_give_the_same_gradients():
     assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, reference)
 
 
+@pytest.mark.parametrize("conditioning", ["joint", "cross"])
+def test_unrolled_layer_scan_is_the_same_model(conditioning):
+  """scan_unroll changes how the layer loop compiles, not the params or the function (outputs and gradients)."""
+  data = batch(b=2)
+  model = DiT(**TINY, conditioning=conditioning, zero_init=False)
+  params = init(model, data)
+  unrolled = model.clone(scan_unroll=TINY["num_layers"])
+  assert jax.tree.map(jnp.shape, init(unrolled, data)) == jax.tree.map(jnp.shape, params)
+
+  def value_and_grad(m):
+    loss = lambda p: jnp.sum(m.apply({"params": p}, data["latents"], data["timesteps"], data["text"]) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (v0, g0), (v1, g1) = value_and_grad(model), value_and_grad(unrolled)
+  np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 def test_bfloat16_compute_close_to_float32():
   data = batch(b=1)
   model = DiT(**TINY, zero_init=False)

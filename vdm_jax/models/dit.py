@@ -221,6 +221,9 @@ class DiT(nn.Module):
   attention_kv_block: int = 1024
   attention_chunk_threshold: int = 1024
   remat_policy: str = "none"
+  # Layers per iteration of the layer scan (`unroll` of lax.scan; num_layers: fully unrolled). Params stay stacked;
+  # unrolling removes the loop's per-layer slicing and stacking, which dominates small models on a CPU.
+  scan_unroll: int = 1
   zero_init: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -261,6 +264,7 @@ class DiT(nn.Module):
       block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
     scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * num_broadcast, length=self.num_layers,
+                      unroll=max(1, min(self.scan_unroll, self.num_layers)),
                       metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(**kwargs, name="layers")
 

@@ -49,7 +49,7 @@ def dit_config(**overrides) -> ml_collections.ConfigDict:
       "conditioning": "joint", "activation": "gelu_tanh", "num_layers": 4, "num_heads": 4, "head_dim": 32,
       "mlp_ratio": 4.0, "patch_size": 2, "patch_size_t": 1, "time_embed_dim": 128, "pos_embed": "none",
       "use_rope": True, "rope_grid": "slice", "qk_norm": True, "attention_backend": "auto", "remat_policy": "none",
-      "pooled_text": False,
+      "pooled_text": False, "scan_unroll": 1,
   })
   c.update(overrides)
   return c
