@@ -22,3 +22,4 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, tmp_path):
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
   assert again.returncode == 0, again.stderr[-4000:]
   assert again.stderr.count("Resuming from checkpoint") == 2
+  assert again.stderr.count("nothing to train") == 2  # and neither step is compiled again

@@ -189,6 +189,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       # against the `l2_params` the saving run logged at that step.
       logging.info("Restored step %d: l2_params=%.9g", start_step, float(l2_norm(state.params)))
 
+    if start_step >= config.train.steps:
+      # A finished run (e.g. the quickstart's reused VAE): nothing to compile or train.
+      logging.info("Already at step %d of train.steps=%d; nothing to train.", start_step, config.train.steps)
+      checkpointer.close()
+      return state
+
     # --- Update step: compiled once ahead of time with explicit shardings, the state donated.
     frozen, frozen_shardings = place_frozen(experiment, mesh, rules)
     step_fn = compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
