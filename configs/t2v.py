@@ -20,12 +20,16 @@ def get_config(arg: str | None = None):
   c = base_config("t2v")
   c.input.builder_config = "64x64x17"
   c.input.pp = f"decode_text('caption')|tokenize({c.text.max_length})|keep('latent_moments', 'tokens', 'caption')"
-  c.input.batch_size = 32
+  # Batch 16 at lr 2e-3 (it was 32 at 1e-3): twice the updates for the same clips, and with the layers unrolled
+  # 2.6x the steps per second on the 2-core CPU (1.71 -> 4.4 steps/s). Measured on the same VAE, 3000 steps = 48k
+  # clips: probe 0.62 / 0.39 / 0.48 (color / shape / motion, 96 prompts, seeds 20000+), where 2000 steps of 32 =
+  # 64k clips gave 0.58 / 0.32 / 0.20 in the quickstart (seeds 10000+, another VAE of the same config).
+  c.input.batch_size = 16
   c.optimizer.name = "adamw"
   c.optimizer.b2 = 0.99
   c.optimizer.weight_decay = 0.01
   c.schedule.name = "cosine"
-  c.schedule.base_lr = 1e-3
+  c.schedule.base_lr = 2e-3
   c.schedule.warmup_steps = 100
   c.schedule.end_lr_factor = 0.1
   c.train.steps = 3000
@@ -34,12 +38,13 @@ def get_config(arg: str | None = None):
   c.train.eval_every = 0
   c.train.sample_every = 0
   c.train.ema_decay = 0.995
-  c.model.update({"num_layers": 4, "num_heads": 4, "head_dim": 32, "conditioning": "joint"})
+  # scan_unroll: the 4 layers unrolled run 1.3-1.5x faster on a CPU (the scan's per-layer slicing dominated).
+  c.model.update({"num_layers": 4, "num_heads": 4, "head_dim": 32, "conditioning": "joint", "scan_unroll": 4})
   # The recipe, measured on the tiny VAE's latents (probe on 64 new-seed prompts, guidance 4; README): CogVideoX's
   # SNR shift of 3 puts more training where the prompt decides the content (it changes the loss only for t > 700
   # here), the pooled prompt in adaLN is a global path for color/shape/motion, and absolute positions could let the
   # model say where an object starts (which depends on its motion; RoPE alone is relative; the gain measured is
-  # within the noise of 64 prompts). Step 1500 of 3000:
+  # within the noise of 64 prompts). Step 1500 of 3000, at batch 32 and lr 1e-3:
   # color/shape/motion 0.25/0.19/0.08 without the three, 0.52/0.23/0.23 with shift + pooled, 0.59/0.22/0.27 with all.
   c.model.update({"pos_embed": "sincos", "pooled_text": True})
   c.diffusion.snr_shift_scale = 3.0
