@@ -5,7 +5,51 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+
+def _share_compilations():
+  """JAX's persistent compilation cache in one directory for this pytest run, its workers and the subprocesses they
+  start: the suite compiles the same tiny programs many times over (a VAE fixture per module, each `loop.train` of a
+  resume test, the quickstart's second run, a notebook that runs the quickstart again), and on a 2-core CPU the
+  compiles are most of its time. Entries are keyed by the program, so a hit is the same executable. With a size
+  limit set, JAX guards reads and writes with a file lock (needs `filelock`; without it the cache stays off), so
+  workers writing the same entry at once are safe. Set JAX_COMPILATION_CACHE_DIR to choose the directory."""
+  try:
+    import filelock  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return None
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return None
+  import tempfile  # pylint: disable=g-import-not-at-top
+  path = tempfile.mkdtemp(prefix="vdm_jax_test_compilations_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  return path
+
+
+_CREATED_CACHE_DIR = _share_compilations()  # in the controller; xdist workers inherit the environment
+
 import pytest  # noqa: E402
+
+
+# Modules whose tests take minutes (subprocess runs of the quickstart, notebooks, two-process training; t2v and VAE
+# training runs): started first so that under `-n 2` the workers finish together, not one of them running the last
+# long test alone. Whole modules move, so a module's tests stay together with their module-scoped fixtures.
+_SLOW_FIRST = ("test_quickstart.py", "test_multiprocess.py", "test_notebooks.py", "test_t2v.py", "test_vae_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a module is kept
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache removes it at the end (xdist workers see it already set)."""
+  if _CREATED_CACHE_DIR and not hasattr(config, "workerinput"):
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(_CREATED_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -30,5 +74,6 @@ def vae_workdir(shapes_data_dir, tmp_path_factory):
   c.input.data_dir = shapes_data_dir
   c.train.steps = 1
   c.train.eval_every = 0
+  c.loss.image_fraction = 0.0  # video batches only: one encoder/decoder graph to compile, not two
   loop.train(c, workdir)
   return workdir
