@@ -126,7 +126,8 @@ def main(argv):
   io.write_image(os.path.join(workdir, "contact_sheet.png"), io.contact_sheet(videos[:12], captions=prompts[:12]))
   plot_losses({"vae": vae_dir, "t2v": t2v_dir}, os.path.join(workdir, "loss_curves.png"))
   vae_evals = [json.loads(line) for line in open(os.path.join(vae_dir, "metrics.jsonl")) if "eval/psnr" in line]
-  report = {"probe": scores, "num_videos": num_probe, "probe_seeds": [seeds[0], seeds[-1]],
+  report = {"probe": scores, "probe_diagnosis": probe.diagnose(videos, prompts),  # where the score is lost
+            "num_videos": num_probe, "probe_seeds": [seeds[0], seeds[-1]],
             "vae_psnr": vae_evals[-1]["eval/psnr"] if vae_evals else None,
             "minutes": {k: round(v, 2) for k, v in minutes.items()}, "total_minutes": round((time.time() - start) / 60, 2),
             "workdirs": {"vae": vae_dir, "t2v": t2v_dir}}

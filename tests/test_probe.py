@@ -89,3 +89,24 @@ def test_motion_threshold_scales_with_resolution():
   assert probe.read(moved)["motion"] == "right"
   small = moved[:, ::2, ::2]  # 1.5 px at 32 px, threshold 1 px
   assert probe.read(small)["motion"] == "right"
+
+
+def test_diagnose_counts_unreadable_videos_confusions_and_fills():
+  square = _square_video(boxes=((20, 30, 20, 30),))
+  two = _square_video(boxes=((5, 15, 5, 15), (40, 50, 40, 50)))
+  empty = np.zeros_like(square)
+  rounded = square.copy()  # a "square" with its four corners cut off: fill 84/100, reads as a circle
+  for r, c in ((20, 20), (20, 29), (29, 20), (29, 29)):
+    rounded[:, max(r - 1, 20):min(r + 2, 30), max(c - 1, 20):min(c + 2, 30)] = 0
+    rounded[:, r, c] = 0
+  target = {"color": "red", "shape": "square", "motion": "still"}
+  out = probe.diagnose([square, two, empty, rounded], [target] * 4)
+  assert out["num_videos"] == 4
+  assert out["unreadable"] == {"no_object": 1, "several_objects": 1}
+  assert out["confusion"]["shape"] == {"square": {"square": 1, "circle": 1}}
+  assert out["confusion"]["color"] == {"red": {"red": 2}} and out["confusion"]["motion"] == {"still": {"still": 2}}
+  low, mid, high = out["shape_fill"]["square"]
+  assert low < 0.893 < high and low <= mid <= high  # the cut square reads below the square/circle cut
+  assert out["shape_fill_cuts"] == [0.643, 0.893]
+  # the breakdown is consistent with score(): readable and matched = the score
+  assert probe.score([square, two, empty, rounded], [target] * 4)["shape"] == 0.25

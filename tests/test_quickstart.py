@@ -15,6 +15,9 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, tmp_path):
   report = json.load(open(tmp_path / "report.json"))
   assert report["num_videos"] == 4 and set(report["probe"]) >= {"color", "shape", "motion", "all"}
   assert all(0.0 <= report["probe"][k] <= 1.0 for k in ("color", "shape", "motion", "all"))
+  diagnosis = report["probe_diagnosis"]
+  readable = 4 - sum(diagnosis["unreadable"].values())
+  assert sum(sum(row.values()) for row in diagnosis["confusion"]["color"].values()) == readable
   for name in ("contact_sheet.png", "loss_curves.png"):
     assert os.path.getsize(tmp_path / name) > 1000
   assert len(os.listdir(tmp_path / "videos")) == 4

@@ -200,6 +200,7 @@ def test_train_evaluate_and_samples(shapes_data_dir, tmp_path):
   assert all(np.isfinite(m["loss"]) and "psnr" in m and "kl" in m for m in lines if "loss" in m)
   final = [m for m in lines if "eval/psnr" in m][-1]
   assert final["step"] == 4 and 0 < final["eval/ssim"] <= 1 and np.isfinite(final["eval/psnr"])
+  assert all(0 <= final[f"eval/probe_{k}"] <= 1 for k in ("color", "shape", "motion", "all"))  # the t2v ceiling
   samples = os.path.join(workdir, "samples", "step_00000004")
   assert sorted(os.listdir(samples)) == ["recon.png", "recon_0.mp4", "recon_1.mp4"]
   from vdm_jax import io  # pylint: disable=g-import-not-at-top

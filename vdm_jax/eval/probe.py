@@ -36,16 +36,19 @@ def foreground(video: np.ndarray) -> np.ndarray:
   return diff.max(axis=-1) > FOREGROUND_THRESHOLD
 
 
-def single_blob(mask: np.ndarray, min_pixels: float) -> np.ndarray | None:
-  """bool [H, W] -> the only blob of >= min_pixels pixels (bool [H, W]), or None if there are zero or several."""
+def _big_blobs(mask: np.ndarray, min_pixels: float) -> tuple[np.ndarray, np.ndarray]:
+  """bool [H, W] -> (8-connected labels, the labels of the blobs with >= min_pixels pixels)."""
   labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
   if count == 0:
-    return None
+    return labels, np.zeros((0,), np.int64)
   sizes = np.bincount(labels.ravel())[1:]
-  big = np.flatnonzero(sizes >= min_pixels)
-  if len(big) != 1:
-    return None
-  return labels == big[0] + 1
+  return labels, np.flatnonzero(sizes >= min_pixels) + 1
+
+
+def single_blob(mask: np.ndarray, min_pixels: float) -> np.ndarray | None:
+  """bool [H, W] -> the only blob of >= min_pixels pixels (bool [H, W]), or None if there are zero or several."""
+  labels, big = _big_blobs(mask, min_pixels)
+  return labels == big[0] if len(big) == 1 else None
 
 
 def _fill(blob: np.ndarray) -> float:
@@ -64,23 +67,30 @@ def _motion(first: np.ndarray, last: np.ndarray, still_pixels: float) -> str:
   return "down" if delta[0] > 0 else "up"
 
 
-def read(video: np.ndarray) -> dict[str, str | None]:
-  """Reads one video, uint8 [T, H, W, 3], into {'color', 'shape', 'motion'}: words, or all None if unreadable."""
+def _read(video: np.ndarray) -> tuple[dict[str, str | None], str | None, float | None]:
+  """(reading, why it is unreadable or None, the shape's fill ratio or None) of one uint8 [T, H, W, 3] video."""
   video = np.asarray(video)
   if video.ndim != 4 or video.shape[-1] != 3 or not np.issubdtype(video.dtype, np.integer):
     raise ValueError(f"Expected a uint8 video [T, H, W, 3], got {video.dtype} {video.shape}.")
   _, height, width, _ = video.shape
   scale = min(height, width) / 64
   min_pixels = MIN_BLOB_PIXELS_AT_64 * height * width / 64**2
-  blobs = [single_blob(mask, min_pixels) for mask in foreground(video)]
-  if any(blob is None for blob in blobs):
-    return dict(_NOTHING)
-  blobs = np.stack(blobs)  # [T, H, W]
+  found = [_big_blobs(mask, min_pixels) for mask in foreground(video)]
+  counts = [len(big) for _, big in found]
+  if any(count != 1 for count in counts):
+    return dict(_NOTHING), ("no_object" if 0 in counts else "several_objects"), None
+  blobs = np.stack([labels == big[0] for labels, big in found])  # [T, H, W]
   median_rgb = np.median(video[blobs].astype(np.float64), axis=0)
   color = _PALETTE_NAMES[int(np.argmin(np.linalg.norm(_PALETTE - median_rgb, axis=1)))]
   fill = float(np.median([_fill(blob) for blob in blobs]))
   shape = min(SHAPE_FILL, key=lambda name: abs(SHAPE_FILL[name] - fill))
-  return {"color": color, "shape": shape, "motion": _motion(blobs[0], blobs[-1], STILL_PIXELS_AT_64 * scale)}
+  reading = {"color": color, "shape": shape, "motion": _motion(blobs[0], blobs[-1], STILL_PIXELS_AT_64 * scale)}
+  return reading, None, fill
+
+
+def read(video: np.ndarray) -> dict[str, str | None]:
+  """Reads one video, uint8 [T, H, W, 3], into {'color', 'shape', 'motion'}: words, or all None if unreadable."""
+  return _read(video)[0]
 
 
 def _target(target: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -107,3 +117,35 @@ def score(videos: Sequence[np.ndarray] | np.ndarray, targets: Sequence[str | Map
   result["all"] = float(np.mean(np.logical_and.reduce([hits[k] for k in ("color", "shape", "motion")])))
   result["num_videos"] = len(videos)
   return result
+
+
+def diagnose(videos: Sequence[np.ndarray] | np.ndarray, targets: Sequence[str | Mapping[str, Any]]) -> dict[str, Any]:
+  """Where a set of videos loses its probe score: what `score` averages, broken down.
+
+  Returns {'num_videos', 'unreadable': {'no_object': n, 'several_objects': n} (videos with a frame holding no blob,
+  or two), 'confusion': {attribute: {wanted: {read: n}}} over the readable videos, 'shape_fill': {wanted shape:
+  [10th, 50th, 90th percentile]} of the fill ratio read (area / bounding box) and 'shape_fill_cuts': the fill
+  ratios where the reading changes (between triangle 0.5, circle pi/4 and square 1.0)}. A model that draws the
+  right shape with soft or lumpy outlines shows here as squares whose fill sits below the square/circle cut.
+  """
+  if len(videos) != len(targets):
+    raise ValueError(f"Got {len(videos)} videos but {len(targets)} targets.")
+  unreadable = {"no_object": 0, "several_objects": 0}
+  confusion: dict[str, dict[str, dict[str, int]]] = {"color": {}, "shape": {}, "motion": {}}
+  fills: dict[str, list[float]] = {}
+  for video, target in zip(videos, targets):
+    reading, why, fill = _read(video)
+    want = _target(target)
+    if why is not None:
+      unreadable[why] += 1
+      continue
+    for key, table in confusion.items():
+      row = table.setdefault(str(want.get(key)), {})
+      row[reading[key]] = row.get(reading[key], 0) + 1
+    fills.setdefault(str(want.get("shape")), []).append(fill)
+  ordered = sorted(SHAPE_FILL.values())
+  return {
+      "num_videos": len(videos), "unreadable": unreadable, "confusion": confusion,
+      "shape_fill": {k: [round(float(q), 3) for q in np.percentile(v, [10, 50, 90])] for k, v in fills.items()},
+      "shape_fill_cuts": [round((a + b) / 2, 3) for a, b in zip(ordered, ordered[1:])],
+  }

@@ -252,15 +252,26 @@ class VAEExperiment(registry.Experiment):
     return np.clip(np.asarray(jax.device_get(self._reconstruct(params, video))), -1.0, 1.0)
 
   def evaluate(self, params, step):
-    psnr, ssim = [], []
+    """PSNR and SSIM of the reconstructions; on Captioned Shapes also the probe's accuracy on them (`probe_*`): the
+    most a text-to-video model drawing in this VAE's latent space can score, since its videos are decodes too."""
+    psnr, ssim, probe_videos, captions = [], [], [], []
+    on_shapes = self.config.input.dataset == "captioned_shapes"
     for batch in self._eval_batches():
       recon = self._reconstruct_batch(params, batch)
       psnr.append(metrics.psnr(recon, batch["video"]))
       ssim.append(metrics.ssim(recon, batch["video"]))
+      if on_shapes and "caption" in batch:
+        probe_videos.extend(_to_uint8(recon))
+        captions.extend(c.decode() if isinstance(c, bytes) else str(c) for c in batch["caption"])
     if not psnr:
       return {}
-    return {"psnr": float(np.mean(np.concatenate(psnr))), "ssim": float(np.mean(np.concatenate(ssim))),
-            "num_examples": float(sum(len(p) for p in psnr))}
+    out = {"psnr": float(np.mean(np.concatenate(psnr))), "ssim": float(np.mean(np.concatenate(ssim))),
+           "num_examples": float(sum(len(p) for p in psnr))}
+    if probe_videos:
+      from vdm_jax.eval import probe  # pylint: disable=g-import-not-at-top
+      scores = probe.score(probe_videos, captions)
+      out.update({f"probe_{k}": v for k, v in scores.items() if k != "num_videos"})
+    return out
 
   def write_samples(self, params, step, out_dir):
     from vdm_jax import io  # pylint: disable=g-import-not-at-top
