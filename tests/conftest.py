@@ -35,18 +35,6 @@ _CREATED_CACHE_DIR = _share_compilations()  # in the controller; xdist workers i
 import pytest  # noqa: E402
 
 
-# Modules whose tests take minutes (subprocess runs of the quickstart, notebooks, two-process training; t2v and VAE
-# training runs): started first so that under `-n 2` the workers finish together, not one of them running the last
-# long test alone. Whole modules move, so a module's tests stay together with their module-scoped fixtures.
-_SLOW_FIRST = ("test_quickstart.py", "test_multiprocess.py", "test_notebooks.py", "test_t2v.py", "test_vae_train.py")
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a module is kept
-
-
 def pytest_unconfigure(config):
   """The process that made the compilation cache removes it at the end (xdist workers see it already set)."""
   if _CREATED_CACHE_DIR and not hasattr(config, "workerinput"):
