@@ -97,6 +97,13 @@ def _target(target: str | Mapping[str, Any]) -> dict[str, Any]:
   return shapes.parse_caption(target) if isinstance(target, str) else dict(target)
 
 
+def _readings(videos, targets) -> list[tuple[dict[str, Any], dict[str, str | None], str | None, float | None]]:
+  """Per video: (target dict, reading, why it is unreadable or None, fill ratio or None); `score` and `diagnose`."""
+  if len(videos) != len(targets):
+    raise ValueError(f"Got {len(videos)} videos but {len(targets)} targets.")
+  return [(_target(target), *_read(video)) for video, target in zip(videos, targets)]
+
+
 def score(videos: Sequence[np.ndarray] | np.ndarray, targets: Sequence[str | Mapping[str, Any]]) -> dict[str, float]:
   """Fraction of videos whose reading matches the target, per attribute and for `all` three at once.
 
@@ -104,13 +111,11 @@ def score(videos: Sequence[np.ndarray] | np.ndarray, targets: Sequence[str | Map
   `shape`, `motion`, or a caption/prompt string (parsed with `shapes.parse_caption`). An attribute the target does
   not name (None) is never matched. Returns {'color', 'shape', 'motion', 'all', 'num_videos'}.
   """
-  if len(videos) != len(targets):
-    raise ValueError(f"Got {len(videos)} videos but {len(targets)} targets.")
-  if not len(videos):
+  readings = _readings(videos, targets)
+  if not readings:
     raise ValueError("score() needs at least one video.")
   hits = {"color": [], "shape": [], "motion": []}
-  for video, target in zip(videos, targets):
-    reading, want = read(video), _target(target)
+  for want, reading, _, _ in readings:
     for key, values in hits.items():
       values.append(reading[key] is not None and reading[key] == want.get(key))
   result = {key: float(np.mean(values)) for key, values in hits.items()}
@@ -128,14 +133,10 @@ def diagnose(videos: Sequence[np.ndarray] | np.ndarray, targets: Sequence[str | 
   ratios where the reading changes (between triangle 0.5, circle pi/4 and square 1.0)}. A model that draws the
   right shape with soft or lumpy outlines shows here as squares whose fill sits below the square/circle cut.
   """
-  if len(videos) != len(targets):
-    raise ValueError(f"Got {len(videos)} videos but {len(targets)} targets.")
   unreadable = {"no_object": 0, "several_objects": 0}
   confusion: dict[str, dict[str, dict[str, int]]] = {"color": {}, "shape": {}, "motion": {}}
   fills: dict[str, list[float]] = {}
-  for video, target in zip(videos, targets):
-    reading, why, fill = _read(video)
-    want = _target(target)
+  for want, reading, why, fill in _readings(videos, targets):
     if why is not None:
       unreadable[why] += 1
       continue
