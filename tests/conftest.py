@@ -1,21 +1,35 @@
-"""Test setup: 8 virtual CPU devices, set before jax is imported anywhere."""
+"""Test setup: 8 virtual CPU devices and unoptimised CPU code, set before jax is imported anywhere."""
 import os
+import re
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# The tests' programs are tiny and most of their time is XLA:CPU compiling them. LLVM's optimisation passes are
+# most of a compile and buy little at these sizes: without them (level 0) tests/test_vae.py and
+# tests/test_cogvideox_vae.py take 153 s instead of 245 s, and a one-step VAE training 72 s instead of 99 s.
+# Results are the same math (no fast-math either way); benchmarks under experiments/ run fully optimised.
+# Set XLA_FLAGS=--xla_backend_optimization_level=3 to run the tests optimised.
+_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _XLA_FLAGS:
+  _XLA_FLAGS += " --xla_backend_optimization_level=0"
+ONE_DEVICE_XLA_FLAGS = re.sub(r"--xla_force_host_platform_device_count=\d+", "", _XLA_FLAGS).strip()
+os.environ["XLA_FLAGS"] = f"{ONE_DEVICE_XLA_FLAGS} --xla_force_host_platform_device_count=8".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+try:
+  import filelock  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  _HAVE_FILELOCK = True
+except ImportError:
+  _HAVE_FILELOCK = False
+
+
 def _share_compilations():
   """JAX's persistent compilation cache in one directory for this pytest run, its workers and the subprocesses they
-  start: the suite compiles the same tiny programs many times over (a VAE fixture per module, each `loop.train` of a
-  resume test, the quickstart's second run, a notebook that runs the quickstart again), and on a 2-core CPU the
+  start: the suite compiles the same tiny programs many times over (each `loop.train` of a resume test, the quickstart's second run, a notebook that runs the quickstart again), and on a 2-core CPU the
   compiles are most of its time. Entries are keyed by the program, so a hit is the same executable. With a size
   limit set, JAX guards reads and writes with a file lock (needs `filelock`; without it the cache stays off), so
   workers writing the same entry at once are safe. Set JAX_COMPILATION_CACHE_DIR to choose the directory."""
-  try:
-    import filelock  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  if not _HAVE_FILELOCK:
     return None
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:
     return None
@@ -43,6 +57,13 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(scope="session")
+def one_device_env():
+  """os.environ for a subprocess or kernel on one CPU device (as on a user's machine), with the tests' other XLA
+  flags: processes with the same flags and programs share compiles through the run's cache."""
+  return dict(os.environ, XLA_FLAGS=ONE_DEVICE_XLA_FLAGS)
+
+
+@pytest.fixture(scope="session")
 def shapes_data_dir(tmp_path_factory):
   """A tfds data_dir with Captioned Shapes `32x32x9_tiny` built into it (once per test process)."""
   from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
@@ -51,19 +72,47 @@ def shapes_data_dir(tmp_path_factory):
   return data_dir
 
 
+def _run_once(tmp_path_factory, name: str, make) -> str:
+  """`make(path)` run once per pytest run, shared by the xdist workers: the first worker to get here builds
+  `<run's temp dir>/<name>` under a file lock, the others wait for it and reuse it (without xdist: built here)."""
+  if not _HAVE_FILELOCK or "PYTEST_XDIST_WORKER" not in os.environ:
+    path = str(tmp_path_factory.mktemp(name))
+    make(path)
+    return path
+  import filelock  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp().parent  # the run's directory, above each worker's own (popen-gwN)
+  path, done = root / name, root / f"{name}.done"
+  with filelock.FileLock(str(root / f"{name}.lock")):
+    if not done.exists():
+      path.mkdir(exist_ok=True)
+      make(str(path))
+      done.touch()
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def _trained_vae(shapes_data_dir, tmp_path_factory):
+  """A one-step `vae` run of configs/vae.py:runlocal, trained once per pytest run (a cold compile of its step is
+  most of a minute and more on a 2-core CPU)."""
+  def make(workdir):
+    import sys  # pylint: disable=g-import-not-at-top
+    from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs import vae  # pylint: disable=g-import-not-at-top
+    c = vae.get_config("runlocal")
+    c.input.data_dir = shapes_data_dir
+    c.train.steps = 1
+    c.train.eval_every = 0
+    c.loss.image_fraction = 0.0  # video batches only: one encoder/decoder graph to compile, not two
+    loop.train(c, workdir)
+  return _run_once(tmp_path_factory, "vae_one_step", make)
+
+
 @pytest.fixture(scope="module")
-def vae_workdir(shapes_data_dir, tmp_path_factory):
-  """A one-step `vae` run of configs/vae.py:runlocal (once per test module): the frozen VAE that t2v runs read and
-  write their latent caches next to (its quality does not matter in tests)."""
-  import sys  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import vae  # pylint: disable=g-import-not-at-top
+def vae_workdir(_trained_vae, tmp_path_factory):
+  """The frozen VAE that t2v runs read and write their latent caches next to (its quality does not matter in
+  tests): a fresh copy of the run's one-step VAE workdir for each test module, with no latent cache in it yet."""
+  import shutil  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("vae"))
-  c = vae.get_config("runlocal")
-  c.input.data_dir = shapes_data_dir
-  c.train.steps = 1
-  c.train.eval_every = 0
-  c.loss.image_fraction = 0.0  # video batches only: one encoder/decoder graph to compile, not two
-  loop.train(c, workdir)
+  shutil.copytree(_trained_vae, workdir, dirs_exist_ok=True)
   return workdir

@@ -23,8 +23,8 @@ def _port():
     return s.getsockname()[1]
 
 
-def _run_two_processes(workdir, data_dir, vae_dir, *overrides):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+def _run_two_processes(workdir, data_dir, vae_dir, one_device_env, *overrides):
+  env = dict(one_device_env, XLA_FLAGS=f"{one_device_env['XLA_FLAGS']} --xla_force_host_platform_device_count=4",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", TF_CPP_MIN_LOG_LEVEL="3")
   port = _port()
   procs = []
@@ -54,9 +54,10 @@ def _l2(pattern, log):
   return float(found[0])
 
 
-def test_two_processes_train_save_and_restore_into_another_mesh(shapes_data_dir, vae_workdir, tmp_path):
+def test_two_processes_train_save_and_restore_into_another_mesh(shapes_data_dir, vae_workdir, one_device_env,
+                                                                tmp_path):
   workdir = str(tmp_path / "run")
-  logs = _run_two_processes(workdir, shapes_data_dir, vae_workdir, "--config.train.steps=4",
+  logs = _run_two_processes(workdir, shapes_data_dir, vae_workdir, one_device_env, "--config.train.steps=4",
                             "--config.mesh.data=-1")
   assert "jax.distributed: process 0 of 2, 4 local / 8 global devices" in logs[0]
   assert "jax.distributed: process 1 of 2, 4 local / 8 global devices" in logs[1]
@@ -70,8 +71,8 @@ def test_two_processes_train_save_and_restore_into_another_mesh(shapes_data_dir,
   assert len(evals) == 1  # the validation loss, gathered over both processes' shards
 
   # Restore into fsdp 4 x context 2: parameters and optimizer state re-sharded, each process its own data state.
-  logs = _run_two_processes(workdir, shapes_data_dir, vae_workdir, "--config.train.steps=6", "--config.mesh.data=1",
-                            "--config.mesh.fsdp=4", "--config.mesh.context=2")
+  logs = _run_two_processes(workdir, shapes_data_dir, vae_workdir, one_device_env, "--config.train.steps=6",
+                            "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.context=2")
   for log in logs:
     assert "Resuming from checkpoint 4" in log
     assert "Mesh {'data': 1, 'fsdp': 4, 'tensor': 1, 'context': 2}" in log

@@ -28,7 +28,7 @@ CELL_TIMEOUT_S = 1500  # a cell takes at most ~100 s on a quiet 2-core machine; 
 
 
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
+def kernel(tmp_path_factory, one_device_env):
   """A kernelspec running ipykernel on sys.executable (this venv), found through JUPYTER_PATH, with 1 CPU device
   (the tests' 8 virtual devices would only slow the kernels' compiles) and a private IPython profile."""
   root = tmp_path_factory.mktemp("jupyter")
@@ -36,7 +36,7 @@ def kernel(tmp_path_factory):
   spec_dir.mkdir(parents=True)
   spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
           "display_name": "vdm_jax tests", "language": "python",
-          "env": {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+          "env": {"XLA_FLAGS": one_device_env["XLA_FLAGS"], "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
                   "MPLBACKEND": "module://matplotlib_inline.backend_inline", "IPYTHONDIR": str(root / "ipython")}}
   (spec_dir / "kernel.json").write_text(json.dumps(spec))
   with pytest.MonkeyPatch.context() as patch:
