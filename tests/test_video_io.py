@@ -172,3 +172,9 @@ def test_video_html_rejects_bad_arguments():
     video_io.video_html([video], scale=0)
   with pytest.raises(ValueError, match="at least one"):
     video_io.video_html([])
+
+
+def test_to_uint8_maps_signed_floats_to_bytes():
+  x = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], np.float32)
+  np.testing.assert_array_equal(video_io.to_uint8(x), [0, 0, 64, 128, 191, 255, 255])  # rounded, clipped
+  assert video_io.to_uint8(x).dtype == np.uint8

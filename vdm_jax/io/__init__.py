@@ -5,6 +5,7 @@ from vdm_jax.io.video import contact_sheet
 from vdm_jax.io.video import encode_video
 from vdm_jax.io.video import read_video
 from vdm_jax.io.video import read_video_bytes
+from vdm_jax.io.video import to_uint8
 from vdm_jax.io.video import video_html
 from vdm_jax.io.video import write_gif
 from vdm_jax.io.video import write_image

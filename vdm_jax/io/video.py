@@ -40,6 +40,11 @@ class VideoReadError(ValueError):
   """A video file exists but cannot be decoded into uint8 `[T, H, W, 3]` (corrupt, truncated, not a video)."""
 
 
+def to_uint8(video) -> np.ndarray:
+  """A float video in [-1, 1] (any shape) -> uint8 0..255: `(x + 1) * 127.5`, rounded and clipped."""
+  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def as_video(video, name="video"):
   """Validates and returns a video as a C-contiguous uint8 `[T, H, W, 3]` array.
 
@@ -49,7 +54,7 @@ def as_video(video, name="video"):
   video = np.asarray(video)
   if video.dtype != np.uint8:
     raise ValueError(f"{name} must have dtype uint8 (values 0..255), got dtype {video.dtype} with shape "
-                     f"{video.shape}; convert float video in [-1, 1] with ((x + 1) * 127.5).round().clip(0, 255)")
+                     f"{video.shape}; convert float video in [-1, 1] with vdm_jax.io.to_uint8")
   if video.ndim == 3:
     video = video[..., None]
   if video.ndim != 4 or video.shape[-1] not in (1, 3) or min(video.shape[:3]) == 0:

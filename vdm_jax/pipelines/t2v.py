@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm_jax import io
 from vdm_jax.diffusion import samplers
 from vdm_jax.diffusion.schedules import NoiseSchedule
 
@@ -32,11 +33,6 @@ def load_vae(vae_config) -> tuple[Any, Any]:
   # The run's own model definition (the experiment builds its module from the resolved config; no init happens).
   module = registry.get("vae")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])).model
   return module, params["vae"]
-
-
-def to_uint8(video: np.ndarray) -> np.ndarray:
-  """[-1, 1] float -> uint8 [0, 255] (clipped, rounded)."""
-  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 @dataclasses.dataclass(eq=False)
@@ -110,5 +106,5 @@ class TextToVideoPipeline:
         outputs.append(np.asarray(latents)[:len(chunk) - pad])
         continue
       video = self._decode(self.vae_params, self.denormalize(latents))
-      outputs.append(to_uint8(video)[:len(chunk) - pad])
+      outputs.append(io.to_uint8(video)[:len(chunk) - pad])
     return np.concatenate(outputs)

@@ -82,8 +82,7 @@ class ToyAutoencoder(registry.Experiment):
     originals, recon = sharding.to_host((video, self._reconstruct(params, video)))  # collective: all processes
     if jax.process_index() != 0:
       return
-    to_uint8 = lambda x: np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    pairs = np.concatenate([to_uint8(originals), to_uint8(recon)], axis=3)  # side by side along width
+    pairs = np.concatenate([io.to_uint8(originals), io.to_uint8(recon)], axis=3)  # side by side along width
     os.makedirs(out_dir, exist_ok=True)
     for i, clip in enumerate(pairs[:4]):
       io.write_video(os.path.join(out_dir, f"recon_{i}.mp4"), clip)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vdm_jax import io
 from vdm_jax.data import pipeline
 from vdm_jax.eval import metrics
 from vdm_jax.models.vae import AutoencoderKL, PatchDiscriminator3D
@@ -46,10 +47,6 @@ from vdm_jax.train import config as config_lib
 from vdm_jax.train import registry
 
 LAST_LAYER = ("decoder", "conv_out", "conv", "kernel")  # the kernel the adaptive GAN weight is measured on
-
-
-def _to_uint8(x) -> np.ndarray:
-  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def add_decoder_noise(z: jax.Array, means: jax.Array, max_sigma: float, sigma_rng: jax.Array,
@@ -261,7 +258,7 @@ class VAEExperiment(registry.Experiment):
       psnr.append(metrics.psnr(recon, batch["video"]))
       ssim.append(metrics.ssim(recon, batch["video"]))
       if on_shapes and "caption" in batch:
-        probe_videos.extend(_to_uint8(recon))
+        probe_videos.extend(io.to_uint8(recon))
         captions.extend(c.decode() if isinstance(c, bytes) else str(c) for c in batch["caption"])
     if not psnr:
       return {}
@@ -274,11 +271,10 @@ class VAEExperiment(registry.Experiment):
     return out
 
   def write_samples(self, params, step, out_dir):
-    from vdm_jax import io  # pylint: disable=g-import-not-at-top
     batch = next(self._eval_batches())
     recon = self._reconstruct_batch(params, batch)
     n = self.config.eval.num_samples
-    pairs = np.concatenate([_to_uint8(batch["video"]), _to_uint8(recon)], axis=3)[:n]  # side by side (width)
+    pairs = np.concatenate([io.to_uint8(batch["video"]), io.to_uint8(recon)], axis=3)[:n]  # side by side (width)
     os.makedirs(out_dir, exist_ok=True)
     for i, clip in enumerate(pairs):
       io.write_video(os.path.join(out_dir, f"recon_{i}.mp4"), clip)
