@@ -17,19 +17,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 try:
-  import filelock  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  _HAVE_FILELOCK = True
+  import filelock  # pylint: disable=g-import-not-at-top
 except ImportError:
-  _HAVE_FILELOCK = False
+  filelock = None
 
 
 def _share_compilations():
   """JAX's persistent compilation cache in one directory for this pytest run, its workers and the subprocesses they
-  start: the suite compiles the same tiny programs many times over (each `loop.train` of a resume test, the quickstart's second run, a notebook that runs the quickstart again), and on a 2-core CPU the
-  compiles are most of its time. Entries are keyed by the program, so a hit is the same executable. With a size
+  start: the suite compiles the same tiny programs many times over (each `loop.train` of a resume test, the
+  quickstart's second run, a notebook that runs the quickstart again), and on a 2-core CPU the compiles are most of
+  its time. Entries are keyed by the program, so a hit is the same executable. With a size
   limit set, JAX guards reads and writes with a file lock (needs `filelock`; without it the cache stays off), so
   workers writing the same entry at once are safe. Set JAX_COMPILATION_CACHE_DIR to choose the directory."""
-  if not _HAVE_FILELOCK:
+  if filelock is None:
     return None
   if "JAX_COMPILATION_CACHE_DIR" in os.environ:
     return None
@@ -75,11 +75,10 @@ def shapes_data_dir(tmp_path_factory):
 def _run_once(tmp_path_factory, name: str, make) -> str:
   """`make(path)` run once per pytest run, shared by the xdist workers: the first worker to get here builds
   `<run's temp dir>/<name>` under a file lock, the others wait for it and reuse it (without xdist: built here)."""
-  if not _HAVE_FILELOCK or "PYTEST_XDIST_WORKER" not in os.environ:
+  if filelock is None or "PYTEST_XDIST_WORKER" not in os.environ:
     path = str(tmp_path_factory.mktemp(name))
     make(path)
     return path
-  import filelock  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.getbasetemp().parent  # the run's directory, above each worker's own (popen-gwN)
   path, done = root / name, root / f"{name}.done"
   with filelock.FileLock(str(root / f"{name}.lock")):

@@ -13,8 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, tmp_path):
   cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=runlocal",
          f"--data_dir={shapes_data_dir}"]
-  env = one_device_env
-  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+  result = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.load(open(tmp_path / "report.json"))
   assert report["num_videos"] == 4 and set(report["probe"]) >= {"color", "shape", "motion", "all"}
@@ -26,7 +25,7 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
     assert os.path.getsize(tmp_path / name) > 1000
   assert len(os.listdir(tmp_path / "videos")) == 4
   # a second run reuses both trained models (their checkpoints are at the last step)
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+  again = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
   assert again.returncode == 0, again.stderr[-4000:]
   assert again.stderr.count("Resuming from checkpoint") == 2
   assert again.stderr.count("nothing to train") == 2  # and neither step is compiled again

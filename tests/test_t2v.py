@@ -67,8 +67,8 @@ def test_sample_command_writes_videos_npy_and_jsonl(shapes_data_dir, vae_workdir
   pipe = TextToVideoPipeline.from_workdir(workdir)
   again = pipe.generate([r["prompt"] for r in rows], seeds=[r["seed"] for r in rows], num_steps=2, sampler="ddim",
                         guidance_scale=4.0)
-  for row, video in zip(rows, again):
-    np.testing.assert_array_equal(video, np.load(row["npy"], allow_pickle=False))
+  for row, generated in zip(rows, again):
+    np.testing.assert_array_equal(generated, np.load(row["npy"], allow_pickle=False))
 
 
 def _one_step(config, mesh_sizes, devices, batch):
