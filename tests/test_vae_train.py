@@ -68,6 +68,28 @@ def test_joint_image_and_video_batches():
   np.testing.assert_array_equal(videos, video[2:])
 
 
+def test_train_size_crops_each_clip_on_the_latent_grid():
+  c = vae_config.get_config("runlocal")  # 2 blocks: spatial compression 2
+  c.loss.update(image_fraction=0.25, train_size=8)
+  exp = _experiment(c)
+  video = _batch()["video"]
+  images, videos = exp._split(video, jax.random.PRNGKey(3))  # pylint: disable=protected-access
+  assert images.shape == (2, 1, 8, 8, 3) and videos.shape == (6, 9, 8, 8, 3)
+  offsets = set()
+  for i, clip in enumerate(videos):  # each crop is a window of its own clip, at even offsets
+    found = [(r, q) for r in range(0, 25, 2) for q in range(0, 25, 2)
+             if np.array_equal(clip, video[2 + i, :, r:r + 8, q:q + 8])]
+    assert len(found) == 1, i
+    offsets.add(found[0])
+  assert len(offsets) > 1  # offsets are drawn per clip
+  c.loss.train_size = 7
+  with pytest.raises(config_lib.ConfigError, match="loss.train_size.*multiple of the spatial compression 2"):
+    config_lib.validate(c)
+  c.loss.train_size = 64
+  with pytest.raises(ValueError, match="larger than the frames"):
+    _experiment(c)._split(_batch(size=48)["video"], jax.random.PRNGKey(0))  # pylint: disable=protected-access
+
+
 def _init(exp, batch):
   """The experiment's params, unboxed, initialised under jit."""
   return jax.jit(lambda rng: jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, exp.init(rng, batch),

@@ -16,7 +16,8 @@ Loss per step, for a batch of clips `[B, T, H, W, 3]` in [-1, 1]:
 Joint image and video training: the first `round(B * image_fraction)` clips of each batch are replaced by one random
 frame each (T = 1 images, which the causal VAE encodes to one latent frame); the rest stay videos (optionally a
 random `train_frames`-long window). Both groups go through the model in the same step; their losses are averaged
-with weights proportional to their number of clips.
+with weights proportional to their number of clips. With `train_size`, every clip is first cut to a random square
+crop on the latent grid (the VAE is convolutional, so it trains on crops and runs on whole frames, as LDM's did).
 
 Discriminator: its params live next to the VAE's in one tree (`{'vae': ..., 'disc': ...}`) and one optimizer
 updates both. The two objectives are separated by stop_gradient: the generator loss sees `stop_gradient(disc
@@ -84,6 +85,7 @@ class VAEExperiment(registry.Experiment):
         "decoder_noise": 0.0,  # max std of the noise added to decoded latents, in per-channel stds (0: none)
         "image_fraction": 0.25,  # share of each batch trained as single frames
         "train_frames": 0,  # 0: whole clips; else a random window of this many frames (1 + ratio * k)
+        "train_size": 0,  # 0: whole frames; else a random train_size x train_size crop per clip, on the latent grid
         "disc_weight": 0.0,  # 0 disables the discriminator
         "disc_start_step": 0, "disc_adaptive_weight": True, "disc_channels": (32, 64, 128),
     })
@@ -112,6 +114,10 @@ class VAEExperiment(registry.Experiment):
     # diffusers), so training windows have 1 + 2 ratio k frames.
     config_lib.check(l.train_frames == 0 or (l.train_frames > 0 and (l.train_frames - 1) % (2 * ratio) == 0),
                      "loss.train_frames", f"is {l.train_frames}; must be 0 (whole clips) or 1 + {2 * ratio} k.")
+    factor = 2 ** (len(m.block_out_channels) - 1)
+    config_lib.check(l.train_size == 0 or (l.train_size > 0 and l.train_size % factor == 0), "loss.train_size",
+                     f"is {l.train_size}; must be 0 (whole frames) or a positive multiple of the spatial "
+                     f"compression {factor}.")
     config_lib.check(l.disc_weight >= 0, "loss.disc_weight", "must be >= 0 (0 disables the discriminator).")
     config_lib.check(l.disc_start_step >= 0, "loss.disc_start_step", "must be >= 0.")
     config_lib.check(e.num_examples > 0 and e.batch_size > 0, "eval.num_examples", "and eval.batch_size must be > 0.")
@@ -153,7 +159,8 @@ class VAEExperiment(registry.Experiment):
     l = self.config.loss
     b, t = video.shape[:2]
     n_img = int(round(b * l.image_fraction))
-    frame_rng, crop_rng = jax.random.split(rng)
+    frame_rng, crop_rng, size_rng = jax.random.split(rng, 3)
+    video = self._crop(video, size_rng)
     images = videos = None
     if n_img:
       frames = jax.random.randint(frame_rng, (n_img,), 0, t)
@@ -164,6 +171,22 @@ class VAEExperiment(registry.Experiment):
         start = jax.random.randint(crop_rng, (), 0, t - l.train_frames + 1)
         videos = jax.lax.dynamic_slice_in_dim(videos, start, l.train_frames, axis=1)
     return images, videos
+
+  def _crop(self, video, rng):
+    """A random `loss.train_size` square crop of each clip of video [B, T, H, W, 3] (all frames), at offsets that are
+    multiples of the spatial compression, so a crop's latents lie on the grid of the whole frame's."""
+    size = self.config.loss.train_size
+    b, _, h, w, _ = video.shape
+    if not size or (size == h and size == w):
+      return video
+    if size > h or size > w:
+      raise ValueError(f"loss.train_size={size} is larger than the frames ({h}x{w}); use 0 or at most {min(h, w)}.")
+    factor = 2 ** (len(self.config.model.block_out_channels) - 1)
+    rows_rng, cols_rng = jax.random.split(rng)
+    rows = jax.random.randint(rows_rng, (b,), 0, (h - size) // factor + 1) * factor
+    cols = jax.random.randint(cols_rng, (b,), 0, (w - size) // factor + 1) * factor
+    crop = lambda clip, r, c: jax.lax.dynamic_slice(clip, (0, r, c, 0), (clip.shape[0], size, size, clip.shape[3]))
+    return jax.vmap(crop)(video, rows, cols)
 
   def forward(self, vae_params, x, rng):
     """(reconstruction, posterior) of x [B, T, H, W, 3] in training: decodes a posterior sample (its mode unless
