@@ -101,8 +101,8 @@ class VAEExperiment(registry.Experiment):
       config_lib.check(f % m.norm_num_groups == 0, "model.block_out_channels",
                        f"{tuple(m.block_out_channels)} must all be divisible by model.norm_num_groups="
                        f"{m.norm_num_groups}.")
-    ratio = m.temporal_compression_ratio
-    config_lib.check(ratio >= 1 and ratio & (ratio - 1) == 0 and ratio <= 2 ** (len(m.block_out_channels) - 1),
+    ratio, factor = m.temporal_compression_ratio, 2 ** (len(m.block_out_channels) - 1)  # factor: spatial compression
+    config_lib.check(ratio >= 1 and ratio & (ratio - 1) == 0 and ratio <= factor,
                      "model.temporal_compression_ratio",
                      f"is {ratio}; must be a power of 2 up to 2 ** (len(block_out_channels) - 1).")
     config_lib.check(l.l1_weight >= 0 and l.l2_weight >= 0 and l.l1_weight + l.l2_weight > 0, "loss.l1_weight",
@@ -114,7 +114,6 @@ class VAEExperiment(registry.Experiment):
     # diffusers), so training windows have 1 + 2 ratio k frames.
     config_lib.check(l.train_frames == 0 or (l.train_frames > 0 and (l.train_frames - 1) % (2 * ratio) == 0),
                      "loss.train_frames", f"is {l.train_frames}; must be 0 (whole clips) or 1 + {2 * ratio} k.")
-    factor = 2 ** (len(m.block_out_channels) - 1)
     config_lib.check(l.train_size == 0 or (l.train_size > 0 and l.train_size % factor == 0), "loss.train_size",
                      f"is {l.train_size}; must be 0 (whole frames) or a positive multiple of the spatial "
                      f"compression {factor}.")
@@ -159,8 +158,8 @@ class VAEExperiment(registry.Experiment):
     l = self.config.loss
     b, t = video.shape[:2]
     n_img = int(round(b * l.image_fraction))
-    frame_rng, crop_rng, size_rng = jax.random.split(rng, 3)
-    video = self._crop(video, size_rng)
+    frame_rng, crop_rng = jax.random.split(rng)
+    video = self._crop(video, jax.random.fold_in(rng, 2))  # fold_in: without crops, the other draws are as before
     images = videos = None
     if n_img:
       frames = jax.random.randint(frame_rng, (n_img,), 0, t)
@@ -181,7 +180,7 @@ class VAEExperiment(registry.Experiment):
       return video
     if size > h or size > w:
       raise ValueError(f"loss.train_size={size} is larger than the frames ({h}x{w}); use 0 or at most {min(h, w)}.")
-    factor = 2 ** (len(self.config.model.block_out_channels) - 1)
+    factor = self.model.spatial_compression
     rows_rng, cols_rng = jax.random.split(rng)
     rows = jax.random.randint(rows_rng, (b,), 0, (h - size) // factor + 1) * factor
     cols = jax.random.randint(cols_rng, (b,), 0, (w - size) // factor + 1) * factor
