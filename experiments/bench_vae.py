@@ -16,8 +16,10 @@ Prints one line per size and framework and the JAX/diffusers time ratios (< 1: J
 `--stream_memory` instead decodes 5 and 20 latent frames (17 and 80 frames at 64x64) with the streamed (chunked)
 decoder, and 20 as one whole clip, each in a fresh process, and prints the three peak RSS values.
 `--convs` times one 3x3x3 convolution at the tiny VAE's and CogVideoX's widths, forward and forward + backward
-(float32), with each of vdm_jax's Conv3d implementations ('frames', 'xla') and torch's conv3d: what Conv3d's choice
-on CPU ('frames') rests on, and where XLA:CPU's convolutions lose to torch's.
+(float32), with each of vdm_jax's Conv3d implementations ('frames', 'xla'), each compiled as vdm_jax compiles it
+(`vdm_jax.xla_cpu`: XLA's own convolutions) and with jaxlib's defaults ('+ynn': YNNPACK's), and torch's conv3d:
+what Conv3d's choice on CPU ('frames') and `vdm_jax.xla_cpu` rest on, and where XLA:CPU's convolutions lose to
+torch's.
 Timings depend on what else runs on the machine: note the load average printed at the start.
 """
 from __future__ import annotations
@@ -52,14 +54,15 @@ def _best(fn, repeats: int) -> float:
 def _worker_jax(model_dir: str, video_file: str, out_dir: str, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vdm_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   from vdm_jax.convert.cogvideox_vae import load_vae  # pylint: disable=g-import-not-at-top
 
   module, params = load_vae(model_dir)
   params = jax.device_put(params)
   loaded = _rss_mb()
   video = jnp.asarray(np.load(video_file).transpose(0, 2, 3, 4, 1))  # [B, C, T, H, W] -> [B, T, H, W, C]
-  encode = jax.jit(lambda p, x: module.apply({"params": p}, x, method="encode").mean)
-  decode = jax.jit(lambda p, z: module.apply({"params": p}, z, method="decode"))
+  encode = xla_cpu.jit(lambda p, x: module.apply({"params": p}, x, method="encode").mean)
+  decode = xla_cpu.jit(lambda p, z: module.apply({"params": p}, z, method="decode"))
   start = time.perf_counter()
   latents = encode(params, video).block_until_ready()
   sample = decode(params, latents).block_until_ready()
@@ -94,13 +97,14 @@ def _worker_torch(model_dir: str, video_file: str, out_dir: str, repeats: int) -
 
 def _worker_stream(model_dir: str, frames: int, chunked: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+  from vdm_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   from vdm_jax.convert.cogvideox_vae import load_vae  # pylint: disable=g-import-not-at-top
 
   module, params = load_vae(model_dir)
   params = jax.device_put(params)
   loaded = _rss_mb()
   latents = jax.random.normal(jax.random.PRNGKey(0), (1, frames, 8, 8, module.latent_channels))
-  decode = jax.jit(lambda p, z: module.apply({"params": p}, z, chunked=chunked, method="decode"))
+  decode = xla_cpu.jit(lambda p, z: module.apply({"params": p}, z, chunked=chunked, method="decode"))
   start = time.perf_counter()
   video = decode(params, latents).block_until_ready()
   return {"frames": int(video.shape[1]), "seconds": time.perf_counter() - start, "rss_after_load_mb": loaded,
@@ -111,10 +115,13 @@ CONV_SHAPES = ((3, 11, 64, 8), (3, 11, 64, 16), (3, 7, 32, 32), (3, 5, 8, 64), (
 
 
 def bench_convs(repeats: int) -> None:
-  """Prints ms per forward and per forward + backward of one 3x3x3 conv (C -> C, 'same' in H, W, valid in time)."""
+  """Prints ms per forward and per forward + backward of one 3x3x3 conv (C -> C, 'same' in H, W, valid in time):
+  each Conv3d impl compiled as vdm_jax compiles it (`vdm_jax.xla_cpu`: XLA's own convolutions) and with jaxlib's
+  defaults ('+ynn': convolutions by YNNPACK), and torch's conv3d."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  from vdm_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   from vdm_jax.models.vae import Conv3d  # pylint: disable=g-import-not-at-top
   for b, t, size, c in CONV_SHAPES:
     x = np.random.default_rng(0).normal(size=(b, t, size, size, c)).astype(np.float32)
@@ -123,11 +130,12 @@ def bench_convs(repeats: int) -> None:
     for impl in ("frames", "xla"):
       conv = Conv3d(c, (3, 3, 3), (1, 1), impl=impl)
       params = conv.init(jax.random.PRNGKey(0), xj)
-      forward = jax.jit(conv.apply)
-      grad = jax.jit(jax.grad(lambda p, v, conv=conv: jnp.sum(jnp.square(conv.apply(p, v))), argnums=(0, 1)))
-      fwd = _best(lambda f=forward, p=params: jax.block_until_ready(f(p, xj)), repeats)
-      both = _best(lambda g=grad, p=params: jax.block_until_ready(g(p, xj)), repeats)
-      cells.append((impl, fwd, both))
+      loss = lambda p, v, conv=conv: jnp.sum(jnp.square(conv.apply(p, v)))
+      for label, jit in ((impl, xla_cpu.jit), (impl + "+ynn", jax.jit)):
+        forward, grad = jit(conv.apply), jit(jax.grad(loss, argnums=(0, 1)))
+        fwd = _best(lambda f=forward, p=params: jax.block_until_ready(f(p, xj)), repeats)
+        both = _best(lambda g=grad, p=params: jax.block_until_ready(g(p, xj)), repeats)
+        cells.append((label, fwd, both))
     tconv = torch.nn.Conv3d(c, c, 3, padding=(0, 1, 1))
     tx = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy()).requires_grad_(True)
 

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from vdm_jax import xla_cpu
 from vdm_jax.convert import safetensors_io as st
 from vdm_jax.diffusion import samplers, schedules
 
@@ -175,7 +176,7 @@ def _decoder(vae, dtype: str):
   def decode(params, latents):
     video = vae.apply({"params": params}, (scale * latents).astype(dtype), method="decode")
     return jnp.clip(video.astype(jnp.float32) * 0.5 + 0.5, 0.0, 1.0)
-  return jax.jit(decode)
+  return xla_cpu.jit(decode)
 
 
 @dataclasses.dataclass(eq=False)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import io
+from vdm_jax import io, xla_cpu
 from vdm_jax.diffusion import samplers
 from vdm_jax.diffusion.schedules import NoiseSchedule
 
@@ -52,7 +52,7 @@ class TextToVideoPipeline:
   latent_shift: Any = 0.0  # float, or float32 [C]
 
   def __post_init__(self):
-    self._decode = jax.jit(lambda p, z: self.vae.apply({"params": p}, z, method="decode"))
+    self._decode = xla_cpu.jit(lambda p, z: self.vae.apply({"params": p}, z, method="decode"))
 
   def denormalize(self, latents: jax.Array) -> jax.Array:
     """The DiT's latents -> VAE latents (the inverse of the training normalisation)."""

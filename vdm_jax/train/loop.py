@@ -20,6 +20,7 @@ import ml_collections
 import optax
 from absl import logging
 
+from vdm_jax import xla_cpu
 from vdm_jax.data import pipeline
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.parallel import sharding
@@ -125,7 +126,8 @@ def compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, s
                     out_shardings=(state_shardings, None, None), donate_argnums=(0,))
   abstract_batch = checkpoint_lib.abstract_with_shardings(batch_shapes, batch_shardings)
   return step_fn.lower(checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings), abstract_batch,
-                       checkpoint_lib.abstract_with_shardings(abstract_frozen, frozen_shardings)).compile()
+                       checkpoint_lib.abstract_with_shardings(abstract_frozen, frozen_shardings)).compile(
+                           compiler_options=xla_cpu.compiler_options())
 
 
 def place_frozen(experiment, mesh, rules):

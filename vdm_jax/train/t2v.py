@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from vdm_jax import xla_cpu
 from vdm_jax.data import latent_cache, pipeline
 from vdm_jax.data import shapes as shapes_lib
 from vdm_jax.diffusion import objectives, schedules, timesteps
@@ -212,7 +213,7 @@ class TextToVideo(registry.Experiment):
 
       def write():
         module, params = self.vae()
-        encode = jax.jit(lambda p, video: jnp.concatenate(
+        encode = xla_cpu.jit(lambda p, video: jnp.concatenate(
             [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1))
         logging.info("Writing the %s latent cache to %s.", split, directory)
         latent_cache.write(directory, pipeline.data_source(self.config.input, split),

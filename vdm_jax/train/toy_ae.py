@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vdm_jax import xla_cpu
 from vdm_jax.data import pipeline
 from vdm_jax.models.frame_ae import FrameAutoencoder
 from vdm_jax.parallel import sharding
@@ -49,8 +50,8 @@ class ToyAutoencoder(registry.Experiment):
     self.model = FrameAutoencoder(features=tuple(config.model.features),
                                   latent_channels=config.model.latent_channels,
                                   dtype=jnp.dtype(config.train.compute_dtype))
-    self._reconstruct = jax.jit(lambda params, video: self.model.apply({"params": params}, video))
-    self._psnr = jax.jit(lambda params, video: psnr(self.model.apply({"params": params}, video), video))
+    self._reconstruct = xla_cpu.jit(lambda params, video: self.model.apply({"params": params}, video))
+    self._psnr = xla_cpu.jit(lambda params, video: psnr(self.model.apply({"params": params}, video), video))
 
   def init(self, rng, batch):
     video = jnp.zeros(batch["video"].shape, jnp.float32)

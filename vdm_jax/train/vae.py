@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vdm_jax import io
+from vdm_jax import io, xla_cpu
 from vdm_jax.data import pipeline
 from vdm_jax.eval import metrics
 from vdm_jax.models.vae import AutoencoderKL, PatchDiscriminator3D
@@ -134,7 +134,7 @@ class VAEExperiment(registry.Experiment):
     self.discriminator = None
     if config.loss.disc_weight > 0:
       self.discriminator = PatchDiscriminator3D(tuple(config.loss.disc_channels), dtype=dtype)
-    self._reconstruct = jax.jit(self.reconstruct)
+    self._reconstruct = xla_cpu.jit(self.reconstruct)
 
   # --- Model.
 

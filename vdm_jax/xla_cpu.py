@@ -1,0 +1,67 @@
+"""XLA:CPU compiler options for vdm_jax's own jitted functions: convolutions by XLA's own (Eigen) kernels.
+
+jaxlib 0.10 hands convolutions, dots and reductions to YNNPACK ("YNN fusions") by default. For the 3D VAE's
+convolutions XLA's own convolution is faster on the CPU, the backward pass above all (weight gradients: the YNN path
+transposes both operands and runs a convolution over the whole frame as its window). Measured on a 2-core AMD EPYC
+(AVX2) with `python -m experiments.bench_vae --convs`, one 3x3x3 conv forward / forward + backward, ms:
+
+    [B, T, H, W, C]      YNN (jaxlib's default)   XLA's own     torch conv3d
+    3, 11, 64, 64, 8      18.9 / 49.3              18.1 / 34.4    6.7 / 22.2
+    3, 11, 64, 64, 16     25.1 / 83.2              25.5 / 53.8   15.5 / 54.3
+    3, 7, 32, 32, 32      14.9 / 44.2              10.2 / 25.0    8.1 / 31.7
+    1, 11, 64, 64, 128   370.5 / 3887.2           301.0 / 649.9 210.8 / 791.9
+
+`compiler_options()` is the option set (YNN keeps dots and reductions, where it is not slower); `jit(fn, **kw)` is
+`jax.jit(fn, **kw)` compiled with it. Both are per-computation: nothing is set globally, nothing happens at import,
+and a user's own `jax.jit` keeps XLA's defaults (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+-individual_convolution` gives a whole process the same). No options are added when the default backend is not the
+CPU, when XLA_FLAGS already sets `xla_cpu_experimental_ynn_fusion_type` (the user's choice wins), or when the installed
+jaxlib rejects the option (checked once by compiling a trivial function): XLA's defaults are used then.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# jaxlib 0.10's default YNN fusion types are INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION and REDUCE; this drops the
+# convolutions (a compile option takes exact names, not XLA_FLAGS' "-name" form).
+YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
+  """Whether this jaxlib compiles with `options` (a trivial function, compiled once per option set)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+  except Exception:  # pylint: disable=broad-except  (an unknown option or value: keep XLA's defaults)
+    return False
+  return True
+
+
+def compiler_options() -> Optional[dict[str, str]]:
+  """The compile options for vdm_jax's computations on the default backend, or None for XLA's defaults (the backend
+  is not the CPU, XLA_FLAGS sets the option, or this jaxlib does not know it)."""
+  if jax.default_backend() != "cpu" or YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
+    return None
+  options = ((YNN_OPTION, YNN_WITHOUT_CONVOLUTIONS),)
+  return dict(options) if _accepted(options) else None
+
+
+def jit(fn: Callable[..., Any], **kwargs) -> Callable[..., Any]:
+  """`jax.jit(fn, **kwargs)` compiled with `compiler_options()`. The options are resolved at the first call, so
+  creating the function initialises no backend (e.g. before `jax.distributed.initialize`)."""
+  jitted = None
+
+  @functools.wraps(fn)
+  def call(*args, **kw):
+    nonlocal jitted
+    if jitted is None:
+      jitted = jax.jit(fn, compiler_options=compiler_options(), **kwargs)
+    return jitted(*args, **kw)
+
+  return call
