@@ -53,15 +53,28 @@ def compiler_options() -> Optional[dict[str, str]]:
 
 
 def jit(fn: Callable[..., Any], **kwargs) -> Callable[..., Any]:
-  """`jax.jit(fn, **kwargs)` compiled with `compiler_options()`. The options are resolved at the first call, so
-  creating the function initialises no backend (e.g. before `jax.distributed.initialize`)."""
-  jitted = None
+  """`jax.jit(fn, **kwargs)` compiled with `compiler_options()`. The options are resolved at the first use, so
+  creating the function initialises no backend (e.g. before `jax.distributed.initialize`); after that it is the
+  jitted function (`.lower`, `._cache_size`, ... reach it)."""
+  return _LazyJit(fn, kwargs)
 
-  @functools.wraps(fn)
-  def call(*args, **kw):
-    nonlocal jitted
-    if jitted is None:
-      jitted = jax.jit(fn, compiler_options=compiler_options(), **kwargs)
-    return jitted(*args, **kw)
 
-  return call
+class _LazyJit:
+  """A jax.jit of `fn` made at its first use, with the compile options known then."""
+
+  def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any]):
+    functools.update_wrapper(self, fn)
+    self._fn, self._kwargs, self._jitted = fn, kwargs, None
+
+  def _get(self):
+    if self._jitted is None:
+      self._jitted = jax.jit(self._fn, compiler_options=compiler_options(), **self._kwargs)
+    return self._jitted
+
+  def __call__(self, *args, **kwargs):
+    return self._get()(*args, **kwargs)
+
+  def __getattr__(self, name: str):
+    if name.startswith("__") or name in ("_fn", "_kwargs", "_jitted"):
+      raise AttributeError(name)
+    return getattr(self._get(), name)
