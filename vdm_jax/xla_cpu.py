@@ -3,7 +3,8 @@
 jaxlib 0.10 hands convolutions, dots and reductions to YNNPACK ("YNN fusions") by default. For the 3D VAE's
 convolutions XLA's own convolution is faster on the CPU, the backward pass above all (weight gradients: the YNN path
 transposes both operands and runs a convolution over the whole frame as its window). Measured on a 2-core AMD EPYC
-(AVX2) with `python -m experiments.bench_vae --convs`, one 3x3x3 conv forward / forward + backward, ms:
+(AVX2), one 3x3x3 conv (Conv3d impl "frames", the shapes of `python -m experiments.bench_vae --convs`, which
+now prints both), forward / forward + backward, ms:
 
     [B, T, H, W, C]      YNN (jaxlib's default)   XLA's own     torch conv3d
     3, 11, 64, 64, 8      18.9 / 49.3              18.1 / 34.4    6.7 / 22.2
