@@ -3,16 +3,18 @@
 jaxlib 0.10 hands convolutions, dots and reductions to YNNPACK ("YNN fusions") by default. For the 3D VAE's
 convolutions XLA's own convolution is faster on the CPU, the backward pass above all (weight gradients: the YNN path
 transposes both operands and runs a convolution over the whole frame as its window). Measured on a 2-core AMD EPYC
-(AVX2), one 3x3x3 conv (Conv3d impl "frames", the shapes of `python -m experiments.bench_vae --convs`, which
-now prints both), forward / forward + backward, ms:
+(AVX2) with `python -m experiments.bench_vae --convs --repeats 4`, one 3x3x3 conv (Conv3d 'frames'), forward +
+backward, ms:
 
-    [B, T, H, W, C]      YNN (jaxlib's default)   XLA's own     torch conv3d
-    3, 11, 64, 64, 8      18.9 / 49.3              18.1 / 34.4    6.7 / 22.2
-    3, 11, 64, 64, 16     25.1 / 83.2              25.5 / 53.8   15.5 / 54.3
-    3, 7, 32, 32, 32      14.9 / 44.2              10.2 / 25.0    8.1 / 31.7
-    1, 11, 64, 64, 128   370.5 / 3887.2           301.0 / 649.9 210.8 / 791.9
+    [B, T, H, W, C]      XLA's own (these options)   YNN (jaxlib's default)   torch conv3d
+    3, 11, 64, 64, 8       39.5                        59.4                     21.2
+    3, 11, 64, 64, 16     115.1                       120.4                     54.5
+    3, 7, 32, 32, 32       32.1                        57.2                     27.8
+    3, 5, 8, 8, 64          6.5                         9.4                      4.4
+    1, 11, 64, 64, 128   1050.5                      2685.8                    875.7
 
-`compiler_options()` is the option set (YNN keeps dots and reductions, where it is not slower); `jit(fn, **kw)` is
+`compiler_options()` is the option set (YNN keeps dots and reductions: taking those too made the tiny VAE's training
+step slower, 1.73 against 1.39 s); `jit(fn, **kw)` is
 `jax.jit(fn, **kw)` compiled with it. Both are per-computation: nothing is set globally, nothing happens at import,
 and a user's own `jax.jit` keeps XLA's defaults (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
 -individual_convolution` gives a whole process the same). No options are added when the default backend is not the
