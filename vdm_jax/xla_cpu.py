@@ -14,12 +14,15 @@ backward, ms:
     1, 11, 64, 64, 128   1050.5                      2685.8                    875.7
 
 `compiler_options()` is the option set (YNN keeps dots and reductions: taking those too made the tiny VAE's training
-step slower, 1.73 against 1.39 s); `jit(fn, **kw)` is
-`jax.jit(fn, **kw)` compiled with it. Both are per-computation: nothing is set globally, nothing happens at import,
+step slower, 1.73 against 1.39 s); `jit(fn, **kw)` is `jax.jit(fn, **kw)` compiled with it. Both are per-computation: nothing is set globally, nothing happens at import,
 and a user's own `jax.jit` keeps XLA's defaults (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
 -individual_convolution` gives a whole process the same). No options are added when the default backend is not the
 CPU, when XLA_FLAGS already sets `xla_cpu_experimental_ynn_fusion_type` (the user's choice wins), or when the installed
 jaxlib rejects the option (checked once by compiling a trivial function): XLA's defaults are used then.
+
+Unlike YNNPACK's, XLA's own convolutions round differently with the process's device/thread split: a decode with 1
+and with 8 virtual CPU devices (`--xla_force_host_platform_device_count`) differs by ~1e-6 (bitwise equal within a
+process and for the same device count).
 """
 from __future__ import annotations
 
