@@ -56,9 +56,10 @@ def _worker_jax(model_dir: str, video_file: str, out_dir: str, repeats: int) -> 
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from vdm_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   from vdm_jax.convert.cogvideox_vae import load_vae  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models.vae import inference_params  # pylint: disable=g-import-not-at-top
 
   module, params = load_vae(model_dir)
-  params = jax.device_put(params)
+  params = jax.device_put(inference_params(params))  # per-tap kernels on the CPU, as the pipelines use them
   loaded = _rss_mb()
   video = jnp.asarray(np.load(video_file).transpose(0, 2, 3, 4, 1))  # [B, C, T, H, W] -> [B, T, H, W, C]
   encode = xla_cpu.jit(lambda p, x: module.apply({"params": p}, x, method="encode").mean)
@@ -99,9 +100,10 @@ def _worker_stream(model_dir: str, frames: int, chunked: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from vdm_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   from vdm_jax.convert.cogvideox_vae import load_vae  # pylint: disable=g-import-not-at-top
+  from vdm_jax.models.vae import inference_params  # pylint: disable=g-import-not-at-top
 
   module, params = load_vae(model_dir)
-  params = jax.device_put(params)
+  params = jax.device_put(inference_params(params))  # per-tap kernels on the CPU, as the pipelines use them
   loaded = _rss_mb()
   latents = jax.random.normal(jax.random.PRNGKey(0), (1, frames, 8, 8, module.latent_channels))
   decode = xla_cpu.jit(lambda p, z: module.apply({"params": p}, z, chunked=chunked, method="decode"))

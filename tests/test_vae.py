@@ -1,5 +1,6 @@
 """The causal 3D VAE on its own: frame chunking, shapes, which chunked/whole-clip equalities hold, causality,
 the posterior, and streaming memory (the compiled decode's peak does not grow with the number of latent frames)."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,6 +131,32 @@ def test_conv3d_implementations_agree(channels):
   assert Conv3d(7, (3, 3, 3), (1, 1)).apply(params, x).shape == (2, 3, 8, 6, 7)
   with pytest.raises(ValueError, match="allowed: 'auto', 'frames', 'xla'"):
     Conv3d(7, (3, 3, 3), (1, 1), impl="winograd").init(jax.random.PRNGKey(0), x)
+
+
+def test_per_tap_kernels_is_the_same_vae(models):
+  """The CPU inference layout (each temporal conv kernel stored per tap) is a relayout, not a new model: encode and
+  decode give the same floats, both Conv3d impls read it, and 1x1x1 kernels and the rest of the tree are untouched."""
+  params, fns = models
+  params = nn.unbox(params)
+  per_tap = vae_lib.per_tap_kernels(params)
+  conv = per_tap["encoder"]["down_blocks_0"]["resnets_0"]["conv1"]["conv"]
+  stacked = params["encoder"]["down_blocks_0"]["resnets_0"]["conv1"]["conv"]["kernel"]
+  assert "kernel" not in conv and [conv[f"kernel_{i}"].shape for i in range(3)] == [stacked.shape[1:]] * 3
+  np.testing.assert_array_equal(conv["kernel_2"], stacked[2])
+  shortcut = params["encoder"]["down_blocks_1"]["resnets_0"]["conv_shortcut"]["kernel"]  # 1x1x1: kept
+  np.testing.assert_array_equal(per_tap["encoder"]["down_blocks_1"]["resnets_0"]["conv_shortcut"]["kernel"], shortcut)
+  assert len(jax.tree.leaves(per_tap)) > len(jax.tree.leaves(params))
+  video = _video(17)
+  z = fns["cog", "encode", True](params, video)
+  np.testing.assert_array_equal(fns["cog", "encode", True](per_tap, video), z)
+  np.testing.assert_array_equal(fns["cog", "decode", True](per_tap, z), fns["cog", "decode", True](params, z))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 6, 6, 8)), jnp.float32)
+  conv3d = vae_lib.Conv3d(5, (3, 3, 3), (1, 1), impl="xla")
+  p = conv3d.init(jax.random.PRNGKey(0), x)["params"]
+  p_tap = vae_lib.per_tap_kernels({"conv": p})["conv"]
+  np.testing.assert_allclose(conv3d.apply({"params": p_tap}, x), conv3d.apply({"params": p}, x), rtol=1e-6)
+  assert vae_lib.inference_params(params)["decoder"]["conv_out"]["conv"].keys() == {"kernel_0", "kernel_1",
+                                                                                      "kernel_2", "bias"}
 
 
 def test_resize_nearest_index_rule():

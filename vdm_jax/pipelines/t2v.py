@@ -19,10 +19,15 @@ from vdm_jax.diffusion.schedules import NoiseSchedule
 
 
 def load_vae(vae_config) -> tuple[Any, Any]:
-  """(module, params) of the frozen VAE a `t2v` config names: a `vae` workdir (EMA params) or a CogVideoX folder."""
+  """(module, params) of the frozen VAE a `t2v` config names: a `vae` workdir (EMA params) or a CogVideoX folder.
+
+  The params are in the backend's inference layout (`vdm_jax.models.vae.inference_params`: per-tap conv kernels on
+  the CPU); the VAE is only run forward here (the latent cache, decoding samples)."""
+  from vdm_jax.models.vae import inference_params  # pylint: disable=g-import-not-at-top
   if vae_config.path:
     from vdm_jax.convert import cogvideox  # pylint: disable=g-import-not-at-top
-    return cogvideox.load_vae(os.path.expanduser(vae_config.path))
+    module, params = cogvideox.load_vae(os.path.expanduser(vae_config.path))
+    return module, inference_params(params)
   from vdm_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import checkpoint, loop, registry  # pylint: disable=g-import-not-at-top
   workdir = os.path.expanduser(vae_config.workdir)
@@ -32,7 +37,7 @@ def load_vae(vae_config) -> tuple[Any, Any]:
   params, _ = checkpoint.load_params(workdir)
   # The run's own model definition (the experiment builds its module from the resolved config; no init happens).
   module = registry.get("vae")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])).model
-  return module, params["vae"]
+  return module, inference_params(params["vae"])
 
 
 @dataclasses.dataclass(eq=False)
