@@ -14,8 +14,9 @@ command above: 17 min 30 s wall-clock (about 1.3 min of it compiling, 1.65-1.70 
 SSIM 0.949 on 256 clips; the whole validation split (evaluate): 30.91 dB / 0.950. The same config for 1500 steps gave
 29.72 dB in 17 min 15 s, for 2000 steps 31.57 dB in 24 min 40 s (more load).
 A higher learning rate does not buy the steps back: 1200 steps at lr 2e-3 gave 27.98 dB and at 3e-3 25.36 dB (two
-runs side by side on a 2-core AMD EPYC, 256 validation clips). Alone on that machine the default command took 27 min 19 s
-(75 s of it compiling, 0.88-1.27 steps/s) for 30.70 dB / SSIM 0.947 (256 clips; probe ceiling 0.96 / 0.91 / 0.97).
+runs side by side on a 2-core AMD EPYC, 256 validation clips). Alone on that machine the default command took
+27 min 19 s (75 s of it compiling, 0.88-1.27 steps/s) for 30.70 dB / SSIM 0.947 (256 clips; probe ceiling
+0.96 / 0.91 / 0.97).
 Random 32x32 crops (`--config.loss.train_size=32`, LDM's way of training a convolutional VAE cheaply) run 3.2x the
 steps/s (2.9 vs 0.89 on a 2-core Xeon) but do not pay here: 1500 steps gave 26.7 dB / SSIM 0.905 and a probe
 ceiling of 0.48 / 0.38 / 0.50 (color / shape / motion, 256 validation clips), where whole frames gave 30.3 dB /
