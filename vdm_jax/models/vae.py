@@ -131,20 +131,20 @@ class Conv3d(nn.Module):
     kt, kh, kw = self.kernel_size
     if self.has_variable("params", "kernel_0"):  # per-tap layout (inference on CPU)
       taps = [self.get_variable("params", f"kernel_{i}").astype(self.dtype) for i in range(kt)]
-      kernel = None
+      kernel = None  # stacked only if the 3D conv asks for it
     else:
       kernel = self.param(
           "kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                  ("conv_t", "conv_h", "conv_w", "conv_in", "conv_out")),
           (kt, kh, kw, x.shape[-1], self.features), self.param_dtype).astype(self.dtype)
-      taps = None
+      taps = kernel  # taps[i]: tap i's [kh, kw, C_in, C_out] slice
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
                       (self.features,), self.param_dtype)
     x = x.astype(self.dtype)
     ph, pw = self.padding
     impl = self.impl if self.impl != "auto" else ("frames" if jax.default_backend() == "cpu" else "xla")
     if (kt, kh, kw) == (1, 1, 1):
-      y = jnp.einsum("bthwc,cd->bthwd", x, kernel[0, 0, 0] if kernel is not None else taps[0][0, 0])
+      y = jnp.einsum("bthwc,cd->bthwd", x, taps[0][0, 0])
     elif impl == "frames":
       # XLA:CPU runs a 3D conv about 2x slower than the same work as kt 2D convs over frames (measured by
       # experiments/bench_vae.py), so on CPU the temporal taps are summed explicitly.
@@ -153,8 +153,8 @@ class Conv3d(nn.Module):
       y = 0.0
       for i in range(kt):
         frames = x[:, i:i + t_out].reshape(b * t_out, h, w, c)
-        y = y + jax.lax.conv_general_dilated(frames, kernel[i] if kernel is not None else taps[i], (1, 1),
-                                             ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = y + jax.lax.conv_general_dilated(frames, taps[i], (1, 1), ((ph, ph), (pw, pw)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
       y = y.reshape((b, t_out) + y.shape[1:])
     elif impl == "xla":
       y = jax.lax.conv_general_dilated(x, kernel if kernel is not None else jnp.stack(taps),
@@ -170,9 +170,10 @@ def per_tap_kernels(params):
   tap, as `kernel_0` ... `kernel_{kt-1}` [kh, kw, C_in, C_out]: the inference layout for the CPU.
 
   On the CPU Conv3d runs each temporal tap as a 2D convolution, and with the stacked kernel XLA copies every tap's
-  slice out of it on every call: at CogVideoX's widths that is 363 MB of kernels per encode, and splitting them
-  once here took a 9x64x64 encode from 2.53 to 2.18 s (2-core AMD EPYC). Conv3d reads either layout and computes
-  the same thing; training and checkpoints keep the stacked one (it is the one with logical axes for sharding).
+  slice out of it on every call: at CogVideoX's widths that is 363 MB of kernels per encode. Splitting them once
+  here took a 9x64x64 encode from 2.53 to 2.47 s, and bench_vae's JAX peak RSS from 2298 to 1833 MB (2-core AMD
+  EPYC). Conv3d reads either layout and computes the same thing; training and checkpoints keep the stacked one (it
+  is the one with logical axes for sharding).
   Runs eagerly, once (for a frozen VAE: pipelines, the latent cache).
   """
   def convert(node):
