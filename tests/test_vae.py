@@ -133,6 +133,28 @@ def test_conv3d_implementations_agree(channels):
     Conv3d(7, (3, 3, 3), (1, 1), impl="winograd").init(jax.random.PRNGKey(0), x)
 
 
+def test_causal_padding_skips_the_copies_exactly():
+  """Conv3d(x, pad_first=p) on the 'frames' path convolves frame 0 once per output with the summed taps instead of
+  convolving its p copies: the same function and gradients as padding with the copies and running the 3D conv
+  (float32, rtol 1e-5 / grads 1e-4), for images, clips shorter than the kernel and longer ones."""
+  rng = np.random.default_rng(0)
+  for t, p in ((1, 2), (2, 2), (3, 2), (9, 2), (2, 1), (5, 1), (5, 0)):
+    x = jnp.asarray(rng.normal(size=(2, t, 6, 5, 4)), jnp.float32)
+    conv = vae_lib.Conv3d(3, (3, 3, 3), (1, 1), impl="frames")
+    params = conv.init(jax.random.PRNGKey(t), x, p)
+    padded = lambda x, p=p: jnp.concatenate([jnp.repeat(x[:, :1], p, axis=1), x], axis=1)
+    loss = lambda params, x, p=p: jnp.sum(jnp.sin(conv.apply(params, x, p)))
+    ref = lambda params, x, p=p: jnp.sum(jnp.sin(conv.clone(impl="xla").apply(params, padded(x))))
+    y = conv.apply(params, x, p)
+    assert y.shape == (2, t + p - 2, 6, 5, 3)
+    np.testing.assert_allclose(y, conv.clone(impl="xla").apply(params, padded(x)), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(jax.grad(loss, argnums=(0, 1))(params, x)),
+                    jax.tree.leaves(jax.grad(ref, argnums=(0, 1))(params, x))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="allowed: 0 <= pad_first < kernel_size"):
+    conv.apply(params, x, 3)
+
+
 def test_per_tap_kernels_is_the_same_vae(models):
   """The CPU inference layout (each temporal conv kernel stored per tap) is a relayout, not a new model: encode and
   decode give the same floats, both Conv3d impls read it, and 1x1x1 kernels and the rest of the tree are untouched."""

@@ -126,9 +126,17 @@ class Conv3d(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, T, H, W, C_in] -> [B, T - kt + 1, H + 2 ph - kh + 1, W + 2 pw - kw + 1, features]."""
+  def __call__(self, x: jax.Array, pad_first: int = 0) -> jax.Array:
+    """[B, T, H, W, C_in] -> [B, T + pad_first - kt + 1, H + 2 ph - kh + 1, W + 2 pw - kw + 1, features].
+
+    `pad_first`: first pad time on the left with that many copies of frame 0 (causal padding, 0 <= pad_first < kt).
+    The 'frames' path never convolves the copies: every output frame whose taps read frame 0 more than once
+    convolves it once with the sum of those taps (3 of 3T frame convolutions saved per video for kt = 3, 2 of 3
+    for an image), equal to padding first up to float rounding.
+    """
     kt, kh, kw = self.kernel_size
+    if not 0 <= pad_first < kt:
+      raise ValueError(f"Conv3d pad_first={pad_first}; allowed: 0 <= pad_first < kernel_size[0] = {kt}.")
     if self.has_variable("params", "kernel_0"):  # per-tap layout (inference on CPU)
       taps = [self.get_variable("params", f"kernel_{i}").astype(self.dtype) for i in range(kt)]
       kernel = None  # stacked only if the 3D conv asks for it
@@ -143,26 +151,55 @@ class Conv3d(nn.Module):
     x = x.astype(self.dtype)
     ph, pw = self.padding
     impl = self.impl if self.impl != "auto" else ("frames" if jax.default_backend() == "cpu" else "xla")
+    if impl not in ("frames", "xla"):
+      raise ValueError(f"Conv3d impl={self.impl!r}; allowed: 'auto', 'frames', 'xla'.")
     if (kt, kh, kw) == (1, 1, 1):
       y = jnp.einsum("bthwc,cd->bthwd", x, taps[0][0, 0])
     elif impl == "frames":
       # XLA:CPU runs a 3D conv about 2x slower than the same work as kt 2D convs over frames (measured by
       # experiments/bench_vae.py), so on CPU the temporal taps are summed explicitly.
-      b, t, h, w, c = x.shape
-      t_out = t - kt + 1
-      y = 0.0
-      for i in range(kt):
-        frames = x[:, i:i + t_out].reshape(b * t_out, h, w, c)
-        y = y + jax.lax.conv_general_dilated(frames, taps[i], (1, 1), ((ph, ph), (pw, pw)),
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      y = y.reshape((b, t_out) + y.shape[1:])
-    elif impl == "xla":
+      y = _conv_frames(x, taps, pad_first, (ph, pw))
+    else:
+      if pad_first:
+        x = jnp.concatenate([jnp.repeat(x[:, :1], pad_first, axis=1), x], axis=1)
       y = jax.lax.conv_general_dilated(x, kernel if kernel is not None else jnp.stack(taps),
                                        (1, 1, 1), ((0, 0), (ph, ph), (pw, pw)),
                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-    else:
-      raise ValueError(f"Conv3d impl={self.impl!r}; allowed: 'auto', 'frames', 'xla'.")
     return y + bias.astype(self.dtype)
+
+
+def _conv_frames(x: jax.Array, taps, pad_first: int, padding: tuple[int, int]) -> jax.Array:
+  """Conv3d's 'frames' path: x [B, T, H, W, C] (to be left-padded in time with `pad_first` copies of frame 0),
+  taps kt kernels [kh, kw, C, F] -> [B, T + pad_first - kt + 1, H', W', F], as a sum of 2D convolutions over frames.
+
+  With the padding P = [x_0] * p + x, output j = sum_k conv(P[j + k], W_k): its taps k <= p - j read x_0, so output
+  j < p is conv(x_0, S_j) with S_j = W_0 + ... + W_{p-j}, plus conv(x_{j+k-p}, W_k) for its taps k > p - j."""
+  b, t, h, w, c = x.shape
+  kt, p = len(taps), pad_first
+  t_out = t + p - kt + 1
+  if t_out < 1:
+    raise ValueError(f"Conv3d over {t} frames (+{p} padding) with {kt} temporal taps: too few frames.")
+  ph, pw = padding
+
+  def conv(frames, kernel):  # [B, n, H, W, C] -> [B, n, H', W', F]
+    n = frames.shape[1]
+    y = jax.lax.conv_general_dilated(frames.reshape((b * n, h, w, c)), kernel, (1, 1), ((ph, ph), (pw, pw)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape((b, n) + y.shape[1:])
+
+  # Outputs j >= p read x_0 at most once: the plain VALID convolution of x. Output j < p is conv(x_0, S_j) plus
+  # its taps k > p - j, which read x_{j+k-p}.
+  y = sum(conv(x[:, k:k + t_out - p], taps[k]) for k in range(kt)) if t_out > p else None
+  prefix = [taps[0]]  # prefix[i] = W_0 + ... + W_i = S_{p-i}
+  for k in range(1, p + 1):
+    prefix.append(prefix[-1] + taps[k])
+  head = []
+  for j in range(min(p, t_out)):
+    out = conv(x[:, :1], prefix[p - j])
+    for k in range(p - j + 1, kt):
+      out = out + conv(x[:, j + k - p:j + k - p + 1], taps[k])
+    head.append(out)
+  return jnp.concatenate(head + ([y] if y is not None else []), axis=1) if head else y
 
 
 def per_tap_kernels(params):
@@ -206,14 +243,17 @@ class CausalConv3d(nn.Module):
   def __call__(self, x: jax.Array, cache: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[jax.Array]]:
     """x [B, T, H, W, C], cache [B, k - 1, H, W, C] or None -> ([B, T, H, W, features], cache or None if k == 1)."""
     k = self.kernel_size
-    new_cache = None
+    new_cache, pad_first = None, 0
     if k > 1:
       x = x.astype(self.dtype)
-      past = jnp.repeat(x[:, :1], k - 1, axis=1) if cache is None else cache.astype(self.dtype)
-      x = jnp.concatenate([past, x], axis=1)
-      new_cache = x[:, -(k - 1):]
+      if cache is None:  # Conv3d pads with copies of frame 0 itself (and does not convolve them)
+        pad_first = k - 1
+        padded = jnp.concatenate([jnp.repeat(x[:, :1], k - 1, axis=1), x], axis=1)
+      else:
+        x = padded = jnp.concatenate([cache.astype(self.dtype), x], axis=1)
+      new_cache = padded[:, -(k - 1):]
     y = Conv3d(self.features, (k, k, k), ((k - 1) // 2, (k - 1) // 2), dtype=self.dtype,
-               param_dtype=self.param_dtype, name="conv")(x)
+               param_dtype=self.param_dtype, name="conv")(x, pad_first)
     return y, new_cache
 
 
