@@ -31,11 +31,9 @@ flags.mark_flags_as_required(["workdir"])
 # The VAE trains 3 clips + 1 image per batch, not the tiny default's 2 + 4: the same PSNR, but the default's
 # reconstructions showed a stray second blob in 24 of 96 validation videos against 3 (configs/vae.py), and stray
 # blobs are where the text-to-video score is lost.
-# Its decoder also trains on latents with noise of up to 0.5 per-channel stds (`loss.decoder_noise`): without it, the
-# VAE's own latents plus noise of 0.2 stds decoded to a second blob in 11 of 48 clips and 0.3 stds in 38, so the
-# DiT's small errors came out as stray blobs; with it, 6 of 48 at 0.5 stds. On the same machine and budget the
-# quickstart's probe went from 0.71 / 0.34 / 0.72 to 0.77 / 0.49 / 0.77 (seeds 10000+; 0.65 / 0.29 / 0.66 to
-# 0.78 / 0.52 / 0.80 on seeds 20000+), for 29.8 dB validation PSNR against 30.1 (README).
+# Its decoder also trains on latents with noise of up to 0.5 per-channel stds (`loss.decoder_noise`), so that the
+# DiT's small errors do not decode to stray blobs (the fragility measured in configs/vae.py). On the same machine
+# and budget the quickstart's probe went from 0.71 / 0.34 / 0.72 to 0.77 / 0.49 / 0.77 (seeds 10000+; README).
 VAE_OVERRIDES = {"train.steps": 1500, "train.eval_every": 0, "train.checkpoint_every": 500,
                  "input.batch_size": 4, "loss.image_fraction": 0.25, "loss.decoder_noise": 0.5}
 T2V_OVERRIDES = {"train.steps": 4000, "train.checkpoint_every": 500, "input.split": "train[:4096]"}
