@@ -95,6 +95,36 @@ def test_causality(models):
   np.testing.assert_array_equal(x[:, :9], x_changed[:, :9])  # pixel frames 0..8 come from latents 0..2
 
 
+def test_patch_size_folds_pixels_around_the_network():
+  """`patch_size=p`: space_to_depth before the encoder and depth_to_space after the decoder, exactly. A patch-2 VAE
+  is the plain VAE (same params) run on folded frames with p * p times the output channels; it streams like one."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 8, 12, 3)).astype(np.float32))
+  folded = vae_lib.space_to_depth(x, 2)
+  assert folded.shape == (2, 3, 4, 6, 12)
+  np.testing.assert_array_equal(folded[1, 2, 3, 4], x[1, 2, 6:8, 8:10].reshape(-1))  # (row, column, channel)
+  np.testing.assert_array_equal(vae_lib.depth_to_space(folded, 2), x)
+  with pytest.raises(ValueError, match="not divisible by the patch size 2"):
+    vae_lib.space_to_depth(x[:, :, :7], 2)
+
+  kw = dict(TINY, group_norm_over_time=False)
+  patched = vae_lib.AutoencoderKL(**kw, patch_size=2)
+  plain = vae_lib.AutoencoderKL(**kw, out_channels=12)
+  assert patched.spatial_compression == 8
+  video = _video(9, size=32)
+  params = patched.init(jax.random.PRNGKey(0), video[:, :1], chunked=False)["params"]
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32), params)
+  encode = lambda m, v, c=True: m.apply({"params": params}, v, chunked=c, method="encode").mean
+  decode = lambda m, z, c=True: m.apply({"params": params}, z, chunked=c, method="decode")
+  z = encode(patched, video)
+  assert z.shape == (2, 3, 4, 4, 4)
+  np.testing.assert_array_equal(z, encode(plain, vae_lib.space_to_depth(video, 2)))
+  out = decode(patched, z)
+  assert out.shape == video.shape
+  np.testing.assert_array_equal(out, vae_lib.depth_to_space(decode(plain, z), 2))
+  assert _rel(encode(patched, video, False), z) < 1e-5 and _rel(decode(patched, z, False), out) < 1e-5
+
+
 def test_posterior():
   rng = np.random.default_rng(0)
   moments = jnp.asarray(rng.normal(size=(3, 2, 2, 2, 8)).astype(np.float32)).at[0, 0, 0, 0, 4].set(50.0)

@@ -45,6 +45,10 @@ def test_configs_validate_and_reject_bad_values():
   c.model.norm_num_groups = 3
   with pytest.raises(config_lib.ConfigError, match="model.block_out_channels"):
     config_lib.validate(c)
+  c = vae_config.get_config("size=tiny")
+  c.model.patch_size = 0
+  with pytest.raises(config_lib.ConfigError, match="model.patch_size.*must be >= 1"):
+    config_lib.validate(c)
 
 
 def _experiment(config):

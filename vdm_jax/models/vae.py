@@ -435,6 +435,28 @@ class Blocks3D(nn.Module):
 # Encoder, decoder, posterior.
 
 
+def space_to_depth(x: jax.Array, patch: int) -> jax.Array:
+  """[B, T, H, W, C] -> [B, T, H / p, W / p, p * p * C]: each p x p pixel patch becomes one position's channels
+  (ordered row, column, channel). The inverse is `depth_to_space`."""
+  if patch == 1:
+    return x
+  b, t, h, w, c = x.shape
+  if h % patch or w % patch:
+    raise ValueError(f"space_to_depth: frame size {h}x{w} is not divisible by the patch size {patch}.")
+  x = x.reshape(b, t, h // patch, patch, w // patch, patch, c)
+  return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h // patch, w // patch, patch * patch * c)
+
+
+def depth_to_space(x: jax.Array, patch: int) -> jax.Array:
+  """[B, T, h, w, p * p * C] -> [B, T, h p, w p, C], the inverse of `space_to_depth`."""
+  if patch == 1:
+    return x
+  b, t, h, w, pc = x.shape
+  c = pc // (patch * patch)
+  x = x.reshape(b, t, h, w, patch, patch, c)
+  return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h * patch, w * patch, c)
+
+
 def _time_levels(temporal_compression_ratio: int, num_blocks: int) -> int:
   levels = int(round(math.log2(temporal_compression_ratio)))
   if 2 ** levels != temporal_compression_ratio or not 0 <= levels <= num_blocks - 1:
@@ -444,7 +466,8 @@ def _time_levels(temporal_compression_ratio: int, num_blocks: int) -> int:
 
 
 class Encoder3D(nn.Module):
-  """[B, T, H, W, C_in] -> moments [B, T', H / 2^(n-1), W / 2^(n-1), 2 latent_channels] (mean, logvar)."""
+  """[B, T, H, W, C_in] -> moments [B, T', H / (p 2^(n-1)), W / (p 2^(n-1)), 2 latent_channels] (mean, logvar);
+  p = `patch_size` (the frames are first folded into p x p patches by `space_to_depth`)."""
   latent_channels: int = 16
   block_out_channels: Sequence[int] = (128, 256, 256, 512)
   layers_per_block: int = 3
@@ -453,6 +476,7 @@ class Encoder3D(nn.Module):
   temporal_compression_ratio: int = 4
   over_time: bool = True
   remat: bool = False
+  patch_size: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -471,7 +495,7 @@ class Encoder3D(nn.Module):
   def __call__(self, x: jax.Array, cache: Optional[Cache] = None) -> tuple[jax.Array, Cache]:
     cache = cache or {}
     new = {}
-    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+    x = nn.with_logical_constraint(space_to_depth(x, self.patch_size), ACTIVATION_AXES)
     x, new["conv_in"] = self.conv_in(x, cache.get("conv_in"))
     for i, block in enumerate(self.down_blocks):
       x, new[f"down_block_{i}"] = block(x, None, cache.get(f"down_block_{i}"))
@@ -482,8 +506,9 @@ class Encoder3D(nn.Module):
 
 
 class Decoder3D(nn.Module):
-  """Latents [B, T', h, w, latent_channels] -> video [B, T, h 2^(n-1), w 2^(n-1), out_channels]; every norm is a
-  SpatialNorm3D conditioned on the latents."""
+  """Latents [B, T', h, w, latent_channels] -> video [B, T, h p 2^(n-1), w p 2^(n-1), out_channels]; every norm is a
+  SpatialNorm3D conditioned on the latents. With `patch_size` p > 1 the last conv gives p * p * out_channels
+  channels, unfolded into p x p pixel patches by `depth_to_space`."""
   out_channels: int = 3
   block_out_channels: Sequence[int] = (128, 256, 256, 512)
   layers_per_block: int = 3
@@ -492,6 +517,7 @@ class Decoder3D(nn.Module):
   temporal_compression_ratio: int = 4
   over_time: bool = True
   remat: bool = False
+  patch_size: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -506,7 +532,7 @@ class Decoder3D(nn.Module):
     self.up_blocks = [Blocks3D(f, self.layers_per_block + 1, "up" if i < n - 1 else "none", i < levels, **kw)
                       for i, f in enumerate(channels)]
     self.norm_out = SpatialNorm3D(self.num_groups, 1e-6, self.over_time, self.dtype, self.param_dtype)
-    self.conv_out = CausalConv3d(self.out_channels, 3, self.dtype, self.param_dtype)
+    self.conv_out = CausalConv3d(self.out_channels * self.patch_size ** 2, 3, self.dtype, self.param_dtype)
 
   def __call__(self, z: jax.Array, cache: Optional[Cache] = None) -> tuple[jax.Array, Cache]:
     cache = cache or {}
@@ -518,7 +544,7 @@ class Decoder3D(nn.Module):
       x, new[f"up_block_{i}"] = block(x, z, cache.get(f"up_block_{i}"))
     x = nn.silu(self.norm_out(x, z)).astype(self.dtype)
     x, new["conv_out"] = self.conv_out(x, cache.get("conv_out"))
-    return x.astype(jnp.float32), new
+    return depth_to_space(x, self.patch_size).astype(jnp.float32), new
 
 
 @flax.struct.dataclass
@@ -579,6 +605,10 @@ class AutoencoderKL(nn.Module):
   to r T' (frame 0 is only special in a chunk with an odd frame count, as in diffusers), so clips that round-trip
   have T = 1 + 2 r k frames (1, 9, 17, 49 for r = 4).
 
+  `patch_size` p > 1 folds p x p pixel patches into channels before the encoder's first conv and unfolds the
+  decoder's last (as Cosmos' and WF-VAE's video tokenizers do with a patch or wavelet step), so s = p 2^(n-1): the
+  network never runs at full resolution, where its few channels are slow for their FLOPs on a CPU.
+
   `scaling_factor` is the diffusion-side latent scale (latents for the DiT are `mode() * scaling_factor`); encode
   and decode work on unscaled latents.
   """
@@ -597,18 +627,19 @@ class AutoencoderKL(nn.Module):
   tile_sample_size: Optional[tuple[int, int]] = None  # (h, w): spatial tiling for frames larger than this
   tile_overlap: tuple[float, float] = (1 / 6, 1 / 5)  # overlap fraction of a tile (height, width)
   remat: bool = False  # rematerialise ResNet blocks in the backward pass (training memory)
+  patch_size: int = 1  # p x p pixel patches folded into channels around the network (1: CogVideoX)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @property
   def spatial_compression(self) -> int:
-    return 2 ** (len(self.block_out_channels) - 1)
+    return self.patch_size * 2 ** (len(self.block_out_channels) - 1)
 
   def setup(self):
     kw = dict(block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block,
               num_groups=self.norm_num_groups, eps=self.norm_eps,
               temporal_compression_ratio=self.temporal_compression_ratio, over_time=self.group_norm_over_time,
-              remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
+              remat=self.remat, patch_size=self.patch_size, dtype=self.dtype, param_dtype=self.param_dtype)
     self.encoder = Encoder3D(self.latent_channels, **kw)
     self.decoder = Decoder3D(self.out_channels, **kw)
 

@@ -79,6 +79,7 @@ class VAEExperiment(registry.Experiment):
         "group_norm_over_time": True,  # CogVideoX: GroupNorm statistics over (C/G, T, H, W) of each chunk
         "chunked": True,  # diffusers' frame batching in training and eval (False: whole clips)
         "remat": False,
+        "patch_size": 1,  # p x p pixel patches folded into channels around the network (spatial: p 2^(n-1))
     })
     c.loss = ml_collections.ConfigDict({
         "l1_weight": 1.0, "l2_weight": 0.0, "kl_weight": 1e-6, "sample_posterior": True,
@@ -101,8 +102,10 @@ class VAEExperiment(registry.Experiment):
       config_lib.check(f % m.norm_num_groups == 0, "model.block_out_channels",
                        f"{tuple(m.block_out_channels)} must all be divisible by model.norm_num_groups="
                        f"{m.norm_num_groups}.")
-    ratio, factor = m.temporal_compression_ratio, 2 ** (len(m.block_out_channels) - 1)  # factor: spatial compression
-    config_lib.check(ratio >= 1 and ratio & (ratio - 1) == 0 and ratio <= factor,
+    config_lib.check(m.patch_size >= 1, "model.patch_size", f"is {m.patch_size}; must be >= 1 (1: no patching).")
+    levels = 2 ** (len(m.block_out_channels) - 1)  # the resolution levels' compression
+    ratio, factor = m.temporal_compression_ratio, m.patch_size * levels  # factor: spatial compression
+    config_lib.check(ratio >= 1 and ratio & (ratio - 1) == 0 and ratio <= levels,
                      "model.temporal_compression_ratio",
                      f"is {ratio}; must be a power of 2 up to 2 ** (len(block_out_channels) - 1).")
     config_lib.check(l.l1_weight >= 0 and l.l2_weight >= 0 and l.l1_weight + l.l2_weight > 0, "loss.l1_weight",
@@ -129,7 +132,7 @@ class VAEExperiment(registry.Experiment):
         block_out_channels=tuple(m.block_out_channels), layers_per_block=m.layers_per_block,
         latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
         temporal_compression_ratio=m.temporal_compression_ratio, scaling_factor=m.scaling_factor,
-        group_norm_over_time=m.group_norm_over_time, remat=m.remat, dtype=dtype,
+        group_norm_over_time=m.group_norm_over_time, remat=m.remat, patch_size=m.patch_size, dtype=dtype,
         param_dtype=jnp.dtype(config.train.param_dtype))
     self.discriminator = None
     if config.loss.disc_weight > 0:
