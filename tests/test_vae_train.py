@@ -60,6 +60,15 @@ def _batch(b=8, t=9, size=32):
   return {"video": jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (b, t, size, size, 3)).astype(np.float32))}
 
 
+def test_patch_size_reaches_the_model_and_the_crop_grid():
+  c = vae_config.get_config("runlocal")  # one 2x level
+  c.model.patch_size = 2
+  assert _experiment(c).model.spatial_compression == 4
+  c.loss.train_size = 2
+  with pytest.raises(config_lib.ConfigError, match="loss.train_size.*multiple of the spatial compression 4"):
+    config_lib.validate(c)
+
+
 def test_joint_image_and_video_batches():
   c = vae_config.get_config("runlocal")
   c.loss.image_fraction = 0.25
