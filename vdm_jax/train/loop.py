@@ -245,7 +245,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
 
 def load_config_json(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to its workdir."""
+  """The resolved config a run wrote to its workdir, over its experiment's current defaults: a key added to the
+  code after the run was written (e.g. `model.patch_size`) reads as its default, which is what the run used."""
   with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    written = json.load(f)
+  try:
+    defaults = config_lib.base_config(written["experiment"]).to_dict()
+  except (KeyError, ValueError):  # no or unknown experiment: the file as written
+    return ml_collections.ConfigDict(written)
+
+  def merge(base, new):
+    for key, value in new.items():
+      base[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return base
+
+  return ml_collections.ConfigDict(merge(defaults, written))
 
