@@ -101,9 +101,9 @@ def test_patch_size_folds_pixels_around_the_network():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 8, 12, 3)).astype(np.float32))
   folded = vae_lib.space_to_depth(x, 2)
   assert folded.shape == (2, 3, 4, 6, 12)
-  np.testing.assert_array_equal(folded[1, 2, 3, 4], x[1, 2, 6:8, 8:10].reshape(-1))  # (row, column, channel)
+  np.testing.assert_array_equal(folded[1, 2, 3, 4], x[1, 2, 6:8, 8:10].transpose(2, 0, 1).reshape(-1))  # (C, ph, pw)
   np.testing.assert_array_equal(vae_lib.depth_to_space(folded, 2), x)
-  with pytest.raises(ValueError, match="not divisible by the patch size 2"):
+  with pytest.raises(ValueError, match="height H=7 is not divisible by its patch size 2"):
     vae_lib.space_to_depth(x[:, :, :7], 2)
 
   kw = dict(TINY, group_norm_over_time=False)

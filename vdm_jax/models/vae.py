@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax.models import layers
+from vdm_jax.models import layers, patchify
 
 Dtype = Any
 Cache = dict  # nested dict of [B, k - 1, H, W, C] arrays, one per causal conv with a temporal kernel > 1
@@ -436,25 +436,21 @@ class Blocks3D(nn.Module):
 
 
 def space_to_depth(x: jax.Array, patch: int) -> jax.Array:
-  """[B, T, H, W, C] -> [B, T, H / p, W / p, p * p * C]: each p x p pixel patch becomes one position's channels
-  (ordered row, column, channel). The inverse is `depth_to_space`."""
+  """[B, T, H, W, C] -> [B, T, H / p, W / p, C p p]: each p x p pixel patch becomes one position's channels, in
+  the DiT's patch order (C, ph, pw): `patchify.patchify` with patch_size_t 1, kept on the grid. The inverse is
+  `depth_to_space`."""
   if patch == 1:
     return x
-  b, t, h, w, c = x.shape
-  if h % patch or w % patch:
-    raise ValueError(f"space_to_depth: frame size {h}x{w} is not divisible by the patch size {patch}.")
-  x = x.reshape(b, t, h // patch, patch, w // patch, patch, c)
-  return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h // patch, w // patch, patch * patch * c)
+  _, gh, gw = patchify.patch_grid(x.shape, patch)
+  return patchify.patchify(x, patch).reshape(x.shape[:2] + (gh, gw, -1))
 
 
 def depth_to_space(x: jax.Array, patch: int) -> jax.Array:
-  """[B, T, h, w, p * p * C] -> [B, T, h p, w p, C], the inverse of `space_to_depth`."""
+  """[B, T, h, w, C p p] -> [B, T, h p, w p, C], the inverse of `space_to_depth`."""
   if patch == 1:
     return x
-  b, t, h, w, pc = x.shape
-  c = pc // (patch * patch)
-  x = x.reshape(b, t, h, w, patch, patch, c)
-  return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h * patch, w * patch, c)
+  b, t, h, w, _ = x.shape
+  return patchify.unpatchify(x.reshape(b, t * h * w, -1), (t, h, w), patch)
 
 
 def _time_levels(temporal_compression_ratio: int, num_blocks: int) -> int:
