@@ -3,7 +3,7 @@
     python -m experiments.quickstart --workdir /tmp/quickstart
 
 1. trains the tiny VAE on Captioned Shapes 64x64x17 (`W/vae`; reused if it has finished),
-2. trains the tiny text-to-video model on its latents (`W/t2v`; resumes if interrupted),
+2. trains the tiny text-to-video model on its latents, as a rectified flow (`W/t2v`; resumes if interrupted),
 3. samples prompts it never sampled during training (new seeds), scores them with the probe,
 4. writes `W/videos/*.mp4`, `W/contact_sheet.png`, `W/loss_curves.png` and `W/report.json`.
 
@@ -40,7 +40,13 @@ flags.mark_flags_as_required(["workdir"])
 VAE_OVERRIDES = {"train.steps": 1500, "train.eval_every": 0, "train.checkpoint_every": 500,
                  "input.batch_size": 4, "loss.image_fraction": 0.25, "loss.decoder_noise": 0.5,
                  "model.block_out_channels": (16, 32, 64), "model.patch_size": 2}
-T2V_OVERRIDES = {"train.steps": 4000, "train.checkpoint_every": 500, "input.split": "train[:4096]"}
+# The DiT trains as a rectified flow with SD3's logit-normal times shifted toward noise by 3, sampled with 25 Euler
+# steps at guidance 2: on the same VAE and budget, probe 0.82 / 0.73 / 0.95 against 0.83 / 0.54 / 0.88 for the tiny
+# default (v-prediction, DDIM, guidance 4); squares keep more of their corners (median fill 0.89 against 0.84).
+# From an empty workdir, with a new VAE: 0.78 / 0.65 / 0.88 (README).
+T2V_OVERRIDES = {"train.steps": 4000, "train.checkpoint_every": 500, "input.split": "train[:4096]",
+                 "diffusion.prediction_type": "flow", "diffusion.timestep_sampling": "logit_normal",
+                 "diffusion.flow_shift": 3.0, "sample.sampler": "euler", "sample.guidance_scale": 2.0}
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
 
 
