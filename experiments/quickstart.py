@@ -41,10 +41,8 @@ VAE_OVERRIDES = {"train.steps": 1500, "train.eval_every": 0, "train.checkpoint_e
                  "input.batch_size": 4, "loss.image_fraction": 0.25, "loss.decoder_noise": 0.5,
                  "model.block_out_channels": (16, 32, 64), "model.patch_size": 2}
 # The DiT trains as a rectified flow with SD3's logit-normal times shifted toward noise by 3, sampled with 25 Euler
-# steps at guidance 2: on the same VAE and budget, probe 0.82 / 0.73 / 0.95 against 0.83 / 0.54 / 0.88 for the tiny
-# default (v-prediction, DDIM, guidance 4); squares keep more of their corners (median fill 0.89 against 0.84).
-# From an empty workdir, with a new VAE: 0.81 / 0.68 / 0.93 in 29.0 min on a 2-core Xeon (AVX-512), 0.78 / 0.65 /
-# 0.88 in 41.8 min on a 2-core AMD EPYC. Shift 6 gave color 0.92 but shape 0.60 on the same VAE (README).
+# steps at guidance 2: on the same VAE and budget its squares keep their corners (probe shape 0.73 against 0.54 for
+# the tiny default's v-prediction, DDIM, guidance 4). Shift 6 trades shape for color (README, "Text to video").
 T2V_OVERRIDES = {"train.steps": 4000, "train.checkpoint_every": 500, "input.split": "train[:4096]",
                  "diffusion.prediction_type": "flow", "diffusion.timestep_sampling": "logit_normal",
                  "diffusion.flow_shift": 3.0, "sample.sampler": "euler", "sample.guidance_scale": 2.0}
