@@ -59,3 +59,12 @@ def test_unknown_option_falls_back_to_defaults(monkeypatch):
   monkeypatch.setattr(xla_cpu, "YNN_WITHOUT_CONVOLUTIONS", "LIBRARY_FUSION_TYPE_NOT_A_TYPE")
   assert xla_cpu.compiler_options() is None
   assert float(xla_cpu.jit(lambda v: v * 2)(jnp.float32(3))) == 6.0
+
+
+def test_has_amx_bf16_reads_the_cpu_flags(tmp_path):
+  path = tmp_path / "cpuinfo"
+  path.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+  assert xla_cpu.has_amx_bf16(str(path))
+  path.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_tile amx_bf16x\n")  # whole flags only
+  assert not xla_cpu.has_amx_bf16(str(path))
+  assert not xla_cpu.has_amx_bf16(str(tmp_path / "missing"))

