@@ -16,19 +16,22 @@ _CHECK_OVERRIDES = """
 from experiments import quickstart as q
 from vdm_jax.train import config
 q.flags.FLAGS(["quickstart", "--workdir=/unused"])
-v = config.validate(q._vae_config())
-t = config.validate(q._t2v_config("/unused/vae"))
-print(t.diffusion.prediction_type, t.sample.sampler, v.model.patch_size)
+out = [config.validate(q._vae_config()).model.patch_size]
+for dtype in ("float32", "bfloat16"):  # what --dit_dtype=auto picks depends on the CPU
+  q.flags.FLAGS.dit_dtype = dtype
+  t = config.validate(q._t2v_config("/unused/vae"))
+  out += [t.diffusion.prediction_type, t.sample.sampler, t.train.compute_dtype, t.train.steps]
+print(*out)
 """
 
 
 def test_default_preset_overrides_are_valid_configs():
-  """The full quickstart's recipe (not run by the test below: runlocal skips it) names existing keys and passes
-  validation, so a renamed key fails here, not 15 minutes into a user's run."""
+  """The full quickstart's recipe, at both DiT dtypes (not run by the test below: runlocal skips it), names existing
+  keys and passes validation, so a renamed key fails here, not 15 minutes into a user's run."""
   result = subprocess.run([sys.executable, "-c", _CHECK_OVERRIDES], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]
-  assert result.stdout.split() == ["flow", "euler", "2"]
+  assert result.stdout.split() == ["2", "flow", "euler", "float32", "4000", "flow", "euler", "bfloat16", "5500"]
 
 
 def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, tmp_path):
