@@ -1,8 +1,12 @@
-"""PSNR and SSIM on videos: closed forms on known inputs and a direct (loop) evaluation of Wang et al.'s formula."""
+"""PSNR (one formula for evals and training metrics) and SSIM on videos: closed forms on known inputs and a direct
+(loop) evaluation of Wang et al.'s formula."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vdm_jax.eval import metrics
+from vdm_jax.train import toy_ae
 
 
 def test_psnr_closed_form():
@@ -13,9 +17,30 @@ def test_psnr_closed_form():
   np.testing.assert_allclose(metrics.psnr(b, a), [20.0, 10 * np.log10(8.0)], rtol=1e-12)
   np.testing.assert_allclose(metrics.psnr(b * 127.5, a * 127.5, data_range=255.0), [20.0, 10 * np.log10(8.0)],
                              rtol=1e-12)
-  assert metrics.psnr(a, a)[0] > 150  # identical: capped, finite
+  np.testing.assert_allclose(metrics.psnr(a, a), 10 * np.log10(4 / 1e-20))  # identical: MSE floored, finite
   with pytest.raises(ValueError, match=r"\[B, T, H, W, C\]"):
     metrics.psnr(a[0], b[0])
+
+
+def test_psnr_from_mse_is_the_formula_on_host_and_in_a_jitted_step():
+  """One formula for the evals (numpy, float64) and the training losses (JAX, float32, traced): MSE 0.04 on range 2
+  is 20 dB, and both give 10 log10(range^2 / MSE) on random clips (the formulas the losses used before)."""
+  assert metrics.psnr_from_mse(0.04, 2.0) == pytest.approx(20.0, abs=1e-12)
+  assert metrics.psnr_from_mse(0.04 * 127.5 ** 2, 255.0) == pytest.approx(20.0, abs=1e-12)
+  rng = np.random.default_rng(0)
+  a, b = rng.uniform(-1, 1, (3, 2, 8, 8, 3)), rng.uniform(-1, 1, (3, 2, 8, 8, 3))
+  mse = np.mean((a - b) ** 2, axis=(1, 2, 3, 4))
+  np.testing.assert_allclose(metrics.psnr(a, b), 10 * np.log10(4 / mse), rtol=1e-12)
+  a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  # the toy autoencoder's eval, which used 10 log10(1 / mean(((a - b) / 2)^2)): the same float32 bits
+  old_toy = lambda x, y: 10 * jnp.log10(1 / jnp.mean(jnp.square((x - y) / 2), axis=(1, 2, 3, 4)))
+  toy = jax.jit(toy_ae.psnr)(a32, b32)
+  assert toy.dtype == jnp.float32
+  np.testing.assert_array_equal(toy, jax.jit(old_toy)(a32, b32))
+  np.testing.assert_allclose(toy, metrics.psnr(a, b), rtol=1e-6)
+  # the VAE loss's metric on its batch MSE, which used 10 log10(4 / MSE)
+  mse32 = jnp.mean(jnp.square(a32 - b32))
+  np.testing.assert_array_equal(jax.jit(metrics.psnr_from_mse)(mse32), jax.jit(lambda m: 10 * jnp.log10(4 / m))(mse32))
 
 
 def _ssim_direct(x, y, data_range):

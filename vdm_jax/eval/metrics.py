@@ -1,6 +1,7 @@
 """Reconstruction metrics on videos: PSNR and SSIM, per clip, in numpy (host side, float64).
 
-Videos are `[B, T, H, W, C]` floats in [-1, 1] (`data_range=2`) or uint8 (`data_range=255`).
+Videos are `[B, T, H, W, C]` floats in [-1, 1] (`data_range=2`) or uint8 (`data_range=255`). `psnr_from_mse` is the
+one PSNR formula: training losses call it on their (traced) MSE inside a step, `psnr` on host arrays.
 
 SSIM follows Wang et al. 2004 as most libraries compute it (e.g. skimage's `structural_similarity` with
 `gaussian_weights=True, use_sample_covariance=False, data_range=...`): an 11x11 Gaussian window with sigma 1.5
@@ -9,9 +10,12 @@ channel; a clip's SSIM is the mean over its frames, channels and positions.
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 _K1, _K2 = 0.01, 0.03
+_MSE_FLOOR = 1e-20  # identical inputs: a finite PSNR (about 206 dB for range 2) instead of inf
 
 
 def _as_float(x) -> np.ndarray:
@@ -23,12 +27,18 @@ def _check(a: np.ndarray, b: np.ndarray, name: str) -> None:
     raise ValueError(f"{name}: expected two videos [B, T, H, W, C] of the same shape, got {a.shape} and {b.shape}.")
 
 
+def psnr_from_mse(mse, data_range: float = 2.0):
+  """PSNR in dB of a mean squared error (any shape): 10 log10(data_range^2 / MSE). A JAX array (traced too) gives a
+  JAX array in its dtype; anything else is computed in numpy."""
+  xp = jnp if isinstance(mse, jax.Array) else np
+  return 10.0 * xp.log10(data_range ** 2 / xp.maximum(mse, _MSE_FLOOR))
+
+
 def psnr(a, b, data_range: float = 2.0) -> np.ndarray:
-  """Per-clip PSNR in dB, [B]: 10 log10(data_range^2 / MSE), MSE over (T, H, W, C)."""
+  """Per-clip PSNR in dB, [B], of videos [B, T, H, W, C] on the host (float64): MSE over (T, H, W, C)."""
   a, b = _as_float(a), _as_float(b)
   _check(a, b, "psnr")
-  mse = np.mean(np.square(a - b), axis=(1, 2, 3, 4))
-  return 10.0 * np.log10(data_range ** 2 / np.maximum(mse, 1e-20))
+  return psnr_from_mse(np.mean(np.square(a - b), axis=(1, 2, 3, 4)), data_range)
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:

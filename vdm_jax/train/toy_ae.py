@@ -16,6 +16,7 @@ import numpy as np
 
 from vdm_jax import xla_cpu
 from vdm_jax.data import pipeline
+from vdm_jax.eval import metrics
 from vdm_jax.models.frame_ae import FrameAutoencoder
 from vdm_jax.parallel import sharding
 from vdm_jax.train import config as config_lib
@@ -23,9 +24,9 @@ from vdm_jax.train import registry
 
 
 def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Per-clip PSNR in dB of videos in [-1, 1], [B, T, H, W, C] -> [B]."""
-  mse = jnp.mean(jnp.square((a.astype(jnp.float32) - b.astype(jnp.float32)) / 2.0), axis=(1, 2, 3, 4))
-  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12))
+  """Per-clip PSNR in dB of videos in [-1, 1], [B, T, H, W, C] -> [B], on device (float32)."""
+  mse = jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)), axis=(1, 2, 3, 4))
+  return metrics.psnr_from_mse(mse, data_range=2.0)
 
 
 @registry.register("toy_ae")

@@ -42,6 +42,7 @@ import numpy as np
 from vdm_jax import io, xla_cpu
 from vdm_jax.data import pipeline
 from vdm_jax.eval import metrics
+from vdm_jax.eval.metrics import psnr_from_mse  # the loss's own `metrics` dict hides the module
 from vdm_jax.models.vae import AutoencoderKL, PatchDiscriminator3D
 from vdm_jax.parallel import sharding
 from vdm_jax.train import config as config_lib
@@ -250,7 +251,7 @@ class VAEExperiment(registry.Experiment):
 
     loss = totals["rec"] + l.kl_weight * totals["kl"]
     metrics = {k: totals[k] for k in ("rec", "l1", "mse", "kl")}
-    metrics["psnr"] = 10.0 * jnp.log10(4.0 / jnp.maximum(totals["mse"], 1e-10))  # [-1, 1] pixels: range 2
+    metrics["psnr"] = psnr_from_mse(totals["mse"], data_range=2.0)  # [-1, 1] pixels
     if use_disc:
       d_weight = jnp.float32(1.0)
       if l.disc_adaptive_weight:
