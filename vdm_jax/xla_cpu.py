@@ -1,28 +1,15 @@
 """XLA:CPU compiler options for vdm_jax's own jitted functions: convolutions by XLA's own (Eigen) kernels.
 
-jaxlib 0.10 hands convolutions, dots and reductions to YNNPACK ("YNN fusions") by default. For the 3D VAE's
-convolutions XLA's own convolution is faster on the CPU, the backward pass above all (weight gradients: the YNN path
-transposes both operands and runs a convolution over the whole frame as its window). Measured on a 2-core AMD EPYC
-(AVX2) with `python -m experiments.bench_vae --convs --repeats 4`, one 3x3x3 conv (Conv3d 'frames'), forward +
-backward, ms:
+jaxlib 0.10 hands convolutions, dots and reductions to YNNPACK by default; for the 3D VAE's convolutions XLA's own
+kernels are faster on the CPU, above all in the backward pass (docs/vae_cpu_performance.md has the measurements).
+`compiler_options()` takes the convolutions back from YNNPACK and leaves it the dots and reductions; `jit(fn, **kw)` is
+`jax.jit(fn, **kw)` compiled with those options. Both are per-computation: nothing is set globally or at import, and a
+user's own `jax.jit` keeps XLA's defaults (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`
+gives a whole process the same). No options are added when the default backend is not the CPU, when XLA_FLAGS already
+sets `xla_cpu_experimental_ynn_fusion_type` (the user's choice wins), or when the installed jaxlib rejects the option.
 
-    [B, T, H, W, C]      XLA's own (these options)   YNN (jaxlib's default)   torch conv3d
-    3, 11, 64, 64, 8       39.5                        59.4                     21.2
-    3, 11, 64, 64, 16     115.1                       120.4                     54.5
-    3, 7, 32, 32, 32       32.1                        57.2                     27.8
-    3, 5, 8, 8, 64          6.5                         9.4                      4.4
-    1, 11, 64, 64, 128   1050.5                      2685.8                    875.7
-
-`compiler_options()` is the option set (YNN keeps dots and reductions: taking those too made the tiny VAE's training
-step slower, 1.73 against 1.39 s); `jit(fn, **kw)` is `jax.jit(fn, **kw)` compiled with it. Both are per-computation: nothing is set globally, nothing happens at import,
-and a user's own `jax.jit` keeps XLA's defaults (`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
--individual_convolution` gives a whole process the same). No options are added when the default backend is not the
-CPU, when XLA_FLAGS already sets `xla_cpu_experimental_ynn_fusion_type` (the user's choice wins), or when the installed
-jaxlib rejects the option (checked once by compiling a trivial function): XLA's defaults are used then.
-
-Unlike YNNPACK's, XLA's own convolutions round differently with the process's device/thread split: a decode with 1
-and with 8 virtual CPU devices (`--xla_force_host_platform_device_count`) differs by ~1e-6 (bitwise equal within a
-process and for the same device count).
+XLA's own convolutions round differently with the process's device/thread split: results with 1 and with 8 virtual CPU
+devices differ by about 1e-6 (they are bitwise equal within a process and for the same device count).
 """
 from __future__ import annotations
 
@@ -88,9 +75,9 @@ class _LazyJit:
 
 def has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
   """Whether the host CPU has AMX's bfloat16 tile multiply (the `amx_bf16` flag in Linux's /proc/cpuinfo; Intel
-  Sapphire Rapids and later). There, jaxlib's dots run faster in bfloat16 than in float32: the tiny text-to-video
-  DiT's training step at bfloat16 compute ran 5.4 steps/s against 3.8 at float32 on a 2-core Xeon. False where the
-  file is missing or unreadable (not Linux) or has no such flag; nothing is cached, so read it once per run."""
+  Sapphire Rapids and later), where jaxlib's dots run faster in bfloat16 than in float32 (docs/results.md). False
+  where the file is missing or unreadable (not Linux) or has no such flag; nothing is cached, so read it once per
+  run."""
   try:
     with open(cpuinfo, encoding="utf-8", errors="replace") as f:
       for line in f:
