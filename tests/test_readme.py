@@ -220,3 +220,40 @@ def test_the_checks_catch_mistakes():
       "experiments.bench_vae: no flag --repeat"]
   assert _commands('P="python -m experiments.plan"; U=--x=1\n$P --mesh a=1 $U  # note') == [
       ["P=python -m experiments.plan"], ["U=--x=1"], ["python", "-m", "experiments.plan", "--mesh", "a=1", "--x=1"]]
+
+
+def _top_level_names(path: pathlib.Path) -> set[str]:
+  names = set()
+  for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+      names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+  return names
+
+
+def _unresolved_name(dotted: str) -> str | None:
+  """None when `vdm_jax.a.b[.attr]` names a module of the repository (and an attribute defined at its top level)."""
+  parts = dotted.split(".")
+  for i in range(len(parts), 0, -1):
+    base = ROOT.joinpath(*parts[:i])
+    module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    if module.is_file():
+      rest = parts[i:]
+      if not rest or rest[0] in _top_level_names(module) or (base / f"{rest[0]}.py").is_file():
+        return None
+      return dotted
+  return dotted
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_modules_and_files_exist(page):
+  text = page.read_text(encoding="utf-8")
+  names = set(re.findall(r"\bvdm_jax(?:\.\w+)+", text))
+  missing = sorted(n for n in names if _unresolved_name(n))
+  paths = set(re.findall(r"(?<![\w/.])((?:vdm_jax|experiments|configs|tests|colab|docs|\.ci)/[\w./-]*\w)", text))
+  missing += sorted(p for p in paths if not (ROOT / p).exists() and not (ROOT / f"{p}.py").exists())
+  assert not missing, missing
