@@ -1,6 +1,7 @@
-"""README.md and docs/*.md stay true: the README is short, every `python -m experiments.<x>` command shown names an
-existing module and only flags that module defines (and config keys its config has), every `configs/<x>.py` named
-exists, and every relative link points to an existing file (and heading).
+"""README.md and docs/*.md stay true: the README is short and shows .ci/run's test command, every
+`python -m experiments.<x>` command shown names an existing module and only flags that module defines (and config keys
+its config has), every `configs/<x>.py`, repository path and `vdm_jax.<module>[.<name>]` named exists, and every
+relative link points to an existing file (and heading).
 
 Flags are read from the modules' source (absl `DEFINE_*` calls and argparse `add_argument`), not by importing them:
 the entry points define flags with the same names, which absl refuses to register twice in one process.
