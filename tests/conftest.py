@@ -48,12 +48,33 @@ _CREATED_CACHE_DIR = _share_compilations()  # in the controller; xdist workers i
 
 import pytest  # noqa: E402
 
+from reference_extra import need  # noqa: E402  (tests/ is on sys.path: pytest puts a conftest's folder there)
+
 
 def pytest_unconfigure(config):
   """The process that made the compilation cache removes it at the end (xdist workers see it already set)."""
   if _CREATED_CACHE_DIR and not hasattr(config, "workerinput"):
     import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(_CREATED_CACHE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """torch for a parity test, or the test skipped: see tests/reference_extra.py."""
+  return need("torch")
+
+
+@pytest.fixture(scope="session")
+def diffusers():
+  """diffusers for a parity test (its models and schedulers need torch), or the test skipped."""
+  need("torch")
+  return need("diffusers")
+
+
+@pytest.fixture(scope="session")
+def transformers():
+  """transformers for a parity test (its tokenizers need no torch), or the test skipped."""
+  return need("transformers")
 
 
 @pytest.fixture(scope="session")

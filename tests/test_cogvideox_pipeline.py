@@ -19,14 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentencepiece as spm
+from reference_extra import need
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
+from vdm_jax.diffusion import samplers
+from vdm_jax.pipelines import cogvideox
 
-from vdm_jax.diffusion import samplers  # noqa: E402
-from vdm_jax.pipelines import cogvideox  # noqa: E402
+torch = need("torch")
+diffusers = need("diffusers")
+transformers = need("transformers")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red circle moving left", "a blue square moving up and a green triangle moving right"]

@@ -9,14 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from diffusers import CogVideoXTransformer3DModel
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
-from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+from reference_extra import need
 
 from vdm_jax.convert import safetensors_io as st
 from vdm_jax.convert.cogvideox import load_transformer
 from vdm_jax.convert.cogvideox_transformer import abstract_params, convert, module_from_config
+
+torch = need("torch")
+need("diffusers")
+from diffusers import CogVideoXTransformer3DModel  # noqa: E402  pylint: disable=g-import-not-at-top
+from diffusers.models.embeddings import get_3d_rotary_pos_embed  # noqa: E402  pylint: disable=g-import-not-at-top
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import (  # noqa: E402  pylint: disable=g-import-not-at-top
+    get_resize_crop_region_for_grid)
 
 TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
             text_embed_dim=12, num_layers=2, sample_width=12, sample_height=8, sample_frames=9, patch_size=2,

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_extra import need
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+torch = need("torch")
+diffusers = need("diffusers")
 
 from vdm_jax.convert import cogvideox  # noqa: E402
 from vdm_jax.convert import safetensors_io as st  # noqa: E402

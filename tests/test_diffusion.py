@@ -1,14 +1,12 @@
 """Schedules, timesteps and single DDIM / DPM++ steps against diffusers' CogVideoX schedulers (float64 where they
-compute in float64), objectives' identities, and exactness of the samplers on a point-mass oracle."""
+compute in float64; the tests that take the `diffusers` fixture), objectives' identities, and exactness of the
+samplers on a point-mass oracle."""
 import math
 
-import diffusers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from diffusers.schedulers import scheduling_dpm_cogvideox
 
 from vdm_jax.diffusion import objectives, samplers, schedules, timesteps
 
@@ -30,7 +28,7 @@ def _reference(cls, config, **extra):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_alphas_cumprod_match_diffusers_fp64(name):
+def test_alphas_cumprod_match_diffusers_fp64(diffusers, name):
   ours = schedules.make_schedule(**CONFIGS[name])
   ref = _reference(diffusers.CogVideoXDDIMScheduler, CONFIGS[name])
   ref_abar = ref.alphas_cumprod.numpy()
@@ -42,7 +40,7 @@ def test_alphas_cumprod_match_diffusers_fp64(name):
 
 
 @pytest.mark.parametrize("name", sorted(FP32_CONFIGS))
-def test_float32_schedules_match_diffusers(name):
+def test_float32_schedules_match_diffusers(diffusers, name):
   ours = schedules.make_schedule(**FP32_CONFIGS[name]).alphas_cumprod
   ref = _reference(diffusers.CogVideoXDDIMScheduler, FP32_CONFIGS[name]).alphas_cumprod.numpy()
   assert ref.dtype == np.float32
@@ -51,7 +49,7 @@ def test_float32_schedules_match_diffusers(name):
 
 @pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
 @pytest.mark.parametrize("steps", [1, 3, 10, 50, 999])
-def test_inference_timesteps_match_diffusers(spacing, steps):
+def test_inference_timesteps_match_diffusers(diffusers, spacing, steps):
   ref = diffusers.CogVideoXDDIMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
   ref.set_timesteps(steps)
   ours = schedules.inference_timesteps(steps, 1000, spacing, steps_offset=1 if spacing == "leading" else 0)
@@ -66,7 +64,7 @@ def _rand(shape, seed):
 
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
 @pytest.mark.parametrize("step_index", [0, 1, 2])  # first (t=999, zero SNR for v), middle, last (prev < 0)
-def test_ddim_single_step_matches_diffusers(prediction_type, step_index):
+def test_ddim_single_step_matches_diffusers(diffusers, torch, prediction_type, step_index):
   cfg = COGVIDEOX_2B if prediction_type == "v_prediction" else dict(COGVIDEOX_2B, rescale_betas_zero_snr=False)
   ref = _reference(diffusers.CogVideoXDDIMScheduler, cfg)
   ref.config.prediction_type = prediction_type  # pylint: disable=protected-access
@@ -82,8 +80,9 @@ def test_ddim_single_step_matches_diffusers(prediction_type, step_index):
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_dpm_sde_steps_match_diffusers_with_injected_noise(monkeypatch):
+def test_dpm_sde_steps_match_diffusers_with_injected_noise(diffusers, torch, monkeypatch):
   """Three steps of CogVideoX's DPM++(2M) SDE: first order at t=999, second order, and the final step."""
+  from diffusers.schedulers import scheduling_dpm_cogvideox  # pylint: disable=g-import-not-at-top
   ref = _reference(diffusers.CogVideoXDPMScheduler, COGVIDEOX_2B)
   ref.set_timesteps(3)
   ours = schedules.make_schedule(**COGVIDEOX_2B)
@@ -126,7 +125,7 @@ def test_dynamic_cfg_formula():
 
 
 @pytest.mark.parametrize("guidance_rescale", [0.0, 0.7, 1.0])
-def test_guidance_rescale_matches_diffusers(guidance_rescale):
+def test_guidance_rescale_matches_diffusers(diffusers, torch, guidance_rescale):
   from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
   rng = np.random.default_rng(3)
   uncond, cond = rng.normal(size=(2, 3, 5, 4, 4, 8)).astype(np.float32) * np.array([1.0, 1.3])[:, None, None, None,

@@ -2,11 +2,15 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from diffusers.models import embeddings as ref
-from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+from reference_extra import need
 
 from vdm_jax.models import embeddings
+
+torch = need("torch")
+need("diffusers")
+from diffusers.models import embeddings as ref  # noqa: E402  pylint: disable=g-import-not-at-top
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import (  # noqa: E402  pylint: disable=g-import-not-at-top
+    get_resize_crop_region_for_grid)
 
 
 @pytest.mark.parametrize("dim,flip,shift", [(1920, True, 0), (64, False, 1), (33, True, 0)])

@@ -134,11 +134,9 @@ def test_quickstart_then_vae_explorer_on_its_vae(kernel, shapes_data_dir, tmp_pa
   assert re.search(r"vae workdir .*2x spatial and 2x temporal compression, 4 latent channels", stream(nb))
 
 
-def test_cogvideox_inference_then_vae_explorer_on_its_vae(kernel, tmp_path):
-  """Text-to-video from a tiny CogVideoX diffusers folder (random weights) over the runtime's mesh, then the VAE
-  explorer with the folder's VAE (found through the folder's vae/)."""
-  pytest.importorskip("torch")
-  pytest.importorskip("diffusers")
+def test_cogvideox_inference_then_vae_explorer_on_its_vae(diffusers, transformers, kernel, tmp_path):
+  """Text-to-video from a tiny CogVideoX diffusers folder (random weights, written by diffusers and transformers)
+  over the runtime's mesh, then the VAE explorer with the folder's VAE (found through the folder's vae/)."""
   from test_cogvideox_pipeline import write_folder  # pylint: disable=g-import-not-at-top
   folder = write_folder(str(tmp_path / "cogvideox_tiny"))
   out_dir = tmp_path / "outputs"

@@ -1,8 +1,7 @@
 """Spacetime patchify: exact inverse for every patch layout, time-major token order, and CogVideoX's layouts
-(the 1.0 Conv2d patch projection and the 1.5 (C, pt, ph, pw) patch vectors) reproduced exactly."""
+(the 1.0 Conv2d patch projection and the 1.5 (C, pt, ph, pw) patch vectors, built with torch) reproduced exactly."""
 import numpy as np
 import pytest
-import torch
 
 from vdm_jax.models.patchify import patch_grid, patchify, unpatchify
 
@@ -33,7 +32,7 @@ def test_token_order_is_time_major_and_vector_order_is_c_pt_ph_pw():
     np.testing.assert_array_equal(tokens[0, n], patch.transpose(3, 0, 1, 2).reshape(-1))
 
 
-def test_cogvideox_15_patch_vectors():
+def test_cogvideox_15_patch_vectors(torch):
   """diffusers CogVideoXPatchEmbed (patch_size_t set) builds its Linear input this way from [B, F, C, H, W]."""
   b, f, c, h, w, p, pt = 2, 4, 3, 6, 4, 2, 2
   x = torch.randn(b, f, c, h, w)
@@ -43,7 +42,7 @@ def test_cogvideox_15_patch_vectors():
   np.testing.assert_array_equal(ours, ref)
 
 
-def test_cogvideox_10_conv_patch_projection():
+def test_cogvideox_10_conv_patch_projection(torch):
   """The 1.0 Conv2d(C, D, p, stride p) equals a Dense on our patch vectors with kernel weight.reshape(D, -1).T."""
   b, f, c, h, w, p, d = 1, 2, 4, 6, 8, 2, 5
   torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """T5 v1.1 encoder: parity with transformers' T5EncoderModel (fp32, random weights; tiny and XXL widths, with and
-without a mask), the HF-folder loader (sharded, bf16, mismatch errors), logical-axis sharding, and the text-encoder
-factory ('t5' from a folder, 'byte' trainable)."""
+without a mask), the HF-folder loader (sharded, bf16, mismatch errors; folders written by transformers), logical-axis
+sharding, and the text-encoder factory ('t5' from a folder, 'byte' trainable). Without torch and transformers
+the parity tests and those on folders transformers writes are skipped."""
 import gc
 import json
 import os
@@ -12,15 +13,13 @@ import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from reference_extra import need
 
 from vdm_jax.convert import safetensors_io as st
 from vdm_jax.convert.t5 import load_encoder
 from vdm_jax.models.t5 import T5Encoder, relative_position_bucket
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.parallel import sharding
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 TINY = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4)
 # T5-XXL v1.1 widths with 2 layers (the second reuses the first's position bias); a small vocab keeps it light.
@@ -35,6 +34,7 @@ def max_rel_err(a, b):
 
 def save_t5(path, widths, seed=0, **save_kwargs):
   """A randomly initialised transformers T5EncoderModel (v1.1: gated-gelu), norms randomised too, saved to path."""
+  torch, transformers = need("torch"), need("transformers")
   torch.manual_seed(seed)
   config = transformers.T5Config(**widths, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                                  dropout_rate=0.0, relative_attention_num_buckets=32,
@@ -49,6 +49,7 @@ def save_t5(path, widths, seed=0, **save_kwargs):
 
 
 def reference(model, ids, mask):
+  torch = need("torch")
   with torch.no_grad():
     out = model(input_ids=torch.tensor(ids), attention_mask=None if mask is None else torch.tensor(mask))
   return out.last_hidden_state.numpy()
@@ -63,7 +64,7 @@ def inputs(vocab_size, batch, length, seed=0):
   return ids, mask
 
 
-def test_relative_position_bucket_matches_transformers():
+def test_relative_position_bucket_matches_transformers(torch, transformers):
   bucket = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket  # pylint: disable=protected-access
   rel = np.arange(-3000, 3001)
   for buckets, distance in ((32, 128), (64, 256), (8, 20)):
@@ -76,6 +77,7 @@ def test_relative_position_bucket_matches_transformers():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+  """A tiny T5 encoder folder written by transformers (the tests that use it are parity tests)."""
   path = tmp_path_factory.mktemp("t5_tiny")
   model = save_t5(path, TINY)
   module, params = load_encoder(str(path))
@@ -176,7 +178,7 @@ def test_logical_axes_shard_and_match_unsharded():
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-def test_factory_t5_folder_matches_transformers_pipeline(tiny, tmp_path):
+def test_factory_t5_folder_matches_transformers_pipeline(transformers, tiny, tmp_path):
   """'t5' from a diffusers-style folder (text_encoder/ + tokenizer/): tokenizer + encoder end to end, no mask."""
   from vdm_jax import text  # pylint: disable=g-import-not-at-top
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top

@@ -1,17 +1,16 @@
 """Tokenizers: vdm_jax.text.T5Tokenizer gives the ids of transformers' T5Tokenizer (a sentencepiece unigram model
 trained here, T5's special ids), with truncation keeping EOS, padding with 0, unicode, the empty string and
-sentinel tokens; the byte tokenizer follows ByT5's ids and needs no file."""
+sentinel tokens; the byte tokenizer follows ByT5's ids and needs no file. The comparisons with transformers take
+its fixture (skipped without the `reference` extra); the rest runs without it."""
 import pickle
 import random
 import shutil
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from vdm_jax.text import ByteTokenizer, T5Tokenizer
-
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
 
 CORPUS = """a red circle moving left
 a blue square moving up and a green triangle moving right
@@ -37,16 +36,22 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-  """A folder with only spiece.model, and one as transformers saves it (+ tokenizer_config.json, tokenizer.json)."""
+def spm_folder(tmp_path_factory):
+  """A folder with only spiece.model (a sentencepiece unigram model trained on CORPUS)."""
   raw = tmp_path_factory.mktemp("spm")
   spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 30), model_prefix=str(raw / "spiece"),
                                  vocab_size=120, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
                                  character_coverage=0.98, hard_vocab_limit=False, minloglevel=2)
+  return raw
+
+
+@pytest.fixture(scope="module")
+def folders(spm_folder, tmp_path_factory, transformers):
+  """spm_folder, and one as transformers saves it (+ tokenizer_config.json, tokenizer.json)."""
   saved = tmp_path_factory.mktemp("hf_saved")
-  transformers.T5Tokenizer.from_pretrained(str(raw)).save_pretrained(str(saved))
-  shutil.copy(raw / "spiece.model", saved / "spiece.model")
-  return raw, saved
+  transformers.T5Tokenizer.from_pretrained(str(spm_folder)).save_pretrained(str(saved))
+  shutil.copy(spm_folder / "spiece.model", saved / "spiece.model")
+  return spm_folder, saved
 
 
 def hf_ids(tok, texts, max_length):
@@ -55,7 +60,7 @@ def hf_ids(tok, texts, max_length):
 
 
 @pytest.mark.parametrize("which", [0, 1])
-def test_t5_ids_identical_to_transformers(folders, which):
+def test_t5_ids_identical_to_transformers(transformers, folders, which):
   folder = folders[which]
   ours, theirs = T5Tokenizer.from_pretrained(str(folder)), transformers.T5Tokenizer.from_pretrained(str(folder))
   assert ours.vocab_size == len(theirs)
@@ -70,9 +75,9 @@ def test_t5_ids_identical_to_transformers(folders, which):
   np.testing.assert_array_equal(ours("", max_length=8), [[1, 0, 0, 0, 0, 0, 0, 0]])
 
 
-def test_t5_random_strings_identical_to_transformers(folders):
-  ours, theirs = T5Tokenizer.from_pretrained(str(folders[0])), transformers.T5Tokenizer.from_pretrained(
-      str(folders[0]))
+def test_t5_random_strings_identical_to_transformers(transformers, spm_folder):
+  ours, theirs = T5Tokenizer.from_pretrained(str(spm_folder)), transformers.T5Tokenizer.from_pretrained(
+      str(spm_folder))
   pieces = list("abcdeÜßé日本 \t\n\u00a0\u3000\u200b▁ｆ.,!?0129🎉<>/_") + [
       "<pad>", "</s>", "<unk>", "<extra_id_0>", "<extra_id_99>", "<extra_id_100>", "<extra_id_1", "  ", "red "]
   rng = random.Random(0)
@@ -80,9 +85,9 @@ def test_t5_random_strings_identical_to_transformers(folders):
   np.testing.assert_array_equal(ours(texts, max_length=32), hf_ids(theirs, texts, 32)[0])
 
 
-def test_t5_extra_ids_as_transformers(folders):
-  ours, theirs = T5Tokenizer.from_pretrained(str(folders[0])), transformers.T5Tokenizer.from_pretrained(
-      str(folders[0]))
+def test_t5_extra_ids_as_transformers(transformers, spm_folder):
+  ours, theirs = T5Tokenizer.from_pretrained(str(spm_folder)), transformers.T5Tokenizer.from_pretrained(
+      str(spm_folder))
   size = ours.spm_size
   # Sentinels extend the vocabulary in reverse: <extra_id_0> is the last id (32099 for T5's 32000 pieces).
   assert ours.vocab_size == size + 100
@@ -92,8 +97,8 @@ def test_t5_extra_ids_as_transformers(folders):
   assert (ours.pad_id, ours.eos_id, ours.unk_id) == (0, 1, 2)
 
 
-def test_t5_decode_and_pickle(folders):
-  tok = T5Tokenizer.from_pretrained(str(folders[0]))
+def test_t5_decode_and_pickle(spm_folder):
+  tok = T5Tokenizer.from_pretrained(str(spm_folder))
   ids = tok("a red circle moving left", max_length=64)[0]
   assert tok.decode(ids) == "a red circle moving left"
   clone = pickle.loads(pickle.dumps(tok))  # for grain worker processes
@@ -109,7 +114,7 @@ def test_t5_errors(tmp_path):
     ByteTokenizer()("x", max_length=0)
 
 
-def test_byte_tokenizer_is_byt5():
+def test_byte_tokenizer_ids_are_byt5s(transformers):
   tok = ByteTokenizer()
   theirs = transformers.ByT5Tokenizer()
   texts = [p for p in PROMPTS if "<" not in p]  # ByT5Tokenizer turns "</s>" etc. into special ids; we keep bytes
@@ -118,6 +123,11 @@ def test_byte_tokenizer_is_byt5():
     want_ids, want_mask = hf_ids(theirs, texts, max_length)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(mask, want_mask)
+
+
+def test_byte_tokenizer_is_utf8_bytes_plus_3():
+  """ByT5's ids without its tokenizer: pad 0, EOS 1, byte b -> b + 3 (special-token text stays bytes)."""
+  tok = ByteTokenizer()
   assert tok.encode("aé") == [ord("a") + 3, 0xC3 + 3, 0xA9 + 3]
   assert tok.encode("</s>") == [b + 3 for b in b"</s>"]
   assert tok.vocab_size == 259
