@@ -64,9 +64,10 @@ def test_two_blobs_are_wrong_on_every_attribute():
   result = probe.score([two], [dict(color="red", shape="square", motion="still")])
   assert result == dict(color=0.0, shape=0.0, motion=0.0, all=0.0, num_videos=1)
   # Two real clips side by side: each object stays inside its own half, so they never touch.
-  left, right = (shapes.render_clip(seed, 17, 32, 32)["video"] for seed in (0, 1))
+  clips = [shapes.render_clip(seed, 17, 32, 32) for seed in (0, 1)]
+  left, right = (clip["video"] for clip in clips)
   both = np.concatenate([left, right], axis=2)  # [17, 32, 64, 3]
-  assert probe.read(left)["color"] is not None and probe.read(right)["color"] is not None
+  assert [probe.read(video)["color"] for video in (left, right)] == [clip["color"] for clip in clips]  # each alone
   assert probe.read(both) == dict(color=None, shape=None, motion=None)
 
 
