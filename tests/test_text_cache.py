@@ -1,12 +1,13 @@
-"""Text-embedding cache: records round-trip bit for bit, and a grain pipeline over Captioned Shapes
-(`32x32x9_tiny`) serves each example's cached embedding with its batch."""
+"""Caches (vdm_jax.data.cache), text kind: records round-trip bit for bit, and a grain pipeline over Captioned
+Shapes (`32x32x9_tiny`) serves each example's cached embedding with its batch."""
 import ml_dtypes
 import numpy as np
 import pytest
 
 from vdm_jax import text
 from vdm_jax.data import pipeline
-from vdm_jax.text import cache as cache_lib
+from vdm_jax.data import cache as cache_lib
+from vdm_jax.data import records
 from vdm_jax.train import config as config_lib
 
 BATCH = 64
@@ -34,7 +35,7 @@ def input_config(shapes_data_dir):
 @pytest.fixture(scope="module")
 def train_cache(tmp_path_factory, input_config, encoder):
   directory = str(tmp_path_factory.mktemp("text_cache"))
-  return text.cache_split(directory, input_config, "train", *encoder, batch_size=BATCH)
+  return cache_lib.write_text_split(directory, input_config, "train", *encoder, batch_size=BATCH)
 
 
 def captions(input_config, split="train"):
@@ -46,7 +47,7 @@ def test_record_round_trip_is_bitwise():
   rng = np.random.default_rng(0)
   for array in (rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(2, 7)).astype(ml_dtypes.bfloat16),
                 np.array([np.nan, -0.0, np.inf], np.float32)):
-    back, header = cache_lib.decode_record(cache_lib.encode_record(array, {"index": 3, "caption_sha256": "x"}))
+    back, header = records.decode_record(records.encode_record(array, {"index": 3, "caption_sha256": "x"}))
     assert back.dtype == array.dtype and back.shape == array.shape and header["index"] == 3
     assert back.tobytes() == array.tobytes()
 
@@ -68,14 +69,14 @@ def test_cache_round_trip_exact(train_cache, input_config, encoder):
   assert empty["text_embeds"].tobytes() == np.asarray(enc.encode(params, [""]))[0].tobytes()
   assert empty["text_mask"].sum() == 1  # EOS only
   # Reopened from disk (what a worker process does): the same bytes.
-  reopened = text.EmbeddingCache(train_cache.directory)
+  reopened = cache_lib.Cache(train_cache.directory)
   assert reopened[17]["text_embeds"].tobytes() == train_cache[17]["text_embeds"].tobytes()
   assert len(set(train_cache[i]["text_embeds"].tobytes() for i in range(64))) > 10  # captions differ
 
 
 def test_pipeline_serves_cached_embeddings(train_cache, input_config, encoder):
   enc, params = encoder
-  source = text.cached_source(input_config, "train", train_cache.directory)
+  source = cache_lib.cached_source(input_config, "train", train_cache.directory)
   pp = "decode_video|value_range(-1, 1)|decode_text('caption')|keep('video', 'caption', 'text_embeds', 'text_mask')"
   ds = pipeline.make_dataset(input_config, split="train", source=source, pp=pp, shuffle=True, seed=3)
   it = iter(ds)
@@ -92,14 +93,14 @@ def test_pipeline_serves_cached_embeddings(train_cache, input_config, encoder):
 def test_mismatched_cache_is_detected(tmp_path, train_cache, input_config, encoder):
   source = pipeline.data_source(input_config, "train")
   texts = captions(input_config)
-  shifted = text.write_cache(str(tmp_path / "shifted"), texts[1:] + texts[:1], *encoder, batch_size=BATCH)
-  joined = text.CachedTextSource(source, shifted)
+  shifted = cache_lib.write_text(str(tmp_path / "shifted"), texts[1:] + texts[:1], *encoder, batch_size=BATCH)
+  joined = cache_lib.CachedSource(source, shifted)
   first_differs = next(i for i in range(len(texts)) if texts[i] != texts[(i + 1) % len(texts)])
-  with pytest.raises(text.CacheMismatchError, match=f"Example {first_differs}: caption"):
+  with pytest.raises(cache_lib.CacheMismatchError, match=f"Example {first_differs}: its caption"):
     joined[first_differs]
-  with pytest.raises(text.CacheMismatchError, match="source has 64 examples, the cache .* has 512"):
-    text.CachedTextSource(pipeline.data_source(input_config, "validation"), train_cache)
-  with pytest.raises(text.CacheMismatchError, match="holds split 'train', not 'validation'"):
-    text.cached_source(input_config, "validation", train_cache.directory)
+  with pytest.raises(cache_lib.CacheMismatchError, match="source has 64 examples, the cache .* has 512"):
+    cache_lib.CachedSource(pipeline.data_source(input_config, "validation"), train_cache)
+  with pytest.raises(cache_lib.CacheMismatchError, match="holds split 'train', not 'validation'"):
+    cache_lib.cached_source(input_config, "validation", train_cache.directory)
   with pytest.raises(FileNotFoundError, match="No cache.json"):
-    text.EmbeddingCache(str(tmp_path))
+    cache_lib.Cache(str(tmp_path))

@@ -1,10 +1,8 @@
-"""vdm_jax.text: tokenizers (T5 sentencepiece, bytes), text encoders chosen by config, the text-embedding cache."""
-from vdm_jax.text.cache import (CachedTextSource, CacheMismatchError, EmbeddingCache, cache_split, cached_source,
-                                 write_cache)
+"""vdm_jax.text: tokenizers (T5 sentencepiece, bytes) and text encoders chosen by config.
+
+Frozen encoders' embeddings are cached per split by `vdm_jax.data.cache`.
+"""
 from vdm_jax.text.encoders import TextEncoder, build, default_config, validate_config
 from vdm_jax.text.tokenizers import ByteTokenizer, T5Tokenizer
 
-__all__ = [
-    "ByteTokenizer", "CacheMismatchError", "CachedTextSource", "EmbeddingCache", "T5Tokenizer", "TextEncoder", "build",
-    "cache_split", "cached_source", "default_config", "validate_config", "write_cache",
-]
+__all__ = ["ByteTokenizer", "T5Tokenizer", "TextEncoder", "build", "default_config", "validate_config"]
