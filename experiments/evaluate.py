@@ -21,13 +21,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vdm_jax.data import pipeline
-from vdm_jax.parallel import mesh as mesh_lib
-from vdm_jax.parallel import sharding
 from vdm_jax.train import checkpoint as checkpoint_lib
-from vdm_jax.train import config as config_lib
 from vdm_jax.train import loop
-from vdm_jax.train import registry
+from vdm_jax.train import setup as setup_lib
 from vdm_jax.train.state import make_optimizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vae.py[:arg]; default: the "
@@ -40,14 +36,9 @@ flags.mark_flags_as_required(["workdir"])
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
   """(experiment, restored TrainState, step) for `workdir`'s checkpoint `step` (default: the latest)."""
-  config_lib.validate(config)
-  mesh = mesh_lib.create_mesh(config.mesh)
-  rules = sharding.rules_tuple(config.sharding_rules)
-  experiment = registry.get(config.experiment)(config, mesh)
-  experiment.workdir = workdir
-  example = pipeline.numeric(next(iter(pipeline.make_dataset(
-      config.input, shuffle=False, source=experiment.data_source(config.input.split)))))
-  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct((config.input.batch_size,) + x.shape[1:], x.dtype), example)
+  run = setup_lib.setup(config, workdir)
+  mesh, rules, experiment = run.mesh, run.rules, run.experiment
+  shapes = setup_lib.batch_shapes(run, shuffle=False)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     _, abstract_state, state_shardings = loop.state_initializer(experiment, make_optimizer(config), shapes, mesh,
                                                                 rules)

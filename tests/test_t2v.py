@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from vdm_jax.data import latent_cache
-from vdm_jax.train import checkpoint, loop
+from vdm_jax import runs
+from vdm_jax.config import ConfigError
+from vdm_jax.data import cache as cache_lib
+from vdm_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -34,15 +36,15 @@ def test_train_evaluate_sample_and_resume_exactly(shapes_data_dir, vae_workdir, 
   assert os.path.exists(os.path.join(straight, "samples", "step_00000004", "samples.png"))
 
   # the latent cache sits next to the VAE, holds every training clip, and is checked against the captions
-  cache = latent_cache.LatentCache(os.path.join(vae_workdir, "latent_cache", "32x32x9_tiny", "train"))
+  cache = cache_lib.Cache(os.path.join(vae_workdir, "latent_cache", "32x32x9_tiny", "train"))
   # runlocal VAE: 2 blocks (2x spatial, 2x temporal), 4 latent channels -> moments [1 + 8/2, 16, 16, 2 * 4]
   assert len(cache) == 512 and cache.meta["shape"] == [5, 16, 16, 8]
 
   split = str(tmp_path / "split")
   loop.train(_t2v(shapes_data_dir, vae_workdir, steps=2, checkpoint_every=2, eval_every=0), split)
   loop.train(_t2v(shapes_data_dir, vae_workdir, steps=4, checkpoint_every=2), split)
-  a, _ = checkpoint.load_params(straight, "params")
-  b, _ = checkpoint.load_params(split, "params")
+  a, _ = runs.load_params(straight, "params")
+  b, _ = runs.load_params(split, "params")
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
 
 
@@ -80,7 +82,6 @@ def _one_step(config, mesh_sizes, devices, batch):
   mesh = mesh_lib.create_mesh(mesh_sizes, devices)
   rules = sharding.rules_tuple(config.sharding_rules)
   experiment = registry.get("t2v")(config, mesh)
-  experiment.workdir = None
   tx, schedule = make_optimizer(config), make_schedule(config)
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -98,7 +99,6 @@ def _first_batch(config):
   from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
   experiment = registry.get("t2v")(config, None)
-  experiment.workdir = None
   return pipeline.numeric(next(iter(pipeline.make_dataset(config.input, source=experiment.data_source("train")))))
 
 
@@ -140,7 +140,6 @@ def test_cached_text_embeddings_train_like_the_encoder_in_the_step(shapes_data_d
   """`text.cached`: the frozen encoder's embeddings of every caption (and of "") written once and served with the
   batch give the same step as running that encoder inside it; a cache of another encoder is refused."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from vdm_jax.text import cache as text_cache  # pylint: disable=g-import-not-at-top
   from vdm_jax.train import config as config_lib, registry  # pylint: disable=g-import-not-at-top
   c = _t2v(shapes_data_dir, vae_workdir)
   c.text.trainable = False
@@ -162,7 +161,7 @@ def test_cached_text_embeddings_train_like_the_encoder_in_the_step(shapes_data_d
 
   other = ml_collections.ConfigDict(cached.to_dict())
   other.text.num_layers = 2
-  with pytest.raises(text_cache.CacheMismatchError, match="was written by the encoder"):
+  with pytest.raises(cache_lib.CacheMismatchError, match="was written by the encoder"):
     registry.get("t2v")(other, None).text_cache("train")
   trained = ml_collections.ConfigDict(cached.to_dict())
   trained.text.trainable = True
@@ -177,25 +176,26 @@ def test_latents_are_normalised_per_channel_and_the_pipeline_inverts_it(shapes_d
   from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
   config = _t2v(shapes_data_dir, vae_workdir)
   experiment = registry.get("t2v")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1]))
-  assert experiment.latent_norm == "channel"
-  cache = experiment.latents("train")
+  space = experiment.space
+  assert space.latent_norm == "channel"
+  cache = space.cache("train")
   means = np.stack([np.split(cache[i]["latent_moments"], 2, axis=-1)[0] for i in range(len(cache))])
-  z = np.asarray(experiment.normalize_latents(means)).reshape(-1, means.shape[-1])
+  z = np.asarray(space.normalize(means)).reshape(-1, means.shape[-1])
   np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-3)
   np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-3)
-  assert np.shape(experiment.scaling_factor) == np.shape(experiment.latent_shift) == (means.shape[-1],)
+  assert np.shape(space.scaling_factor) == np.shape(space.latent_shift) == (means.shape[-1],)
   from vdm_jax.pipelines.t2v import TextToVideoPipeline  # pylint: disable=g-import-not-at-top
   pipe = TextToVideoPipeline(dit=None, dit_params=None, text=None, text_params=None, vae=None, vae_params=None,
-                             scaling_factor=experiment.scaling_factor, latent_shape=(), schedule=None,
-                             latent_shift=experiment.latent_shift)
-  np.testing.assert_allclose(np.asarray(pipe.denormalize(experiment.normalize_latents(means))), means,
+                             scaling_factor=space.scaling_factor, latent_shape=(), schedule=None,
+                             latent_shift=space.latent_shift)
+  np.testing.assert_allclose(np.asarray(pipe.denormalize(space.normalize(means))), means,
                              rtol=1e-5, atol=1e-5)
 
   config.vae.latent_norm = "scaling_factor"  # CogVideoX's convention: one global scale, no shift
   legacy = registry.get("t2v")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1]))
-  assert legacy.latent_shift == 0.0
-  np.testing.assert_allclose(np.asarray(legacy.normalize_latents(means)), means / cache.meta["latent_std_overall"],
+  assert legacy.space.latent_shift == 0.0
+  np.testing.assert_allclose(np.asarray(legacy.space.normalize(means)), means / cache.meta["latent_std_overall"],
                              rtol=1e-5)
   config.vae.latent_norm = "per_pixel"
-  with pytest.raises(Exception, match="latent_norm"):
+  with pytest.raises(ConfigError, match="'vae.latent_norm' is 'per_pixel'"):
     registry.get("t2v").validate_config(config)

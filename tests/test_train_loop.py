@@ -170,7 +170,7 @@ class _NanProbe(registry.Experiment):
   def init(self, rng, batch):
     return {"a": jnp.ones((self.config.model.width,)), "b": jnp.ones((self.config.model.width,))}
 
-  def loss(self, params, batch, rng):
+  def loss(self, params, batch, rng, frozen, step):
     loss = jnp.sum(params["a"] ** 2) + jnp.sum(jnp.sqrt(params["b"] - 2.0))
     return loss, {}
 
@@ -234,7 +234,7 @@ class _FrozenProbe(registry.Experiment):
   def init(self, rng, batch):
     return {"w": jnp.zeros((self.config.model.width,))}
 
-  def loss(self, params, batch, rng, frozen):
+  def loss(self, params, batch, rng, frozen, step):
     loss = jnp.mean(jnp.square(params["w"] - frozen["target"]))
     return loss, {}
 

@@ -1,4 +1,4 @@
-"""CogVideoX weights from diffusers folders, as (module, params) pairs (the contract in shared/DESIGN.md).
+"""CogVideoX weights from diffusers folders, as (module, params) pairs (a public contract: docs/design.md).
 
     module, params = load_transformer("/path/CogVideoX-2b/transformer")
     module, params = load_vae("/path/CogVideoX-2b/vae")
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from vdm_jax.convert import cogvideox_transformer, cogvideox_vae
+
 
 def load_transformer(path: str, dtype=jnp.float32, **kwargs):
   """CogVideoXTransformer3DModel folder -> (module, params); see `cogvideox_transformer.load_transformer`."""
-  from vdm_jax.convert import cogvideox_transformer  # pylint: disable=g-import-not-at-top
   return cogvideox_transformer.load_transformer(path, dtype=dtype, **kwargs)
 
 
 def load_vae(path: str, dtype=jnp.float32, **kwargs):
   """AutoencoderKLCogVideoX folder -> (module, params); see `cogvideox_vae.load_vae`."""
-  from vdm_jax.convert import cogvideox_vae  # pylint: disable=g-import-not-at-top
   return cogvideox_vae.load_vae(path, dtype=dtype, **kwargs)

@@ -17,6 +17,7 @@ import numpy as np
 
 from vdm_jax.convert import safetensors_io as st
 from vdm_jax.models.dit import DiT
+from vdm_jax.parallel.sharding import strip_boxes
 
 
 def _dense(flax: tuple[str, ...], torch_name: str, transform: Callable | None = st.linear) -> dict:
@@ -101,7 +102,6 @@ def module_from_config(config: dict[str, Any], dtype=jnp.float32, **overrides) -
 def abstract_params(module: DiT, boxed: bool = False) -> Any:
   """Shapes of the module's params (no memory), traced at the config's sample size; unboxed unless `boxed` (then
   with their logical-axis boxes, for `vdm_jax.parallel.sharding.logical_shardings`)."""
-  from vdm_jax.parallel.sharding import strip_boxes  # pylint: disable=g-import-not-at-top
   latents = jax.ShapeDtypeStruct((1, module.sample_frames, module.sample_height, module.sample_width,
                                   module.in_channels), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)

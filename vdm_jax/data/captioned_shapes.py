@@ -94,7 +94,7 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
   """Captioned Shapes: one coloured shape moving on black, with a caption naming color, shape and motion."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release (spec v1, shared/DATASET_SHAPES.md)."}
+  RELEASE_NOTES = {"1.0.0": "Initial release (spec v1, docs/captioned_shapes.md)."}
   # Sizes: rendering + writing runs at ~500 clips/s (64x64x17) on one CPU core, ~1.6 KB per clip on disk,
   # so the default builds in ~35 s.
   BUILDER_CONFIGS = [

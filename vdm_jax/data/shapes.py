@@ -1,4 +1,4 @@
-"""Captioned Shapes: one coloured shape moving on black, rendered in numpy (spec: shared/DATASET_SHAPES.md).
+"""Captioned Shapes: one coloured shape moving on black, rendered in numpy (spec: docs/captioned_shapes.md).
 
 A clip is a pure function of its seed: `render_clip(seed)` draws every random quantity from
 `np.random.default_rng(seed)` in a fixed order (color, shape, motion, template, radius, travel, start), so fixing one

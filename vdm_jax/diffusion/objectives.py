@@ -46,18 +46,27 @@ def target(prediction_type: str, x0: jax.Array, noise: jax.Array, abar_or_t: jax
   raise ValueError(f"Unknown prediction_type {prediction_type!r}; allowed: {list(PREDICTION_TYPES)}.")
 
 
-def predict_x0(prediction_type: str, x_t: jax.Array, output: jax.Array, abar_or_t: jax.Array) -> jax.Array:
-  """The clean sample implied by a model output at x_t."""
-  if prediction_type == "flow":
-    return x_t - _bcast(abar_or_t, x_t) * output
-  sa, s1a = _bcast(jnp.sqrt(abar_or_t), x_t), _bcast(jnp.sqrt(1.0 - abar_or_t), x_t)
+def x0_from_output(prediction_type: str, x_t: jax.Array, output: jax.Array, sqrt_abar, sqrt_one_minus_abar):
+  """The clean sample implied by a discrete-time model output at x_t, given sqrt(abar) and sqrt(1 - abar) already
+  shaped to broadcast against x_t (arrays, or scalars the caller computed in the precision it needs)."""
   if prediction_type == "epsilon":
-    return (x_t - s1a * output) / sa
+    return (x_t - sqrt_one_minus_abar * output) / sqrt_abar
   if prediction_type == "v_prediction":
-    return sa * x_t - s1a * output
+    return sqrt_abar * x_t - sqrt_one_minus_abar * output
   if prediction_type == "sample":
     return output
-  raise ValueError(f"Unknown prediction_type {prediction_type!r}; allowed: {list(PREDICTION_TYPES)}.")
+  raise ValueError(f"prediction_type {prediction_type!r} is not a discrete-time type; allowed: "
+                   f"{[p for p in PREDICTION_TYPES if p != 'flow']}.")
+
+
+def predict_x0(prediction_type: str, x_t: jax.Array, output: jax.Array, abar_or_t: jax.Array) -> jax.Array:
+  """The clean sample implied by a model output at x_t (abar_or_t [B]: abar, or the flow time t)."""
+  if prediction_type == "flow":
+    return x_t - _bcast(abar_or_t, x_t) * output
+  if prediction_type not in PREDICTION_TYPES:
+    raise ValueError(f"Unknown prediction_type {prediction_type!r}; allowed: {list(PREDICTION_TYPES)}.")
+  return x0_from_output(prediction_type, x_t, output, _bcast(jnp.sqrt(abar_or_t), x_t),
+                        _bcast(jnp.sqrt(1.0 - abar_or_t), x_t))
 
 
 def loss_weight(weighting: str, prediction_type: str, abar: jax.Array, min_snr_gamma: float = 5.0) -> jax.Array:
@@ -72,6 +81,20 @@ def loss_weight(weighting: str, prediction_type: str, abar: jax.Array, min_snr_g
                 "sample": clipped}
     return per_type[prediction_type]
   raise ValueError(f"Unknown loss weighting {weighting!r}; allowed: {list(WEIGHTINGS)}.")
+
+
+def noised(prediction_type: str, x0: jax.Array, noise: jax.Array, t: jax.Array, alphas_cumprod: jax.Array | None,
+           weighting: str = "none") -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The training example at times t: (x_t, the model's timesteps, target, per-example loss weight [B]).
+
+  Shared by the training loss and its validation grid. Discrete types: t int32 [B] indexes `alphas_cumprod` [N]
+  and is what the model sees. Flow: t float [B] in [0, 1]; the model sees 1000 t and every weight is 1.
+  """
+  if prediction_type == "flow":
+    return flow_interpolate(x0, noise, t), t * 1000.0, target("flow", x0, noise, t), jnp.ones(t.shape)
+  abar = alphas_cumprod[t]
+  return (add_noise(x0, noise, abar), t, target(prediction_type, x0, noise, abar),
+          loss_weight(weighting, prediction_type, abar))
 
 
 def mse_per_example(output: jax.Array, target_: jax.Array) -> jax.Array:

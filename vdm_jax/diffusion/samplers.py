@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from vdm_jax.diffusion import objectives
 from vdm_jax.diffusion.schedules import NoiseSchedule, inference_timesteps, prev_timestep
 
 SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler")
@@ -52,15 +53,8 @@ def ddim_step(x: jax.Array, output: jax.Array, prediction_type: str, abar_t, aba
 
 def _x0(x, output, prediction_type, abar_t):
   """x0 with float64-computed scalars cast to x's dtype (diffusers' scalar-tensor arithmetic)."""
-  sa, s1a = np.sqrt(abar_t), np.sqrt(1.0 - abar_t)
-  if prediction_type == "epsilon":
-    return (x - _f32(s1a, x) * output) / _f32(sa, x)
-  if prediction_type == "v_prediction":
-    return _f32(sa, x) * x - _f32(s1a, x) * output
-  if prediction_type == "sample":
-    return output
-  raise ValueError(f"prediction_type {prediction_type!r} is not a discrete-time type; use 'epsilon', "
-                   "'v_prediction' or 'sample'.")
+  return objectives.x0_from_output(prediction_type, x, output, _f32(np.sqrt(abar_t), x),
+                                   _f32(np.sqrt(1.0 - abar_t), x))
 
 
 def _f32(value, like):
@@ -165,12 +159,7 @@ def _discrete_step_fn(model_fn: Callable, use_cfg: bool, prediction_type: str, d
     out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), g if use_cfg else None, model_args,
                   rescale if use_rescale else None)
     xf = x.astype(jnp.float32)
-    if prediction_type == "v_prediction":
-      x0 = coef[0] * xf - coef[1] * out
-    elif prediction_type == "epsilon":
-      x0 = (xf - coef[1] * out) / coef[0]
-    else:
-      x0 = out
+    x0 = objectives.x0_from_output(prediction_type, xf, out, coef[0], coef[1])
     d = coef[4] * x0 - coef[5] * old_x0
     return (coef[2] * xf - coef[3] * d + coef[6] * noise).astype(dtype), x0
   return step

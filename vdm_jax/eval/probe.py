@@ -1,6 +1,6 @@
 """The Captioned Shapes probe: reads color, shape and motion back from pixels, with no learned weights.
 
-Rules (shared/DATASET_SHAPES.md): foreground = pixels whose max channel difference from the black background
+Rules (docs/captioned_shapes.md): foreground = pixels whose max channel difference from the black background
 exceeds 40; color = palette color nearest (Euclidean RGB) to the median foreground color; shape = median over frames
 of foreground area / bounding-box area, nearest of square 1.0, circle pi/4, triangle 0.5; motion = centroid
 displacement from the first to the last frame, the larger axis and its sign, `still` below 2 px (at 64 px, scaled

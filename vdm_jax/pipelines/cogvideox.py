@@ -48,8 +48,11 @@ import numpy as np
 from absl import logging
 
 from vdm_jax import xla_cpu
+from vdm_jax.convert import cogvideox, cogvideox_transformer, cogvideox_vae, t5
 from vdm_jax.convert import safetensors_io as st
 from vdm_jax.diffusion import samplers, schedules
+from vdm_jax.parallel import sharding
+from vdm_jax.text import T5Tokenizer
 
 PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 SCHEDULER_CLASSES = {"CogVideoXDDIMScheduler": "ddim", "CogVideoXDPMScheduler": "dpmpp_2m_sde"}
@@ -129,9 +132,6 @@ def load(path: str, dtype=jnp.float32, *, transformer_kwargs: dict[str, Any] | N
   RoPE stay float32 inside them; T5's `wo` stays float32). `transformer_kwargs` / `vae_kwargs`: module fields
   passed to the loaders (e.g. {"attention_backend": "cudnn"}, {"tile_sample_size": (240, 360)}).
   """
-  from vdm_jax.convert import cogvideox  # pylint: disable=g-import-not-at-top
-  from vdm_jax.convert import t5  # pylint: disable=g-import-not-at-top
-  from vdm_jax.text import T5Tokenizer  # pylint: disable=g-import-not-at-top
   path = os.path.expanduser(path)
   check_folder(path)
   part = lambda name: os.path.join(path, name)
@@ -243,8 +243,6 @@ class CogVideoXPipeline:
         mesh = vdm_jax.parallel.mesh.create_mesh({"fsdp": -1})   # every device of the runtime
         pipe = cogvideox.load(path, dtype=jnp.bfloat16).shard(mesh)
     """
-    from vdm_jax.convert import cogvideox_transformer, cogvideox_vae  # pylint: disable=g-import-not-at-top
-    from vdm_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
     ids = jnp.zeros((1, 1), jnp.int32)
     abstract = {
         "transformer": cogvideox_transformer.abstract_params(self.transformer, boxed=True),

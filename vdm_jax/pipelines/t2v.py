@@ -6,38 +6,41 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax import io, xla_cpu
+from vdm_jax import config as config_lib
+from vdm_jax import io, runs, xla_cpu
+from vdm_jax import text as text_lib
 from vdm_jax.diffusion import samplers
 from vdm_jax.diffusion.schedules import NoiseSchedule
+from vdm_jax.models.dit import DiT
+from vdm_jax.pipelines import t2v_config
+from vdm_jax.pipelines.latents import LatentSpace
 
 
-def load_vae(vae_config) -> tuple[Any, Any]:
-  """(module, params) of the frozen VAE a `t2v` config names: a `vae` workdir (EMA params) or a CogVideoX folder.
+def build_dit(config, latent_shape: tuple[int, ...], text) -> DiT:
+  """The DiT of a `t2v` config for latents [T', h, w, C] and a text encoder (`vdm_jax.text.TextEncoder`); fails on
+  `model.*` keys that are not DiT fields."""
+  t, h, w, c = latent_shape
+  fields = {f.name for f in dataclasses.fields(DiT)}
+  model = config.model.to_dict()
+  unknown = sorted(set(model) - fields)
+  if unknown:
+    raise config_lib.ConfigError(f"Config keys {['model.' + k for k in unknown]} are not DiT fields; "
+                                 f"allowed: {sorted(fields)}.")
+  kwargs = {**model, "in_channels": c, "text_dim": text.d_model, "max_text_length": text.max_length,
+            "sample_frames": t, "sample_height": h, "sample_width": w,
+            "dtype": jnp.dtype(config.train.compute_dtype)}
+  return DiT(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
 
-  The params are in the backend's inference layout (`vdm_jax.models.vae.inference_params`: per-tap conv kernels on
-  the CPU); the VAE is only run forward here (the latent cache, decoding samples)."""
-  from vdm_jax.models.vae import inference_params  # pylint: disable=g-import-not-at-top
-  if vae_config.path:
-    from vdm_jax.convert import cogvideox  # pylint: disable=g-import-not-at-top
-    module, params = cogvideox.load_vae(os.path.expanduser(vae_config.path))
-    return module, inference_params(params)
-  from vdm_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import checkpoint, loop, registry  # pylint: disable=g-import-not-at-top
-  workdir = os.path.expanduser(vae_config.workdir)
-  config = loop.load_config_json(workdir)
-  if config.experiment != "vae":
-    raise ValueError(f"vae.workdir {workdir!r} holds a {config.experiment!r} run, not a 'vae' one.")
-  params, _ = checkpoint.load_params(workdir)
-  # The run's own model definition (the experiment builds its module from the resolved config; no init happens).
-  module = registry.get("vae")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1])).model
-  return module, inference_params(params["vae"])
+
+def frozen_text_params(config, text) -> Any:
+  """A frozen encoder's params: its weights, or the fixed random init a run with an untrained encoder used."""
+  return text.init(jax.random.PRNGKey(config.seed + 1))
 
 
 @dataclasses.dataclass(eq=False)
@@ -67,17 +70,32 @@ class TextToVideoPipeline:
     return self.dit.apply({"params": dit_params}, x, t, embeds)
 
   @classmethod
+  def from_config(cls, config, params, workdir: str | None = None, *, space: LatentSpace | None = None,
+                  text=None, text_params=None) -> "TextToVideoPipeline":
+    """The pipeline of a `t2v` config with its trained params ({'dit', and 'text' for a trained encoder}).
+
+    `workdir` locates the latent cache when the config names none; `space`, `text` and `text_params` reuse what
+    the caller already built (the trainer's own)."""
+    space = space or LatentSpace(config, workdir)
+    text = text or text_lib.build(config.text)
+    if text_params is None:
+      text_params = params["text"] if config.text.trainable else frozen_text_params(config, text)
+    vae_module, vae_params = space.vae()
+    d = config.diffusion
+    return cls(dit=build_dit(config, space.latent_shape(), text), dit_params=params["dit"], text=text,
+               text_params=text_params, vae=vae_module, vae_params=vae_params, scaling_factor=space.scaling_factor,
+               latent_shift=space.latent_shift, latent_shape=space.latent_shape(),
+               schedule=t2v_config.make_schedule(d), prediction_type=d.prediction_type, flow_shift=d.flow_shift)
+
+  @classmethod
   def from_workdir(cls, workdir: str) -> "TextToVideoPipeline":
     """The pipeline of a trained `t2v` run: its resolved config, EMA params and frozen VAE."""
-    from vdm_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-    from vdm_jax.train import checkpoint, loop, registry  # pylint: disable=g-import-not-at-top
-    config = loop.load_config_json(workdir)
-    if config.experiment != "t2v":
-      raise ValueError(f"{workdir!r} holds a {config.experiment!r} run; sampling needs a 't2v' run.")
-    experiment = registry.get("t2v")(config, mesh_lib.create_mesh({"data": 1}, jax.devices()[:1]))
-    experiment.workdir = workdir
-    params, _ = checkpoint.load_params(workdir)
-    return experiment.pipeline(params)
+    config = runs.read_config(workdir)
+    if config.get("experiment") != "t2v":
+      raise ValueError(f"{workdir!r} holds a {config.get('experiment')!r} run; sampling needs a 't2v' run.")
+    config = runs.read_config(workdir, t2v_config.inference_defaults())
+    params, _ = runs.load_params(workdir)
+    return cls.from_config(config, params, workdir)
 
   def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, sampler: str = "ddim", num_steps: int = 25,
                guidance_scale: float = 4.0, use_dynamic_cfg: bool = False, guidance_rescale: float = 0.0,

@@ -10,7 +10,7 @@ The config section (`default_config()`; the keys `validate_config` checks):
                       folder with `text_encoder/` and `tokenizer/` (CogVideoX)
   tokenizer_path      't5': the tokenizer folder when it is neither `path` nor `path/tokenizer`
   max_length          tokens per prompt, padded / truncated (CogVideoX: 226)
-  trainable           train the encoder with the model (else frozen; frozen encoders can be cached, see cache.py)
+  trainable           train the encoder with the model (else frozen; frozen encoders can be cached: vdm_jax.data.cache)
   use_attention_mask  hide padding from the encoder's attention. False by default because the CogVideoX pipeline
                       passes no mask to T5, and its DiT was trained on the embeddings computed that way
   dtype               compute dtype of the encoder ('t5' weights are loaded in it; `wo` stays float32)
@@ -29,7 +29,9 @@ import numpy as np
 
 from vdm_jax.models.t5 import T5Encoder
 from vdm_jax.text.tokenizers import ByteTokenizer, T5Tokenizer
-from vdm_jax.train import config as config_lib
+from vdm_jax import config as config_lib
+from vdm_jax.convert import safetensors_io
+from vdm_jax.convert import t5 as t5_convert
 
 TYPES = ("byte", "t5")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -87,7 +89,6 @@ class TextEncoder:
   def init(self, rng: jax.Array) -> Any:
     """The encoder's params: loaded from `weights_path`, or initialised from `rng`."""
     if self.weights_path:
-      from vdm_jax.convert import t5 as t5_convert  # pylint: disable=g-import-not-at-top
       return t5_convert.load_encoder(self.weights_path, dtype=self.module.dtype)[1]
     ids = jnp.zeros((1, self.max_length), jnp.int32)
     return self.module.init(rng, ids)["params"]
@@ -121,7 +122,6 @@ def build(section) -> TextEncoder:
   validate_config(section)
   dtype = jnp.dtype(section.dtype)
   if section.type == "t5":
-    from vdm_jax.convert import safetensors_io, t5 as t5_convert  # pylint: disable=g-import-not-at-top
     encoder_path, tokenizer_path = _t5_folders(section)
     # As `load_encoder`: `wo` computed in float32.
     module = t5_convert.encoder_from_config(safetensors_io.read_config(encoder_path), dtype=dtype)

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import ml_collections
 
+from vdm_jax.config import ConfigError, check, check_choice  # noqa: F401  (re-exported for configs/)
 from vdm_jax.parallel.mesh import MESH_AXES
 from vdm_jax.parallel.sharding import DEFAULT_RULES
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
-
-
-class ConfigError(ValueError):
-  """A config key is unknown, or its value is not allowed."""
 
 
 def generic_config() -> ml_collections.ConfigDict:
@@ -129,26 +126,6 @@ def _same_kind(value, default) -> bool:
   if isinstance(default, (tuple, list)):
     return isinstance(value, (tuple, list))
   return isinstance(value, type(default))
-
-
-def check_choice(config, path: str, allowed) -> None:
-  """Raises ConfigError unless the value at `path` is one of `allowed`."""
-  value = _get(config, path)
-  if value not in allowed:
-    raise ConfigError(f"Config key '{path}' is {value!r}; allowed values: {list(allowed)}.")
-
-
-def check(condition: bool, path: str, message: str) -> None:
-  """Raises ConfigError('Config key <path> <message>') unless `condition`."""
-  if not condition:
-    raise ConfigError(f"Config key '{path}' {message}")
-
-
-def _get(config, path: str) -> Any:
-  node = config
-  for part in path.split("."):
-    node = node[part]
-  return node
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

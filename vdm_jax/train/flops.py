@@ -2,7 +2,7 @@
 
 The FLOPs of a step are XLA's count for the compiled, partitioned program of one device (`cost_analysis`), so
 they include everything the step computes (remat recomputation too); an experiment can report analytic model
-FLOPs instead by defining `flops_per_step(batch_shapes)`.
+FLOPs instead by overriding `Experiment.flops_per_step(batch_shapes)`.
 """
 from __future__ import annotations
 
@@ -71,11 +71,9 @@ def step_flops(experiment, batch_shapes, compiled, num_devices: int) -> tuple[fl
   XLA counts the body of a loop once, so a model scanned over layers (the DiT, with `nn.scan`) is undercounted by
   about the number of layers; experiments with scanned models should define `flops_per_step`.
   """
-  analytic = getattr(experiment, "flops_per_step", None)
-  if analytic is not None:
-    total = analytic(batch_shapes)
-    if total:
-      return float(total) / num_devices, "analytic"
+  total = experiment.flops_per_step(batch_shapes)
+  if total:
+    return float(total) / num_devices, "analytic"
   return compiled_flops(compiled), "xla"
 
 

@@ -8,7 +8,6 @@ its config: data order comes from grain's seed, randomness from `fold_in(state.r
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -20,15 +19,15 @@ import ml_collections
 import optax
 from absl import logging
 
-from vdm_jax import xla_cpu
+from vdm_jax import runs, xla_cpu
 from vdm_jax.data import pipeline
-from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.parallel import sharding
 from vdm_jax.train import checkpoint as checkpoint_lib
 from vdm_jax.train import config as config_lib
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train import metrics as metrics_lib
 from vdm_jax.train import registry
+from vdm_jax.train import setup as setup_lib
 from vdm_jax.train.state import TrainState, l2_norm, make_optimizer, make_schedule, nonfinite_paths
 
 
@@ -69,14 +68,13 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def make_train_step(experiment, tx, schedule, ema_decay: float):
   """(state, batch, frozen) -> (state, metrics, finite flags per gradient leaf). Traced once under jit.
 
-  `frozen` is the experiment's non-trained parameters ({} when it has none); the loss sees it as a 4th argument.
+  `frozen` is the experiment's non-trained parameters ({} when it has none), passed to the loss with the step.
   """
 
   def train_step(state: TrainState, batch, frozen):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss_fn = (lambda p: experiment.loss(p, batch, rng, frozen)) if frozen else (
-        lambda p: experiment.loss(p, batch, rng))
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: experiment.loss(p, batch, rng, frozen, state.step), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if ema_decay > 0:
@@ -151,24 +149,17 @@ def _check_finite(step: int, metrics, finite) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config.experiment` in `workdir`, resuming from its latest checkpoint; returns the final state."""
-  # --- Config and mesh.
-  config_lib.validate(config)
-  mesh_lib.maybe_initialize_distributed(config)
-  mesh = mesh_lib.create_mesh(config.mesh)
-  rules = sharding.rules_tuple(config.sharding_rules)
-  config_lib.check_batch_size(config.input.batch_size, mesh.shape, jax.process_count())
+  # --- Config, mesh and experiment.
+  run = setup_lib.setup(config, workdir, distributed=True)
+  mesh, rules, experiment = run.mesh, run.rules, run.experiment
   write_config(config, workdir)
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
-  experiment = registry.get(config.experiment)(config, mesh)
-  experiment.workdir = workdir
 
   # --- Input.
   train_ds = pipeline.make_dataset(config.input, seed=config.seed + config.input.shuffle_seed,
                                    source=experiment.data_source(config.input.split))
   train_iter = iter(train_ds)
-  example = pipeline.numeric(next(iter(train_ds)))
-  global_shapes = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((config.input.batch_size,) + x.shape[1:], x.dtype), example)
+  global_shapes = setup_lib.global_shapes(config.input.batch_size, pipeline.numeric(next(iter(train_ds))))
 
   # --- Model and optimizer state, initialised directly into their shardings.
   tx, schedule = make_optimizer(config), make_schedule(config)
@@ -245,19 +236,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
 
 def load_config_json(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to its workdir, over its experiment's current defaults: a key added to the
-  code after the run was written (e.g. `model.patch_size`) reads as its default, which is what the run used."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    written = json.load(f)
-  try:
-    defaults = config_lib.base_config(written["experiment"]).to_dict()
-  except (KeyError, ValueError):  # no or unknown experiment: the file as written
-    return ml_collections.ConfigDict(written)
-
-  def merge(base, new):
-    for key, value in new.items():
-      base[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return base
-
-  return ml_collections.ConfigDict(merge(defaults, written))
-
+  """The resolved config a run wrote to its workdir, over its experiment's current defaults (`runs.read_config`)."""
+  name = runs.experiment_name(workdir)
+  if name not in registry.names():  # no or unknown experiment: the file as written
+    return runs.read_config(workdir)
+  return runs.read_config(workdir, config_lib.base_config(name))

@@ -8,24 +8,11 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.parallel import sharding
-from vdm_jax.train import config as config_lib
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train import loop
-from vdm_jax.train import registry
+from vdm_jax.train import setup as setup_lib
 from vdm_jax.train.state import make_optimizer, make_schedule
-
-
-def batch_shapes(config: ml_collections.ConfigDict, experiment, batch_size: int) -> dict[str, Any]:
-  """The global batch as ShapeDtypeStructs: from the experiment if it can say (`batch_shapes(batch_size)`),
-  else from one batch of the input pipeline."""
-  shapes = getattr(experiment, "batch_shapes", lambda b: None)(batch_size)
-  if shapes is not None:
-    return shapes
-  from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  example = pipeline.numeric(next(iter(pipeline.make_dataset(config.input, batch_size=jax.process_count()))))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + x.shape[1:], x.dtype), example)
 
 
 def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch_size: int | None = None,
@@ -35,12 +22,9 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch
   config.mesh.update(mesh_sizes)
   batch_size = batch_size or config.input.batch_size
   config.input.batch_size = batch_size
-  config_lib.validate(config)
-  mesh = mesh_lib.create_mesh(config.mesh)
-  rules = sharding.rules_tuple(config.sharding_rules)
-  config_lib.check_batch_size(batch_size, mesh.shape, jax.process_count())
-  experiment = registry.get(config.experiment)(config, mesh)
-  shapes = batch_shapes(config, experiment, batch_size)
+  run = setup_lib.setup(config)
+  mesh, rules, experiment = run.mesh, run.rules, run.experiment
+  shapes = setup_lib.batch_shapes(run, batch_size)
   tx, schedule = make_optimizer(config), make_schedule(config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     _, abstract_state, state_shardings = loop.state_initializer(experiment, tx, shapes, mesh, rules)

@@ -42,17 +42,18 @@ def get(name: str) -> type["Experiment"]:
 
 
 class Experiment:
-  """Base class. Subclasses implement `default_config`, `init` and `loss`; evals and samples are optional.
+  """Base class: every hook the loop, `experiments.evaluate` and `experiments.plan` call, with its signature.
 
-  `init` and `loss` are traced inside `jax.jit` by the loop; `evaluate` and `write_samples` run on the host and
-  jit what they need themselves.
+  Subclasses implement `default_config`, `init` and `loss`; the rest have working defaults. `init` and `loss` are
+  traced inside `jax.jit` by the loop; `evaluate` and `write_samples` run on the host and jit what they need.
   """
   name = ""
-  workdir: str | None = None  # set by the loop before `data_source` / evals are used
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None, workdir: str | None = None):
+    """`workdir`: the run's directory (caches and samples go under it); None where nothing is written."""
     self.config = config
     self.mesh = mesh
+    self.workdir = workdir
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
@@ -61,14 +62,16 @@ class Experiment:
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
-    """Raises vdm_jax.train.config.ConfigError for values the experiment cannot use."""
+    """Raises vdm_jax.config.ConfigError for values the experiment cannot use."""
 
   def init(self, rng: jax.Array, batch: Any) -> Any:
-    """Returns the parameters (boxed with logical axes) for an example batch."""
+    """Returns the parameters (boxed with logical axes) for an example batch (arrays or ShapeDtypeStructs)."""
     raise NotImplementedError
 
-  def loss(self, params: Any, batch: Any, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Returns (scalar loss, dict of scalar metrics) for one global batch."""
+  def loss(self, params: Any, batch: Any, rng: jax.Array, frozen: Any,
+           step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (scalar loss, dict of scalar metrics) for one global batch. `frozen` is `frozen_params()` placed on
+    devices ({} when there are none); `step` is the int32 step being taken (for warm-ups)."""
     raise NotImplementedError
 
   def data_source(self, split: str) -> Any:
@@ -78,13 +81,21 @@ class Experiment:
     """
     return None
 
+  def batch_shapes(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct] | None:
+    """The global batch's shapes when the experiment knows them without reading data (planning), else None: the
+    planner then reads one batch of the input pipeline."""
+    return None
+
+  def flops_per_step(self, batch_shapes: Any) -> float | None:
+    """Model FLOPs of one training step over the global batch, or None to use XLA's cost analysis."""
+    return None
+
   def frozen_params(self, abstract: bool = False) -> Any:
     """Parameters the loss reads but never trains (a frozen VAE or text encoder), {} if none.
 
     Host arrays, optionally boxed with logical axes (`nn.LogicallyPartitioned`, as `module.init` returns them) to be
-    sharded by the config's rules, else replicated. The loop places them on devices once and passes them to
-    `loss(params, batch, rng, frozen)` (the 4th argument only exists when this is non-empty). With `abstract`,
-    return ShapeDtypeStructs (for planning, without loading weights).
+    sharded by the config's rules, else replicated. The loop places them on devices once and passes them to `loss`.
+    With `abstract`, return ShapeDtypeStructs (for planning, without loading weights).
     """
     return {}
 

@@ -46,8 +46,8 @@ class ToyAutoencoder(registry.Experiment):
     config_lib.check(config.model.noise_std >= 0, "model.noise_std", "must be >= 0.")
     config_lib.check(config.eval.num_examples > 0, "eval.num_examples", "must be > 0.")
 
-  def __init__(self, config, mesh):
-    super().__init__(config, mesh)
+  def __init__(self, config, mesh, workdir=None):
+    super().__init__(config, mesh, workdir)
     self.model = FrameAutoencoder(features=tuple(config.model.features),
                                   latent_channels=config.model.latent_channels,
                                   dtype=jnp.dtype(config.train.compute_dtype))
@@ -58,7 +58,7 @@ class ToyAutoencoder(registry.Experiment):
     video = jnp.zeros(batch["video"].shape, jnp.float32)
     return self.model.init(rng, video)["params"]
 
-  def loss(self, params, batch, rng):
+  def loss(self, params, batch, rng, frozen, step):
     video = nn.with_logical_constraint(batch["video"], ("batch", "length", None, None, None))
     noisy = video + self.config.model.noise_std * jax.random.normal(rng, video.shape, video.dtype)
     recon = self.model.apply({"params": params}, noisy)

@@ -1,0 +1,95 @@
+"""The `t2v` experiment's inputs: the latent and text-embedding caches, written once per split, joined to the data.
+
+Every process calls these for the same caches in the same order: writing is a collective in multi-process runs
+(process 0 writes, the others wait).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from vdm_jax import xla_cpu
+from vdm_jax.data import cache as cache_lib
+from vdm_jax.data import pipeline
+from vdm_jax.parallel import mesh as mesh_lib
+
+
+def write_once(meta_file: str, name: str, write: Callable[[], Any],
+               prepare: Callable[[], Any] | None = None) -> None:
+  """Calls `write` on process 0 if `meta_file` (a cache's last-written file) is missing, as process 0 sees it, and
+  `prepare` first on every process; the others wait until it is written.
+
+  `write` runs on process 0's first device under a mesh of its own: called from inside the run's mesh (an eval's
+  validation cache), the encoders' sharding constraints would otherwise spread it over every process's devices.
+  """
+  multi = jax.process_count() > 1
+  missing = not os.path.isfile(meta_file)
+  if multi:
+    missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
+  if not missing:
+    return
+  if prepare is not None:
+    prepare()
+  if jax.process_index() == 0:
+    with jax.set_mesh(mesh_lib.create_mesh({"data": 1}, jax.local_devices()[:1])):
+      write()
+  if multi:
+    multihost_utils.sync_global_devices(name)
+
+
+def write_latent_cache(experiment, split: str, directory: str) -> None:
+  """Writes the split's latent cache with the frozen VAE if it is missing."""
+  config, space = experiment.config, experiment.space
+
+  def write():
+    module, params = space.vae()
+    encode = xla_cpu.jit(lambda p, video: jnp.concatenate(
+        [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1))
+    logging.info("Writing the %s latent cache to %s.", split, directory)
+    cache_lib.write_latents(directory, pipeline.data_source(config.input, split),
+                            lambda video: np.asarray(encode(params, video)),
+                            batch_size=config.vae.encode_batch_size,
+                            fingerprint={"workdir": config.vae.workdir, "path": config.vae.path})
+
+  # Every process loads the VAE: restoring a VAE workdir's checkpoint is itself a step all processes take.
+  write_once(os.path.join(directory, cache_lib.META_FILE), f"latent_cache_{split}", write, prepare=space.vae)
+
+
+def text_cache_dir(experiment, split: str) -> str:
+  return experiment.space.split_dir(experiment.config.text.cache_dir, "text_cache", split)
+
+
+def text_cache(experiment, split: str) -> cache_lib.Cache:
+  """The split's text-embedding cache, written first (by process 0, with the frozen encoder) if missing; one
+  written by another encoder fails instead of training on the wrong embeddings."""
+  directory = text_cache_dir(experiment, split)
+
+  def write():
+    logging.info("Writing the %s text-embedding cache to %s.", split, directory)
+    cache_lib.write_text_split(directory, experiment.config.input, split, experiment.text,
+                               experiment.encoder_params())
+
+  write_once(os.path.join(directory, cache_lib.META_FILE), f"text_cache_{split}", write)
+  cache = cache_lib.Cache(directory)
+  expected = json.loads(json.dumps(experiment.text.fingerprint()))
+  if cache.meta["encoder"] != expected:
+    raise cache_lib.CacheMismatchError(
+        f"The text-embedding cache {directory!r} was written by the encoder {cache.meta['encoder']}, not the "
+        f"configured {expected}; remove it or point text.cache_dir elsewhere.")
+  return cache
+
+
+def joined_source(experiment, split: str):
+  """The split's examples with their cached `latent_moments` (and `text_embeds`, `text_mask` with text.cached)."""
+  config = experiment.config
+  source = cache_lib.CachedSource(pipeline.data_source(config.input, split), experiment.space.cache(split))
+  if config.text.cached:
+    source = cache_lib.CachedSource(source, experiment.text_cache(split))
+  return source
