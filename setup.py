@@ -34,8 +34,10 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # nbclient/nbformat/ipykernel: tests/test_notebooks.py executes the colab/ notebooks. filelock: the suite shares
-    # JAX's compilation cache between its processes (tests/conftest.py).
+    # JAX's compilation cache between its processes (tests/conftest.py). import-linter: tests/test_layers.py checks
+    # the layer contracts in .importlinter.
     "test": ["pytest>=8", "pytest-xdist>=3.6", "scipy>=1.13", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+             "import-linter>=2.1",
              "filelock>=3.12"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
     "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate"],

@@ -11,7 +11,14 @@ exact frames as `.npy` (uint8 [T, H, W, 3]) and one line in `<out>/samples.jsonl
 import json
 import os
 
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
+
+from vdm_jax import io
+from vdm_jax.diffusion import samplers
+from vdm_jax.pipelines import cogvideox, t2v
+from vdm_jax.train import loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained t2v workdir.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers CogVideoX folder (instead of --workdir).")
@@ -20,7 +27,7 @@ _NEGATIVE = flags.DEFINE_string("negative_prompt", "", "The unconditional prompt
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (seeds seed, seed + 1, ...).")
 _SEED = flags.DEFINE_integer("seed", 0, "The first seed.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
-_SAMPLER = flags.DEFINE_enum("sampler", None, ["ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler"],
+_SAMPLER = flags.DEFINE_enum("sampler", None, list(samplers.SAMPLERS),
                              "Sampler (default: the run's config / DDIM for CogVideoX).")
 _STEPS = flags.DEFINE_integer("num_steps", None, "Sampling steps (default: the run's config; 50 for CogVideoX).")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the run's config; 6 for CogVideoX).")
@@ -38,8 +45,6 @@ flags.mark_flags_as_required(["prompt", "out"])
 
 
 def _generate_t2v(prompts, seeds):
-  from vdm_jax.pipelines import t2v  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import loop  # pylint: disable=g-import-not-at-top
   sample = loop.load_config_json(_WORKDIR.value).sample
   pipe = t2v.TextToVideoPipeline.from_workdir(_WORKDIR.value)
   pick = lambda flag, default: default if flag.value is None else flag.value
@@ -52,9 +57,6 @@ def _generate_t2v(prompts, seeds):
 
 
 def _generate_cogvideox(prompts, seeds):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax.pipelines import cogvideox  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   pipe = cogvideox.load(_PRETRAINED.value, dtype=jnp.dtype(_DTYPE.value))
   videos = []
   for prompt, seed in zip(prompts, seeds):
@@ -70,8 +72,6 @@ def main(argv):
   del argv
   if bool(_WORKDIR.value) == bool(_PRETRAINED.value):
     raise app.UsageError("Give exactly one of --workdir (a trained t2v run) and --pretrained (a CogVideoX folder).")
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vdm_jax import io  # pylint: disable=g-import-not-at-top
   prompts = [p for p in _PROMPTS.value for _ in range(_NUM_SAMPLES.value)]
   seeds = [_SEED.value + i for _ in _PROMPTS.value for i in range(_NUM_SAMPLES.value)]
   videos = (_generate_t2v if _WORKDIR.value else _generate_cogvideox)(prompts, seeds)

@@ -14,8 +14,10 @@ from typing import Mapping
 import ml_collections
 
 from vdm_jax.config import ConfigError, check, check_choice  # noqa: F401  (re-exported for configs/)
+from vdm_jax.data import ops
 from vdm_jax.parallel.mesh import MESH_AXES
 from vdm_jax.parallel.sharding import DEFAULT_RULES
+from vdm_jax.train import registry
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
@@ -82,7 +84,6 @@ def generic_config() -> ml_collections.ConfigDict:
 
 def base_config(experiment: str) -> ml_collections.ConfigDict:
   """The full default config of a registered experiment: generic keys plus the experiment's own."""
-  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
 
   c = generic_config()
   c.experiment = experiment
@@ -130,7 +131,6 @@ def _same_kind(value, default) -> bool:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys, types and values; returns the config unchanged or raises ConfigError naming the key."""
-  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
 
   if "experiment" not in config or not config.experiment:
     raise ConfigError(f"Config key 'experiment' must name one of {registry.names()}.")
@@ -164,7 +164,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in ("eval_every", "sample_every"):
     check(config.train[key] >= 0, f"train.{key}", "must be >= 0 (0: only at the end).")
 
-  from vdm_jax.data import ops  # pylint: disable=g-import-not-at-top
   try:
     ops.parse(config.input.pp)
   except (ValueError, KeyError) as e:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vdm_jax import xla_cpu
+from vdm_jax import io, xla_cpu
 from vdm_jax.data import pipeline
 from vdm_jax.eval import metrics
 from vdm_jax.models.frame_ae import FrameAutoencoder
@@ -78,7 +78,6 @@ class ToyAutoencoder(registry.Experiment):
     return {"psnr": float(np.mean(np.concatenate(scores)))} if scores else {}
 
   def write_samples(self, params, step, out_dir):
-    from vdm_jax import io  # pylint: disable=g-import-not-at-top
     batch = next(self._eval_batches())
     video = sharding.shard_batch(pipeline.numeric(batch), self.mesh)["video"]
     originals, recon = sharding.to_host((video, self._reconstruct(params, video)))  # collective: all processes
