@@ -29,7 +29,8 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
-    "matplotlib>=3.8",  # loss curves in the quickstart report and the notebooks
+    "matplotlib>=3.8",
+    "scipy>=1.13",  # the probe's connected components (vdm_jax.eval.probe)  # loss curves in the quickstart report and the notebooks
 ]
 
 EXTRAS = {

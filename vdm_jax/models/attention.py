@@ -81,9 +81,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, backend: 
     return context_lib.ulysses_attention(q, k, v, attend=attend)
   name = resolve_backend(backend, k.shape[1], dtype=q.dtype, chunk_threshold=chunk_threshold, fallback=fallback,
                          head_dim=q.shape[-1])
-  if name == "chunked":
-    return chunked_attention(q, k, v, scale=scale, q_block=q_block, kv_block=kv_block)
-  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=name)
+  return KERNELS[name](q, k, v, scale=scale, q_block=q_block, kv_block=kv_block)
 
 
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_block: int = 512,
@@ -192,6 +190,19 @@ def _flash_bwd(scale, kv_length, residuals, d_out):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _fused(implementation: str):
+  """jax.nn.dot_product_attention with one implementation ('xla', or cuDNN's fused kernel on GPUs)."""
+  def kernel(q, k, v, *, scale, q_block, kv_block):
+    del q_block, kv_block
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+  return kernel
+
+
+# The local kernels by name: a backend resolves to one of these (`resolve_backend`); configs validate against
+# BACKENDS, which adds 'auto' and the context-parallel wrappers of each.
+KERNELS = {"xla": _fused("xla"), "cudnn": _fused("cudnn"), "chunked": chunked_attention}
 
 
 def _rope_span(x: jax.Array, rope, start: int) -> jax.Array:

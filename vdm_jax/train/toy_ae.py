@@ -1,7 +1,7 @@
 """`toy_ae`: a denoising per-frame autoencoder on Captioned Shapes.
 
 The smallest real experiment: it exercises every part of the loop (input, sharding, EMA, checkpoints, evals,
-samples) in seconds on a CPU, which is what the loop's tests and the README's first command use. Loss: MSE between
+samples) in seconds on a CPU, which is what the loop's tests and the training-stack check (`configs/toy_ae.py`) use. Loss: MSE between
 the clean clip and the reconstruction of the clip plus Gaussian noise (`model.noise_std`), so the step's rng matters.
 """
 from __future__ import annotations
