@@ -2,20 +2,29 @@
 
     python -m experiments.quickstart --workdir /tmp/quickstart
 
-1. trains the tiny VAE on Captioned Shapes 64x64x17 (`W/vae`; reused if it has finished),
-2. trains the tiny text-to-video model on its latents, as a rectified flow (`W/t2v`; resumes if interrupted),
+1. trains the tiny VAE on Captioned Shapes 64x64x17 (`configs/vae.py` in `W/vae`; reused if it has finished),
+2. trains the tiny text-to-video model on its latents (`configs/t2v.py`, or `configs/t2v.py:dtype=bfloat16` on a
+   CPU with AMX; in `W/t2v`, resumed if interrupted),
 3. samples prompts it never sampled during training (new seeds), scores them with the probe,
 4. writes `W/videos/*.mp4`, `W/contact_sheet.png`, `W/loss_curves.png` and `W/report.json`.
 
-Every stage is an ordinary run (`python -m experiments.train --config configs/vae.py ...`), so rerunning the
-command after an interruption continues where it stopped. `--preset=runlocal` shrinks everything for tests.
+The recipes, budgets and dtypes are the configs' defaults (docs/recipes.md has their results); this file only runs
+the stages. Every stage is an ordinary run, so rerunning the command after an interruption continues where it
+stopped. `--preset=runlocal` trains the configs' `runlocal` variants, for tests.
 """
 import json
 import os
-import sys
 import time
 
 from absl import app, flags, logging
+import jax
+
+from configs import t2v as t2v_configs
+from configs import vae as vae_configs
+from vdm_jax import io, xla_cpu
+from vdm_jax.eval import probe
+from vdm_jax.pipelines.t2v import TextToVideoPipeline
+from vdm_jax.train import loop, metrics, t2v_eval
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where everything goes.")
 _PRESET = flags.DEFINE_enum("preset", "default", ["default", "runlocal"], "'runlocal': tiny, for tests.")
@@ -29,87 +38,62 @@ _DIT_DTYPE = flags.DEFINE_enum(
     "same minutes, on a CPU with AMX (vdm_jax.xla_cpu.has_amx_bf16), else float32; runlocal: float32.")
 flags.mark_flags_as_required(["workdir"])
 
-# The quickstart's budget on a 2-core CPU (about half for each stage); see the README for measured numbers. The
-# text-to-video model trains on the latents of the first 4096 training clips (encoding all 16,384 took 7 minutes),
-# 4000 steps of 16 clips (the tiny recipe's batch; the same 64k clips as 2000 steps of 32 in less time).
-# The VAE trains 3 clips + 1 image per batch, not the tiny default's 2 + 4: the same PSNR, but the default's
-# reconstructions showed a stray second blob in 24 of 96 validation videos against 3 (configs/vae.py), and stray
-# blobs are where the text-to-video score is lost.
-# Its decoder also trains on latents with noise of up to 0.5 per-channel stds (`loss.decoder_noise`), so that the
-# DiT's small errors do not decode to stray blobs (the fragility measured in configs/vae.py). On the same machine
-# and budget the quickstart's probe went from 0.71 / 0.34 / 0.72 to 0.77 / 0.49 / 0.77 (seeds 10000+; README).
-# It folds 2x2 pixel patches into channels (`model.patch_size=2`, blocks (16, 32, 64): the same 8x compression
-# without the 8-channel full-resolution level, which is slow on a CPU for its FLOPs): 2.4x the steps per second,
-# and the probe went on to 0.83 / 0.54 / 0.88 with 7 stray blobs in 96 videos, against 19 (README).
-VAE_OVERRIDES = {"train.steps": 1500, "train.eval_every": 0, "train.checkpoint_every": 500,
-                 "input.batch_size": 4, "loss.image_fraction": 0.25, "loss.decoder_noise": 0.5,
-                 "model.block_out_channels": (16, 32, 64), "model.patch_size": 2}
-# The DiT trains as a rectified flow with SD3's logit-normal times shifted toward noise, sampled with 25 Euler steps
-# at guidance 2: on the same VAE and budget its squares keep their corners (probe shape 0.73 against 0.54 for the
-# tiny default's v-prediction, DDIM, guidance 4). The shift trades shape (low) against color (high): 4.5 keeps
-# shift 3's shape and most of shift 6's color (README, "Text to video").
-T2V_OVERRIDES = {"train.steps": 4000, "train.checkpoint_every": 500, "input.split": "train[:4096]",
-                 "diffusion.prediction_type": "flow", "diffusion.timestep_sampling": "logit_normal",
-                 "diffusion.flow_shift": 4.5, "sample.sampler": "euler", "sample.guidance_scale": 2.0}
-# Where the CPU multiplies bfloat16 in hardware (AMX), the DiT computes in bfloat16, whose faster step
-# (vdm_jax.xla_cpu.has_amx_bf16) fits these steps in the minutes of 4000 at float32. The DiT is still learning at 4000
-# steps, so the extra steps are where the score comes from (README).
-T2V_BF16_STEPS = 5500
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
+NUM_PROBE = {"default": 96, "runlocal": 4}
 
 
-def _apply(config, overrides):
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
+def vae_config(preset: str, data_dir: str = "", steps: int | None = None):
+  """The VAE stage's config: configs/vae.py's default recipe (`runlocal` for the runlocal preset)."""
+  c = vae_configs.get_config("runlocal" if preset == "runlocal" else "")
+  if steps:
+    c.train.steps = steps
+  c.input.data_dir = data_dir
+  return c
+
+
+def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps: int | None = None):
+  """The text-to-video stage's config: configs/t2v.py's default recipe at the DiT's compute dtype, on `vae_dir`."""
+  c = t2v_configs.get_config(("runlocal," if preset == "runlocal" else "") + f"dtype={dtype}")
+  if steps:
+    c.train.steps = steps
+  c.input.data_dir = data_dir
+  c.vae.workdir = vae_dir
+  c.eval.probe_prompts = 0  # the quickstart scores its own, larger set after training
+  return c
+
+
+def dit_dtype(choice: str, preset: str) -> str:
+  """--dit_dtype with 'auto' resolved: bfloat16 for the default preset on a CPU with AMX, else float32."""
+  if choice != "auto":
+    return choice
+  on_amx = jax.default_backend() == "cpu" and xla_cpu.has_amx_bf16()
+  return "bfloat16" if preset == "default" and on_amx else "float32"
+
+
+def probe_set(n: int) -> tuple[list[str], list[int]]:
+  """The n prompts the quickstart scores (cycling over every color, shape and motion) and their seeds."""
+  return t2v_eval.probe_prompts(n), [PROBE_SEED + i for i in range(n)]
+
+
+def sample_kwargs(config) -> dict:
+  """TextToVideoPipeline.generate's sampling arguments from a t2v config's `sample` section."""
+  s = config.sample
+  return dict(sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
+              use_dynamic_cfg=s.use_dynamic_cfg, guidance_rescale=s.guidance_rescale, batch_size=s.batch_size)
 
 
 def _vae_config():
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import vae  # pylint: disable=g-import-not-at-top
-  c = vae.get_config("runlocal" if _PRESET.value == "runlocal" else "size=tiny")
-  if _PRESET.value == "default":
-    _apply(c, VAE_OVERRIDES)
-  if _VAE_STEPS.value:
-    c.train.steps = _VAE_STEPS.value
-  c.input.data_dir = _DATA_DIR.value
-  return c
-
-
-def _dit_dtype() -> str:
-  """The --dit_dtype flag with 'auto' resolved: bfloat16 for the default preset on a CPU with AMX."""
-  if _DIT_DTYPE.value != "auto":
-    return _DIT_DTYPE.value
-  import jax  # pylint: disable=g-import-not-at-top
-  from vdm_jax import xla_cpu  # pylint: disable=g-import-not-at-top
-  on_amx = jax.default_backend() == "cpu" and xla_cpu.has_amx_bf16()
-  return "bfloat16" if _PRESET.value == "default" and on_amx else "float32"
+  return vae_config(_PRESET.value, _DATA_DIR.value, _VAE_STEPS.value)
 
 
 def _t2v_config(vae_dir):
-  from configs import t2v  # pylint: disable=g-import-not-at-top
-  c = t2v.get_config("runlocal" if _PRESET.value == "runlocal" else "size=tiny")
-  dtype = _dit_dtype()
-  if _PRESET.value == "default":
-    _apply(c, T2V_OVERRIDES)
-    if dtype == "bfloat16":
-      c.train.steps = T2V_BF16_STEPS
-  c.train.compute_dtype = dtype
-  if _T2V_STEPS.value:
-    c.train.steps = _T2V_STEPS.value
-  c.input.data_dir = _DATA_DIR.value
-  c.vae.workdir = vae_dir
-  c.eval.probe_prompts = 0  # the quickstart scores its own, larger set below
-  return c
+  dtype = dit_dtype(_DIT_DTYPE.value, _PRESET.value)
+  return t2v_config(_PRESET.value, dtype, vae_dir, _DATA_DIR.value, _T2V_STEPS.value)
 
 
 def plot_losses(runs: dict[str, str], path: str) -> None:
   """One panel per run: training loss (and eval metrics named *loss*) from its metrics.jsonl."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (the Agg backend is chosen before pyplot is imported)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.5))
@@ -128,10 +112,6 @@ def plot_losses(runs: dict[str, str], path: str) -> None:
 
 def main(argv):
   del argv
-  from vdm_jax import io  # pylint: disable=g-import-not-at-top
-  from vdm_jax.eval import probe  # pylint: disable=g-import-not-at-top
-  from vdm_jax.pipelines.t2v import TextToVideoPipeline  # pylint: disable=g-import-not-at-top
-  from vdm_jax.train import loop, metrics, t2v  # pylint: disable=g-import-not-at-top
   metrics.quiet_library_logs()
   workdir = os.path.abspath(_WORKDIR.value)
   vae_dir, t2v_dir = os.path.join(workdir, "vae"), os.path.join(workdir, "t2v")
@@ -149,13 +129,9 @@ def main(argv):
 
   logging.info("3/3: sampling and scoring")
   pipe = TextToVideoPipeline.from_workdir(t2v_dir)
-  num_probe = _NUM_PROBE.value or (4 if _PRESET.value == "runlocal" else 96)
-  prompts = t2v.probe_prompts(num_probe)
-  seeds = [PROBE_SEED + i for i in range(num_probe)]
-  s = t2v_config.sample
-  videos = pipe.generate(prompts, seeds, sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
-                         use_dynamic_cfg=s.use_dynamic_cfg, guidance_rescale=s.guidance_rescale,
-                         batch_size=s.batch_size, progress=True)
+  num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
+  prompts, seeds = probe_set(num_probe)
+  videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))
   scores = probe.score(videos, prompts)
   minutes["sample_and_score"] = (time.time() - start) / 60 - minutes["vae"] - minutes["t2v"]
 
