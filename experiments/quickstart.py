@@ -145,7 +145,8 @@ def main(argv):
             "num_videos": num_probe, "probe_seeds": [seeds[0], seeds[-1]],
             "vae_psnr": vae_evals[-1]["eval/psnr"] if vae_evals else None,
             "t2v": {"steps": t2v_config.train.steps, "compute_dtype": t2v_config.train.compute_dtype},
-            "minutes": {k: round(v, 2) for k, v in minutes.items()}, "total_minutes": round((time.time() - start) / 60, 2),
+            "minutes": {k: round(v, 2) for k, v in minutes.items()},
+            "total_minutes": round((time.time() - start) / 60, 2),
             "workdirs": {"vae": vae_dir, "t2v": t2v_dir}}
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
