@@ -220,6 +220,18 @@ def test_resize_nearest_index_rule():
                                 np.repeat(np.arange(5.0), 2))
 
 
+def test_build_from_a_model_config_section():
+  """`build` sets the fields named by a `vae` experiment's model section (lists become tuples, the call option
+  `chunked` is skipped, dtypes come apart) and names an unknown key with the allowed ones."""
+  section = dict(TINY, block_out_channels=[8, 16, 16], patch_size=2, chunked=False)
+  model = vae_lib.build(section, "bfloat16")
+  assert model == vae_lib.AutoencoderKL(**dict(TINY, patch_size=2), dtype=jnp.bfloat16, param_dtype=jnp.float32)
+  with pytest.raises(ValueError, match=r"'latent_dim' is unknown; allowed keys: \[.*'latent_channels'"):
+    vae_lib.build(dict(TINY, latent_dim=4))
+  with pytest.raises(ValueError, match="'dtype' is unknown"):
+    vae_lib.build(dict(TINY, dtype="float32"))
+
+
 # --- Streaming memory: XLA's buffer assignment of the compiled decode for N vs 4N latent frames.
 
 MEMORY_MODEL = dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=4)

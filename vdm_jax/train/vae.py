@@ -43,7 +43,8 @@ from vdm_jax import io, xla_cpu
 from vdm_jax.data import pipeline
 from vdm_jax.eval import metrics
 from vdm_jax.eval.metrics import psnr_from_mse  # the loss's own `metrics` dict hides the module
-from vdm_jax.models.vae import AutoencoderKL, PatchDiscriminator3D
+from vdm_jax.models import vae as vae_model
+from vdm_jax.models.vae import PatchDiscriminator3D
 from vdm_jax.parallel import sharding
 from vdm_jax.train import config as config_lib
 from vdm_jax.train import registry
@@ -127,14 +128,8 @@ class VAEExperiment(registry.Experiment):
 
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
-    m = config.model
     dtype = jnp.dtype(config.train.compute_dtype)
-    self.model = AutoencoderKL(
-        block_out_channels=tuple(m.block_out_channels), layers_per_block=m.layers_per_block,
-        latent_channels=m.latent_channels, norm_num_groups=m.norm_num_groups,
-        temporal_compression_ratio=m.temporal_compression_ratio, scaling_factor=m.scaling_factor,
-        group_norm_over_time=m.group_norm_over_time, remat=m.remat, patch_size=m.patch_size, dtype=dtype,
-        param_dtype=jnp.dtype(config.train.param_dtype))
+    self.model = vae_model.build(config.model, dtype, config.train.param_dtype)
     self.discriminator = None
     if config.loss.disc_weight > 0:
       self.discriminator = PatchDiscriminator3D(tuple(config.loss.disc_channels), dtype=dtype)
