@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from vdm_jax.io import video as video_io
+from vdm_jax.io import visualize
 
 # Measured on smooth_video(): 44.3 dB at the default CRF 15 (38.3 dB with ffmpeg's default colour conversion flags).
 MP4_MIN_PSNR = 40.0
@@ -128,18 +129,18 @@ def test_read_corrupt_files_raise_video_read_error(tmp_path):
 
 def test_contact_sheet_shape_and_png(tmp_path):
   videos = np.stack([palette_video(frames=6, height=16, width=20)] * 3)
-  sheet = video_io.contact_sheet(videos, captions=["a red square", "b", "a very long caption " * 10],
-                                 ncols=2, frames=4, pad=2)
+  sheet = visualize.contact_sheet(videos, captions=["a red square", "b", "a very long caption " * 10],
+                                  ncols=2, frames=4, pad=2)
   assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
   assert sheet.shape[1] == 2 * (4 * 20 + 3 * 2) + 3 * 2  # 2 tiles of 4 frames, padding
   assert sheet.shape[0] > 2 * 16 + 3 * 2  # 2 rows of frames, plus caption bands
-  plain = video_io.contact_sheet(list(videos), ncols=3, frames=2, pad=0)
+  plain = visualize.contact_sheet(list(videos), ncols=3, frames=2, pad=0)
   assert plain.shape == (16, 3 * 2 * 20, 3)
   assert np.array_equal(plain[:, :20], videos[0, 0])
-  path = video_io.write_image(tmp_path / "sheets" / "s.png", sheet)
+  path = visualize.write_image(tmp_path / "sheets" / "s.png", sheet)
   assert np.array_equal(np.asarray(Image.open(path)), sheet)
   with pytest.raises(ValueError, match="PNG"):
-    video_io.write_image(tmp_path / "s.jpg", sheet)
+    visualize.write_image(tmp_path / "s.jpg", sheet)
 
 
 def _embedded(snippet, mime):
@@ -152,26 +153,26 @@ def _embedded(snippet, mime):
 
 def test_video_html_embeds_every_video_with_its_caption():
   videos = np.stack([palette_video(frames=4, height=8, width=10)] * 2)
-  snippet = video_io.video_html(videos, captions=["a red <circle>", "b"], fmt="gif", scale=3)
+  snippet = visualize.video_html(videos, captions=["a red <circle>", "b"], fmt="gif", scale=3)
   gifs = _embedded(snippet, "image/gif")
   assert len(gifs) == 2
   upscaled = np.repeat(np.repeat(videos[0], 3, axis=1), 3, axis=2)
   assert gifs[0].shape == (4, 24, 30, 3) and np.array_equal(gifs[0], upscaled)  # gif: exact, pixels repeated
   assert "a red &lt;circle&gt;" in snippet and "<circle>" not in snippet  # captions are escaped
-  mp4s = _embedded(video_io.video_html(smooth_video(frames=6)), "video/mp4")  # one [T, H, W, 3] video
+  mp4s = _embedded(visualize.video_html(smooth_video(frames=6)), "video/mp4")  # one [T, H, W, 3] video
   assert len(mp4s) == 1 and mp4s[0].shape == (6, 64, 64, 3) and psnr(mp4s[0], smooth_video(frames=6)) > MP4_MIN_PSNR
 
 
 def test_video_html_rejects_bad_arguments():
   video = palette_video(frames=4, height=8, width=8)
   with pytest.raises(ValueError, match="captions"):
-    video_io.video_html([video], captions=["a", "b"])
+    visualize.video_html([video], captions=["a", "b"])
   with pytest.raises(ValueError, match="fmt"):
-    video_io.video_html([video], fmt="webm")
+    visualize.video_html([video], fmt="webm")
   with pytest.raises(ValueError, match="scale"):
-    video_io.video_html([video], scale=0)
+    visualize.video_html([video], scale=0)
   with pytest.raises(ValueError, match="at least one"):
-    video_io.video_html([])
+    visualize.video_html([])
 
 
 def test_to_uint8_maps_signed_floats_to_bytes():
