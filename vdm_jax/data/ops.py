@@ -1,15 +1,14 @@
-"""Preprocessing ops on single examples, chosen by name from a spec string (big_vision style).
+"""The standard preprocessing ops on single examples, each registered by name for specs (big_vision style).
 
-A spec is ops joined by `|`, each a registered name with literal arguments:
+Video ops (decode_video, temporal_sample, resize, center_crop, random_crop, value_range, to_image), text ops
+(decode_text, tokenize) and key ops (keep, rename), used in specs such as
+`"decode_video|temporal_sample(17)|resize(64)|center_crop(64)|value_range(-1, 1)"`.
 
-    "decode_video|temporal_sample(num_frames=17, stride=2)|resize(64)|center_crop(64)|value_range(-1, 1)"
-    "|decode_text('caption')|keep('video', 'caption')"
-
-`build(spec)` returns a callable `(example, rng) -> example` to hand to grain, e.g.
-`grain.MapDataset.source(records).seed(0).random_map(build(spec))`. An op is `op(example: dict, rng) -> dict`: it
-returns a new dict and never changes the one it gets; random ops draw only from `rng`, the `np.random.Generator`
-grain passes per element, so a pipeline is reproducible from grain's seed. Ops are numpy/Pillow only (no jax): they
-run in grain worker processes.
+An op is `op(example: dict, rng) -> dict`: it returns a new dict and never changes the one it gets; random ops draw
+only from `rng`, the `np.random.Generator` grain passes per element, so a pipeline is reproducible from grain's
+seed. Ops are numpy/Pillow only (no jax): they run in grain worker processes. The spec grammar, the registry and
+`build` are in `vdm_jax.data.preprocess`; they are re-exported here, so importing this module both registers the
+standard ops and gives the functions that build specs from them.
 
 Videos here are `[T, H, W, C]` per example: uint8 until `value_range`, float32 in [lo, hi] after it.
 
@@ -19,146 +18,14 @@ make them wrong.
 Adding an op: a factory `get_<name>(*args, **kwargs) -> op` under `@register("<name>")`. Check the arguments in the
 factory so that a bad spec fails when it is built, not inside a worker.
 """
-import ast
-import importlib
-import inspect
 from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
 
+# Re-exported, so that `ops.build(spec)` both registers the ops below and builds from them.
+from vdm_jax.data.preprocess import Pipeline, build, get, names, parse, register  # noqa: F401  pylint: disable=W0611
 from vdm_jax.io import video as video_io
-
-_REGISTRY = {}
-
-
-def register(name):
-  """Decorator: registers an op factory `get_<name>(*args, **kwargs) -> op` under `name`."""
-  def wrap(factory):
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
-      raise ValueError(f"preprocessing op {name!r} is already registered (by {_REGISTRY[name].__module__})")
-    _REGISTRY[name] = factory
-    return factory
-  return wrap
-
-
-def names():
-  """The registered op names, sorted."""
-  return sorted(_REGISTRY)
-
-
-def get(name):
-  """Returns the factory registered under `name`; ValueError listing the registered names if there is none."""
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown preprocessing op {name!r}; registered ops: {names()}")
-  return _REGISTRY[name]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Spec parsing.
-
-
-def parse(spec):
-  """Parses a spec string into a list of ops, in order. An empty spec gives `[]`.
-
-  Arguments are read with `ast.literal_eval` (numbers, strings, tuples, lists, dicts, True/False/None); nothing is
-  evaluated. Raises ValueError naming the piece of the spec that is wrong.
-  """
-  return [_make_op(*piece) for piece in _parse_pieces(spec)]
-
-
-def build(spec):
-  """Returns a `Pipeline`: a callable `(example, rng=None) -> example` running the ops of `spec` in order."""
-  return Pipeline(spec)
-
-
-class Pipeline:
-  """The ops of a spec, chained. Pickles as its spec (ops are closures), so it can be sent to grain workers."""
-
-  def __init__(self, spec):
-    self.spec = spec
-    pieces = _parse_pieces(spec)
-    self.ops = [_make_op(*piece) for piece in pieces]
-    # Modules that registered the ops, imported again on unpickling so that ops registered outside this one resolve.
-    self._modules = sorted({get(piece[0]).__module__ for piece in pieces})
-
-  def __call__(self, example, rng=None):
-    """Runs every op on `example` (a dict); `rng` is an `np.random.Generator`, needed by random ops."""
-    for op in self.ops:
-      example = op(example, rng)
-    return example
-
-  def __getstate__(self):
-    return {"spec": self.spec, "modules": self._modules}
-
-  def __setstate__(self, state):
-    for module in state["modules"]:
-      importlib.import_module(module)
-    self.__init__(state["spec"])
-
-  def __repr__(self):
-    return f"Pipeline({self.spec!r})"
-
-
-def _parse_pieces(spec):
-  """spec -> [(name, args, kwargs, piece_text)]."""
-  if not isinstance(spec, str):
-    raise TypeError(f"a preprocessing spec is a string like \"resize(64)|center_crop(64)\", got {type(spec).__name__}")
-  source = spec.strip()
-  if not source:
-    return []
-  try:
-    tree = ast.parse(source, mode="eval")
-  except SyntaxError as e:
-    raise ValueError(_syntax_error_message(spec, e)) from None
-  return [_parse_piece(node, source) for node in _split_on_bar(tree.body)]
-
-
-def _split_on_bar(node):
-  """The ops of `a | b | c`, left to right."""
-  if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-    return _split_on_bar(node.left) + _split_on_bar(node.right)
-  return [node]
-
-
-def _parse_piece(node, source):
-  text = ast.get_source_segment(source, node)
-  if isinstance(node, ast.Name):
-    return node.id, (), {}, text
-  if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-    raise ValueError(f"spec piece {text!r} is not an op: write name or name(literal args), "
-                     f"e.g. 'resize(64)'; registered ops: {names()}")
-  if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
-    raise ValueError(f"spec piece {text!r}: *args and **kwargs are not allowed, only literal arguments")
-  args = tuple(_literal(a, text, source) for a in node.args)
-  kwargs = {k.arg: _literal(k.value, text, source) for k in node.keywords}
-  return node.func.id, args, kwargs, text
-
-
-def _literal(node, text, source):
-  try:
-    return ast.literal_eval(node)
-  except ValueError:
-    raise ValueError(f"spec piece {text!r}: argument {ast.get_source_segment(source, node)!r} is not a literal "
-                     "(allowed: numbers, strings, tuples, lists, dicts, True, False, None)") from None
-
-
-def _syntax_error_message(spec, error):
-  """Names the first `|`-separated piece that does not parse on its own, else the whole spec."""
-  for piece in spec.split("|"):
-    try:
-      ast.parse(piece.strip(), mode="eval")
-    except SyntaxError as e:
-      return f"cannot parse spec piece {piece.strip()!r} of {spec!r}: {e.msg}"
-  return f"cannot parse preprocessing spec {spec!r}: {error.msg} at column {error.offset}"
-
-
-def _make_op(name, args, kwargs, text):
-  factory = get(name)
-  try:
-    return factory(*args, **kwargs)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"spec piece {text!r}: {e}; signature: {name}{inspect.signature(factory)}") from e
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -260,6 +127,7 @@ def get_tokenize(max_length, tokenizer="byte", key="caption", out_key="tokens"):
   """Adds `out_key`: int32 [max_length] token ids of the text at `key` (str or bytes), padded/truncated as
   transformers does. `tokenizer`: 'byte' (ByT5 ids, no file) or the path of a folder with `spiece.model` (T5)."""
   max_length = _positive_int(max_length, "tokenize max_length")
+  # Imported here: `vdm_jax.text` loads jax and flax (its encoders), which grain workers that never tokenize skip.
   from vdm_jax.text import tokenizers  # pylint: disable=g-import-not-at-top
   tok = tokenizers.ByteTokenizer() if tokenizer == "byte" else tokenizers.T5Tokenizer.from_pretrained(tokenizer)
 
