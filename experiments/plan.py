@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/t2v.py:size=2b.",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cogvideox.py:size=2b.",
                                           lock_config=True)
 _MESH = flags.DEFINE_string("mesh", "data=1", "Mesh sizes, e.g. 'data=2,fsdp=32,tensor=1,context=1' (no -1).")
 _CHIP = flags.DEFINE_string("chip", "", "Chip for the peak rate (e.g. 'H100', 'TPU v5p'); see vdm_jax/train/flops.py.")
