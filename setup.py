@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
     "safetensors>=0.5",
     "sentencepiece>=0.2",  # the T5 tokenizer (spiece.model)
+    "tokenizers>=0.23",  # the T5 tokenizer of folders with only tokenizer.json (what transformers 5.x saves)
     "imageio>=2.37",
     "imageio-ffmpeg>=0.6",  # ships an ffmpeg binary: mp4 read/write without a system ffmpeg
     "pillow>=10",

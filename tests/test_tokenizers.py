@@ -54,6 +54,17 @@ def folders(spm_folder, tmp_path_factory, transformers):
   return spm_folder, saved
 
 
+@pytest.fixture(scope="module")
+def json_folder(spm_folder, tmp_path_factory, transformers):
+  """A folder as transformers 5.x's `T5Tokenizer.save_pretrained` writes it: tokenizer.json + tokenizer_config.json
+  and no spiece.model (T5TokenizerFast is the same class there)."""
+  saved = tmp_path_factory.mktemp("hf_json")
+  transformers.T5Tokenizer.from_pretrained(str(spm_folder)).save_pretrained(str(saved))
+  files = sorted(p.name for p in saved.iterdir())
+  assert "tokenizer.json" in files and "spiece.model" not in files, files
+  return saved
+
+
 def hf_ids(tok, texts, max_length):
   out = tok(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
   return out["input_ids"], out["attention_mask"]
@@ -73,6 +84,35 @@ def test_t5_ids_identical_to_transformers(transformers, folders, which):
   long = ours(PROMPTS[-1], max_length=226)[0]
   assert long[-1] == 1 and 0 not in long  # truncated: 225 text ids, then EOS
   np.testing.assert_array_equal(ours("", max_length=8), [[1, 0, 0, 0, 0, 0, 0, 0]])
+
+
+def test_t5_tokenizer_json_folder_ids_identical_to_transformers(transformers, json_folder, spm_folder):
+  """A folder with only tokenizer.json loads (through the `tokenizers` library) and gives transformers' ids for it:
+  empty, long (truncated), unicode, special tokens in text, random strings; and the ids of the spiece.model folder
+  it was saved from."""
+  ours, theirs = T5Tokenizer.from_pretrained(str(json_folder)), transformers.T5Tokenizer.from_pretrained(
+      str(json_folder))
+  assert ours.vocab_size == len(theirs)
+  assert (ours.pad_id, ours.eos_id, ours.unk_id) == (0, 1, 2)
+  pieces = list("abcdeÜßé日本 \t\n\u00a0\u3000\u200b▁ｆ.,!?0129🎉<>/_") + ["<pad>", "</s>", "<extra_id_0>", "red "]
+  rng = random.Random(1)
+  texts = PROMPTS + ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 25))) for _ in range(200)]
+  for max_length in (226, 16, 1):
+    want_ids, want_mask = hf_ids(theirs, texts, max_length)
+    ids, mask = ours(texts, max_length=max_length, return_attention_mask=True)
+    assert ids.dtype == np.int32 and ids.shape == (len(texts), max_length)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(mask, want_mask)
+  np.testing.assert_array_equal(ours(PROMPTS, max_length=64), T5Tokenizer.from_pretrained(str(spm_folder))(
+      PROMPTS, max_length=64))
+  long = ours(PROMPTS[-1], max_length=226)[0]
+  assert long[-1] == 1 and 0 not in long
+  np.testing.assert_array_equal(ours("", max_length=4), [[1, 0, 0, 0]])
+  assert ours.encode("<extra_id_3>") == [theirs.convert_tokens_to_ids("<extra_id_3>")]
+  ids = ours("a red circle moving left", max_length=64)[0]
+  assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True) == "a red circle moving left"
+  clone = pickle.loads(pickle.dumps(ours))  # for grain worker processes
+  np.testing.assert_array_equal(clone(PROMPTS, max_length=40), ours(PROMPTS, max_length=40))
 
 
 def test_t5_random_strings_identical_to_transformers(transformers, spm_folder):
@@ -106,7 +146,7 @@ def test_t5_decode_and_pickle(spm_folder):
 
 
 def test_t5_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="No spiece.model"):
+  with pytest.raises(FileNotFoundError, match="No spiece.model or tokenizer.json"):
     T5Tokenizer.from_pretrained(str(tmp_path))
   with pytest.raises(TypeError, match="not a str"):
     ByteTokenizer()([b"bytes"])

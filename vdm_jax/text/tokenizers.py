@@ -1,6 +1,6 @@
 """Tokenizers: T5's sentencepiece tokenizer (ids identical to transformers' `T5Tokenizer`) and a byte tokenizer.
 
-    tok = T5Tokenizer.from_pretrained("/path/CogVideoX-2b/tokenizer")     # reads spiece.model
+    tok = T5Tokenizer.from_pretrained("/path/CogVideoX-2b/tokenizer")     # spiece.model, else tokenizer.json
     ids = tok(["a red circle moving left", ""], max_length=226)          # int32 [2, 226]
     ids, mask = tok(prompts, max_length=226, return_attention_mask=True)
 
@@ -19,6 +19,11 @@ What transformers 5.x's T5Tokenizer does, and so what `T5Tokenizer` here reprodu
 - Special tokens written in the text (`</s>`, `<pad>`, `<unk>`, `<extra_id_i>` and any additional special tokens
   of the folder's `tokenizer_config.json` / `special_tokens_map.json`) become their single id, and the text between
   them is tokenized piece by piece, each with its own "▁" prefix.
+
+A folder saved by transformers 5.x has no `spiece.model`, only `tokenizer.json` (the `tokenizers` library's
+serialisation of the same pipeline: the model's vocabulary, its normalisation charsmap and the special tokens as
+added tokens); such a folder is read by the `tokenizers` library, as transformers' T5Tokenizer reads it, and gives
+its ids (tests/test_tokenizers.py compares them).
 """
 from __future__ import annotations
 
@@ -62,8 +67,9 @@ def _token_content(token: Any) -> str:
 class T5Tokenizer:
   """T5's sentencepiece tokenizer, giving the ids transformers' `T5Tokenizer` gives (see the module docstring).
 
-  `model_file`: a sentencepiece model (T5's `spiece.model`). `extra_ids`: number of `<extra_id_i>` sentinels.
-  `special_tokens`: more {token text: id} matched as single tokens (transformers' `added_tokens_decoder`).
+  `model_file`: a sentencepiece model (T5's `spiece.model`), or a `tokenizers` serialisation (`tokenizer.json`,
+  whose added tokens already hold the sentinels and special tokens). `extra_ids`: number of `<extra_id_i>`
+  sentinels. `special_tokens`: more {token text: id} matched as single tokens (transformers' `added_tokens_decoder`).
   """
 
   def __init__(self, model_file: str, *, extra_ids: int = 100, special_tokens: Mapping[str, int] | None = None,
@@ -71,14 +77,18 @@ class T5Tokenizer:
                unk_token: str = "<unk>"):
     with open(model_file, "rb") as f:
       self._proto = f.read()
-    self._settings = dict(extra_ids=extra_ids, special_tokens=dict(special_tokens or {}),
+    self._settings = dict(json=model_file.endswith(".json"), extra_ids=extra_ids, special_tokens=dict(special_tokens or {}),
                           additional_special_tokens=list(additional_special_tokens), pad_token=pad_token,
                           eos_token=eos_token, unk_token=unk_token)
     self._build()
 
   def _build(self):
-    import sentencepiece  # pylint: disable=g-import-not-at-top
     s = self._settings
+    if s.get("json"):
+      self._build_from_json()
+      return
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+    self._fast = None
     self.sp = sentencepiece.SentencePieceProcessor(model_proto=self._proto)
     self.spm_size = self.sp.get_piece_size()
     self.extra_ids = s["extra_ids"]
@@ -97,6 +107,30 @@ class T5Tokenizer:
     pattern = "|".join(re.escape(t) for t in sorted(table, key=len, reverse=True))
     self._split = re.compile(f"({pattern})")
 
+  def _build_from_json(self):
+    """The `tokenizers` pipeline of a tokenizer.json, with the folder's special tokens added as transformers adds
+    them; its own truncation, padding and EOS are off because `pad_batch` does those as for the other backend."""
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    s = self._settings
+    self.sp = None
+    self._fast = tokenizers.Tokenizer.from_str(self._proto.decode("utf-8"))
+    self._fast.no_truncation()
+    self._fast.no_padding()
+    added = {t.content for t in self._fast.get_added_tokens_decoder().values()}
+    wanted = [s["pad_token"], s["eos_token"], s["unk_token"], *s["additional_special_tokens"]]
+    missing = [t for t in dict.fromkeys(wanted) if t not in added]
+    if missing:
+      self._fast.add_special_tokens(missing)
+    ids = {name: self._fast.token_to_id(s[f"{name}_token"]) for name in ("pad", "eos", "unk")}
+    for name, token_id in ids.items():
+      if token_id is None:
+        raise ValueError(f"The {name} token {s[name + '_token']!r} is not in the tokenizer.json vocabulary.")
+    self.pad_id, self.eos_id, self.unk_id = ids["pad"], ids["eos"], ids["unk"]
+    self.spm_size = self._fast.get_vocab_size(with_added_tokens=False)
+    self.extra_ids = s["extra_ids"]
+    self.special_tokens = {t.content: i for i, t in self._fast.get_added_tokens_decoder().items() if t.special}
+    self.vocab_size = self._fast.get_vocab_size(with_added_tokens=True)
+
   def _piece_id(self, token: str, what: str) -> int:
     piece_id = self.sp.piece_to_id(token)
     if self.sp.id_to_piece(piece_id) != token:
@@ -105,12 +139,15 @@ class T5Tokenizer:
 
   @classmethod
   def from_pretrained(cls, path: str) -> "T5Tokenizer":
-    """From a Hugging Face tokenizer folder: `spiece.model`, plus `tokenizer_config.json` and
-    `special_tokens_map.json` when present (extra_ids, special tokens and their ids)."""
+    """From a Hugging Face tokenizer folder: `spiece.model`, or else `tokenizer.json` (what transformers 5.x
+    saves), plus `tokenizer_config.json` and `special_tokens_map.json` when present (extra_ids, special tokens)."""
     model_file = os.path.join(path, "spiece.model")
     if not os.path.isfile(model_file):
+      model_file = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(model_file):
       present = sorted(os.listdir(path)) if os.path.isdir(path) else "no such folder"
-      raise FileNotFoundError(f"No spiece.model in {path!r} (found: {present}); a T5 tokenizer folder has one.")
+      raise FileNotFoundError(f"No spiece.model or tokenizer.json in {path!r} (found: {present}); a T5 tokenizer "
+                              "folder has one of them.")
     config: dict[str, Any] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the tokenizer config wins
       file = os.path.join(path, name)
@@ -127,6 +164,8 @@ class T5Tokenizer:
 
   def encode(self, text: str) -> list[int]:
     """The ids of one text: special tokens whole, sentencepiece between them; no EOS, no truncation."""
+    if self._fast is not None:
+      return self._fast.encode(text, add_special_tokens=False).ids
     ids: list[int] = []
     for i, chunk in enumerate(self._split.split(text)):
       if i % 2:  # odd chunks are the separators the pattern captured
@@ -137,11 +176,18 @@ class T5Tokenizer:
 
   def __call__(self, texts: str | Iterable[str], max_length: int = 226, *, return_attention_mask: bool = False):
     """Texts -> int32 ids [B, max_length] (+ mask [B, max_length]): truncated, EOS, padded with 0."""
-    return pad_batch([self.encode(t) for t in _as_list(texts)], max_length, eos_id=self.eos_id, pad_id=self.pad_id,
+    texts = _as_list(texts)
+    if self._fast is not None:
+      sequences = [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
+    else:
+      sequences = [self.encode(t) for t in texts]
+    return pad_batch(sequences, max_length, eos_id=self.eos_id, pad_id=self.pad_id,
                      return_attention_mask=return_attention_mask)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Ids -> text, skipping pad, EOS and other special tokens."""
+    if self._fast is not None:
+      return self._fast.decode([int(i) for i in ids], skip_special_tokens=True)
     special = set(self.special_tokens.values())
     return self.sp.decode([int(i) for i in ids if int(i) not in special and int(i) < self.spm_size])
 
