@@ -6,9 +6,9 @@ Video ops (decode_video, temporal_sample, resize, center_crop, random_crop, valu
 
 An op is `op(example: dict, rng) -> dict`: it returns a new dict and never changes the one it gets; random ops draw
 only from `rng`, the `np.random.Generator` grain passes per element, so a pipeline is reproducible from grain's
-seed. Ops are numpy/Pillow only (no jax): they run in grain worker processes. The spec grammar, the registry and
-`build` are in `vdm_jax.data.preprocess`; they are re-exported here, so importing this module both registers the
-standard ops and gives the functions that build specs from them.
+seed. Ops compute with numpy/Pillow only (no jax), so they can run in grain worker processes. The spec grammar,
+the registry and `build` are in `vdm_jax.data.preprocess`; they are re-exported here, so importing this module both
+registers the standard ops and gives the functions that build specs from them.
 
 Videos here are `[T, H, W, C]` per example: uint8 until `value_range`, float32 in [lo, hi] after it.
 
@@ -26,6 +26,7 @@ from PIL import Image
 # Re-exported, so that `ops.build(spec)` both registers the ops below and builds from them.
 from vdm_jax.data.preprocess import Pipeline, build, get, names, parse, register  # noqa: F401  pylint: disable=W0611
 from vdm_jax.io import video as video_io
+from vdm_jax.text import tokenizers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,8 +128,6 @@ def get_tokenize(max_length, tokenizer="byte", key="caption", out_key="tokens"):
   """Adds `out_key`: int32 [max_length] token ids of the text at `key` (str or bytes), padded/truncated as
   transformers does. `tokenizer`: 'byte' (ByT5 ids, no file) or the path of a folder with `spiece.model` (T5)."""
   max_length = _positive_int(max_length, "tokenize max_length")
-  # Imported here: `vdm_jax.text` loads jax and flax (its encoders), which grain workers that never tokenize skip.
-  from vdm_jax.text import tokenizers  # pylint: disable=g-import-not-at-top
   tok = tokenizers.ByteTokenizer() if tokenizer == "byte" else tokenizers.T5Tokenizer.from_pretrained(tokenizer)
 
   def _tokenize(example, rng):
