@@ -31,8 +31,9 @@ def _config(data_dir, **loss):
 def test_configs_validate_and_reject_bad_values():
   for arg in ("size=tiny", "size=cogvideox", "runlocal", "size=cogvideox,runlocal"):
     config_lib.validate(vae_config.get_config(arg))
-  tiny = vae_config.get_config("size=tiny")
-  assert tiny.input.builder_config == "64x64x17" and len(tiny.model.block_out_channels) == 4
+  tiny = vae_config.get_config("size=tiny")  # the quickstart's recipe: 2x2 pixel patches, then three 2x levels
+  assert tiny.input.builder_config == "64x64x17" and tuple(tiny.model.block_out_channels) == (16, 32, 64)
+  assert tiny.model.patch_size == 2 and tiny.loss.decoder_noise == 0.5
   assert tiny.loss.disc_weight == 0.0  # the discriminator is off in the CPU config
   assert tuple(vae_config.get_config("size=cogvideox").model.block_out_channels) == (128, 256, 256, 512)
   with pytest.raises(config_lib.ConfigError, match="allowed"):
@@ -131,9 +132,9 @@ def test_decoder_noise_in_the_loss():
   base = _experiment(_config("", image_fraction=0.0))
   params = _init(base, batch)
   rng = jax.random.PRNGKey(3)
-  loss0, _ = base.loss(params, batch, rng)
+  loss0, _ = base.loss(params, batch, rng, {}, jnp.int32(0))
   noisy = _experiment(_config("", image_fraction=0.0, decoder_noise=0.5))
-  loss1, _ = noisy.loss(params, batch, rng)
+  loss1, _ = noisy.loss(params, batch, rng, {}, jnp.int32(0))
   assert abs(float(loss1) - float(loss0)) > 1e-6
   recon, _ = base.forward(params["vae"], batch["video"], rng)
   want, _ = base.model.apply({"params": params["vae"]}, batch["video"], rng, base.config.model.chunked)
@@ -163,7 +164,8 @@ def test_gan_gradients_are_separated(gan):
   the discriminator params == grad of the hinge discriminator loss alone (reconstruction frozen)."""
   c, exp, params, batch = gan
   rng = jax.random.PRNGKey(1)
-  (_, metrics), grads = jax.jit(jax.value_and_grad(exp.loss, has_aux=True))(params, batch, rng)
+  (_, metrics), grads = jax.jit(jax.value_and_grad(lambda p, b, r: exp.loss(p, b, r, {}, jnp.int32(0)), has_aux=True))(
+      params, batch, rng)
   video = batch["video"]
   model, disc, l = exp.model, exp.discriminator, c.loss
   d_weight = metrics["d_weight"]
@@ -191,7 +193,7 @@ def test_gan_gradients_are_separated(gan):
 
 def test_adaptive_weight_matches_last_layer_gradients(gan):
   c, exp, params, batch = gan
-  _, metrics = jax.jit(exp.loss)(params, batch, jax.random.PRNGKey(1))
+  _, metrics = jax.jit(lambda p, b, r: exp.loss(p, b, r, {}, jnp.int32(0)))(params, batch, jax.random.PRNGKey(1))
   video = batch["video"]
 
   def last_layer_grad(term):
@@ -216,14 +218,24 @@ def test_discriminator_warm_up():
   batch = _batch(b=2)
   params = _init(exp, batch)
   rng = jax.random.PRNGKey(1)
-  loss = jax.jit(lambda p, b, r, s: exp.loss(p, b, r, step=s))
+  loss = jax.jit(lambda p, b, r, s: exp.loss(p, b, r, {}, s))
   before, m_before = loss(params, batch, rng, jnp.int32(4))
   after, m_after = loss(params, batch, rng, jnp.int32(5))
   assert float(m_before["disc_on"]) == 0.0 and float(m_after["disc_on"]) == 1.0
   np.testing.assert_allclose(before, m_before["rec"] + c.loss.kl_weight * m_before["kl"], rtol=1e-6)
   assert abs(float(after) - float(before)) > 1e-4
-  with pytest.raises(ValueError, match="needs the training loop to pass `step`"):
-    exp.loss(params, batch, rng)
+
+
+def test_discriminator_warm_up_in_the_training_loop(shapes_data_dir, tmp_path):
+  """The loop passes its step to the loss (the count of updates already taken): with disc_start_step=3 the
+  discriminator joins at the 4th update, which the metrics log as step 4."""
+  c = _config(shapes_data_dir, disc_weight=0.5, disc_start_step=3)
+  c.train.update(steps=4, log_every=1, checkpoint_every=4, eval_every=0, sample_every=0)
+  c.eval.num_examples = 2
+  loop.train(c, str(tmp_path / "gan"))
+  lines = [json.loads(line) for line in open(os.path.join(str(tmp_path / "gan"), "metrics.jsonl"))]
+  disc_on = {m["step"]: m["disc_on"] for m in lines if "disc_on" in m}
+  assert disc_on == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0}
 
 
 def test_train_evaluate_and_samples(shapes_data_dir, tmp_path):

@@ -23,8 +23,7 @@ Discriminator: its params live next to the VAE's in one tree (`{'vae': ..., 'dis
 updates both. The two objectives are separated by stop_gradient: the generator loss sees `stop_gradient(disc
 params)` and the discriminator loss sees `stop_gradient(reconstruction)`, so the gradient of their sum w.r.t. the
 VAE params is exactly the generator's and w.r.t. the discriminator params exactly the discriminator's (tested).
-The warm-up (`disc_start_step`) needs the step inside the loss; the generic loop does not pass it yet, so with the
-current loop a discriminator must start at step 0 (see `loss`).
+The discriminator's terms switch on at `loss.disc_start_step` (the loop passes the step to the loss).
 
 Evals: PSNR and SSIM (vdm_jax.eval.metrics) of reconstructions (posterior mode) of the validation split; samples:
 side-by-side (input | reconstruction) mp4s and a contact sheet.
@@ -42,6 +41,7 @@ import numpy as np
 from vdm_jax import io, xla_cpu
 from vdm_jax.data import pipeline
 from vdm_jax.eval import metrics
+from vdm_jax.eval import probe
 from vdm_jax.eval.metrics import psnr_from_mse  # the loss's own `metrics` dict hides the module
 from vdm_jax.models import vae as vae_model
 from vdm_jax.models.vae import PatchDiscriminator3D
@@ -69,8 +69,6 @@ def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
 @registry.register("vae")
 class VAEExperiment(registry.Experiment):
   """The 3D causal VAE with L1/L2 + KL (+ optional 3D patch GAN); evals report validation PSNR and SSIM."""
-
-  loss_takes_step = True  # `loss(..., step=)` is used for the discriminator warm-up when the loop passes it
 
   @classmethod
   def default_config(cls):
@@ -126,8 +124,8 @@ class VAEExperiment(registry.Experiment):
     config_lib.check(l.disc_start_step >= 0, "loss.disc_start_step", "must be >= 0.")
     config_lib.check(e.num_examples > 0 and e.batch_size > 0, "eval.num_examples", "and eval.batch_size must be > 0.")
 
-  def __init__(self, config, mesh):
-    super().__init__(config, mesh)
+  def __init__(self, config, mesh, workdir=None):
+    super().__init__(config, mesh, workdir)
     dtype = jnp.dtype(config.train.compute_dtype)
     self.model = vae_model.build(config.model, dtype, config.train.param_dtype)
     self.discriminator = None
@@ -198,7 +196,7 @@ class VAEExperiment(registry.Experiment):
     z = add_decoder_noise(z, posterior.mean, l.decoder_noise, sigma_rng, eps_rng)
     return self.model.apply({"params": vae_params}, z, chunked, method="decode"), posterior
 
-  def loss(self, params, batch, rng, step=None):
+  def loss(self, params, batch, rng, frozen, step):
     l = self.config.loss
     video = nn.with_logical_constraint(batch["video"], ("batch", None, None, None, None))
     split_rng, sample_rng = jax.random.split(rng)
@@ -206,10 +204,7 @@ class VAEExperiment(registry.Experiment):
     weights = [g.shape[0] / video.shape[0] for g in groups]
     use_disc = self.discriminator is not None
     if use_disc:
-      if step is None and l.disc_start_step > 0:
-        raise ValueError(f"loss.disc_start_step={l.disc_start_step} needs the training loop to pass `step` to "
-                         "Experiment.loss (VAEExperiment.loss_takes_step); with this loop use disc_start_step=0.")
-      disc_on = jnp.float32(1.0) if step is None else (step >= l.disc_start_step).astype(jnp.float32)
+      disc_on = (step >= l.disc_start_step).astype(jnp.float32)
       disc_params = params["disc"]
       d_frozen = lambda x: self.discriminator.apply({"params": jax.lax.stop_gradient(disc_params)}, x)
       d_train = lambda x: self.discriminator.apply({"params": disc_params}, x)
@@ -286,7 +281,6 @@ class VAEExperiment(registry.Experiment):
     out = {"psnr": float(np.mean(np.concatenate(psnr))), "ssim": float(np.mean(np.concatenate(ssim))),
            "num_examples": float(sum(len(p) for p in psnr))}
     if probe_videos:
-      from vdm_jax.eval import probe  # pylint: disable=g-import-not-at-top
       scores = probe.score(probe_videos, captions)
       out.update({f"probe_{k}": v for k, v in scores.items() if k != "num_videos"})
     return out
