@@ -61,8 +61,20 @@ _TOP = {
 }
 
 
+# Fields of every CogVideoXTransformer3DModel config.json (diffusers writes all its arguments, and these were
+# arguments from the first release on): a missing one is refused rather than defaulted to CogVideoX-2b's value.
+# Fields added in later releases (RoPE, learned positions, patch_size_t, patch_bias, ofs_embed_dim) default as
+# diffusers defaults them, which reads the older configs as they were written.
+REQUIRED = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "flip_sin_to_cos",
+            "freq_shift", "time_embed_dim", "text_embed_dim", "num_layers", "attention_bias", "sample_width",
+            "sample_height", "sample_frames", "patch_size", "temporal_compression_ratio", "max_text_seq_length",
+            "norm_elementwise_affine", "norm_eps", "spatial_interpolation_scale", "temporal_interpolation_scale")
+
+
 def module_from_config(config: dict[str, Any], dtype=jnp.float32, **overrides) -> DiT:
-  """The DiT for a diffusers CogVideoXTransformer3DModel config.json (`overrides`: e.g. attention_backend)."""
+  """The DiT for a diffusers CogVideoXTransformer3DModel config.json (`overrides`: e.g. attention_backend).
+  Raises ModelConfigError naming the first missing REQUIRED field."""
+  st.require(config, REQUIRED, "CogVideoXTransformer3DModel")
   unsupported = {k: config[k] for k in ("dropout",) if config.get(k)}
   if config.get("activation_fn", "gelu-approximate") != "gelu-approximate":
     unsupported["activation_fn"] = config["activation_fn"]
@@ -75,25 +87,25 @@ def module_from_config(config: dict[str, Any], dtype=jnp.float32, **overrides) -
   if learned and not rope:
     raise ValueError("CogVideoX config: learned positions without RoPE do not exist (diffusers refuses them too).")
   patch_size_t = config.get("patch_size_t") or 1
-  ratio = config.get("temporal_compression_ratio", 4)
+  ratio = config["temporal_compression_ratio"]
   kwargs = dict(
-      in_channels=config.get("in_channels", 16), out_channels=config.get("out_channels", 16) or None,
-      patch_size=config.get("patch_size", 2), patch_size_t=patch_size_t,
+      in_channels=config["in_channels"], out_channels=config["out_channels"] or None,
+      patch_size=config["patch_size"], patch_size_t=patch_size_t,
       # diffusers' 1.5 patch projection is a Linear that always has a bias, whatever patch_bias says.
       patch_bias=bool(config.get("patch_bias", True)) or patch_size_t > 1,
-      num_layers=config.get("num_layers", 30), num_heads=config.get("num_attention_heads", 30),
-      head_dim=config.get("attention_head_dim", 64), mlp_ratio=4.0, text_dim=config.get("text_embed_dim", 4096),
-      time_embed_dim=config.get("time_embed_dim", 512), flip_sin_to_cos=config.get("flip_sin_to_cos", True),
-      freq_shift=float(config.get("freq_shift", 0)), ofs_embed_dim=config.get("ofs_embed_dim") or None,
-      conditioning="joint", activation="gelu_tanh", norm_eps=config.get("norm_eps", 1e-5),
-      norm_affine=config.get("norm_elementwise_affine", True), qk_norm=True, qk_norm_eps=1e-6,
-      attention_bias=config.get("attention_bias", True), attention_out_bias=True,
+      num_layers=config["num_layers"], num_heads=config["num_attention_heads"],
+      head_dim=config["attention_head_dim"], mlp_ratio=4.0, text_dim=config["text_embed_dim"],
+      time_embed_dim=config["time_embed_dim"], flip_sin_to_cos=config["flip_sin_to_cos"],
+      freq_shift=float(config["freq_shift"]), ofs_embed_dim=config.get("ofs_embed_dim") or None,
+      conditioning="joint", activation="gelu_tanh", norm_eps=config["norm_eps"],
+      norm_affine=config["norm_elementwise_affine"], qk_norm=True, qk_norm_eps=1e-6,
+      attention_bias=config["attention_bias"], attention_out_bias=True,
       pos_embed="learned" if learned else ("none" if rope else "sincos"), use_rope=rope,
       rope_grid="slice" if patch_size_t > 1 else "linspace",
-      spatial_interpolation_scale=config.get("spatial_interpolation_scale", 1.875),
-      temporal_interpolation_scale=config.get("temporal_interpolation_scale", 1.0),
-      sample_frames=(config.get("sample_frames", 49) - 1) // ratio + 1, sample_height=config.get("sample_height", 60),
-      sample_width=config.get("sample_width", 90), max_text_length=config.get("max_text_seq_length", 226),
+      spatial_interpolation_scale=config["spatial_interpolation_scale"],
+      temporal_interpolation_scale=config["temporal_interpolation_scale"],
+      sample_frames=(config["sample_frames"] - 1) // ratio + 1, sample_height=config["sample_height"],
+      sample_width=config["sample_width"], max_text_length=config["max_text_seq_length"],
       zero_init=False, dtype=dtype, param_dtype=dtype)
   kwargs.update(overrides)
   return DiT(**kwargs)

@@ -24,9 +24,17 @@ from vdm_jax.parallel.sharding import strip_boxes
 _BLOCKS = {"down_block_types": "CogVideoXDownBlock3D", "up_block_types": "CogVideoXUpBlock3D"}
 
 
+# Fields of every AutoencoderKLCogVideoX config.json that set the module's shapes or numbers: a missing one is
+# refused rather than defaulted to CogVideoX-2b's value. Fields with one supported value (block types, act_fn, quant
+# convs) and later additions (invert_scale_latents) default as diffusers defaults them.
+REQUIRED = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "latent_channels",
+            "norm_num_groups", "norm_eps", "temporal_compression_ratio", "scaling_factor")
+
+
 def module_from_config(config: dict[str, Any], dtype=jnp.float32, **overrides) -> AutoencoderKL:
   """The AutoencoderKL for a diffusers AutoencoderKLCogVideoX `config.json` dict; `overrides` set module fields
-  (e.g. `tile_sample_size=(240, 360)`)."""
+  (e.g. `tile_sample_size=(240, 360)`). Raises ModelConfigError naming the first missing REQUIRED field."""
+  st.require(config, REQUIRED, "AutoencoderKLCogVideoX")
   for key, block in _BLOCKS.items():
     types = config.get(key, [block] * 4)
     if any(t != block for t in types):
@@ -38,16 +46,15 @@ def module_from_config(config: dict[str, Any], dtype=jnp.float32, **overrides) -
       raise ValueError(f"config {key}=True is not supported (CogVideoX VAEs have no quant convs).")
   if config.get("invert_scale_latents", False) or config.get("shift_factor") is not None:
     raise ValueError("config invert_scale_latents / shift_factor are not supported; scale latents yourself.")
-  channels = tuple(config.get("block_out_channels", (128, 256, 256, 512)))
+  channels = tuple(config["block_out_channels"])
   if len(config.get("down_block_types", channels)) != len(channels):
     raise ValueError(f"config has {len(config['down_block_types'])} down blocks but block_out_channels={channels}.")
   kwargs = dict(
-      in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3),
-      block_out_channels=channels, layers_per_block=config.get("layers_per_block", 3),
-      latent_channels=config.get("latent_channels", 16), norm_num_groups=config.get("norm_num_groups", 32),
-      norm_eps=config.get("norm_eps", 1e-6),
-      temporal_compression_ratio=int(config.get("temporal_compression_ratio", 4)),
-      scaling_factor=float(config.get("scaling_factor", 1.15258426)), dtype=dtype, param_dtype=dtype)
+      in_channels=config["in_channels"], out_channels=config["out_channels"],
+      block_out_channels=channels, layers_per_block=config["layers_per_block"],
+      latent_channels=config["latent_channels"], norm_num_groups=config["norm_num_groups"],
+      norm_eps=config["norm_eps"], temporal_compression_ratio=int(config["temporal_compression_ratio"]),
+      scaling_factor=float(config["scaling_factor"]), dtype=dtype, param_dtype=dtype)
   kwargs.update(overrides)
   return AutoencoderKL(**kwargs)
 

@@ -36,8 +36,16 @@ _BLOCK_PARAMS = {  # (layer index inside the block, torch name) -> (flax sub-pat
 }
 
 
+# Fields of every T5 config.json (transformers writes them for every T5 since the first release); the others
+# (relative_attention_max_distance, feed_forward_proj, ...) are absent from older configs and default as
+# transformers' T5Config defaults them.
+REQUIRED = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
+
+
 def encoder_from_config(config: dict[str, Any], dtype=jnp.float32) -> T5Encoder:
-  """The T5Encoder for a transformers T5Config dict; `dtype` is the compute dtype."""
+  """The T5Encoder for a transformers T5Config dict; `dtype` is the compute dtype. Raises ModelConfigError naming
+  the first missing REQUIRED field."""
+  st.require(config, REQUIRED, "T5")
   model_type = config.get("model_type", "t5")
   if model_type != "t5":
     raise ValueError(f"config.json has model_type={model_type!r}; only 't5' (T5, T5 v1.1, ByT5, Flan-T5) is "
