@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from vdm_jax.diffusion import objectives
 from vdm_jax.diffusion.schedules import NoiseSchedule, inference_timesteps, prev_timestep
 
-SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "euler")
+DISCRETE_SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_sde")  # on a NoiseSchedule
+SAMPLERS = DISCRETE_SAMPLERS + ("euler",)  # euler: rectified flow
 
 
 def dynamic_guidance_scale(guidance_scale: float, timestep: float, num_inference_steps: int) -> float:

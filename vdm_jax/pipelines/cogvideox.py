@@ -59,7 +59,6 @@ SCHEDULER_CLASSES = {"CogVideoXDDIMScheduler": "ddim", "CogVideoXDPMScheduler": 
 # diffusers beta_schedule names -> vdm_jax.diffusion.schedules names
 BETA_SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear", "squaredcos_cap_v2": "cosine"}
 # Samplers for a discrete-time (DDPM-trained) model; 'euler' is for rectified flow models.
-DISCRETE_SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_sde")
 # Both CogVideoX schedulers start from unit-variance noise (diffusers' `init_noise_sigma`).
 INIT_NOISE_SIGMA = 1.0
 OUTPUT_TYPES = ("np", "latent")
@@ -280,7 +279,7 @@ class CogVideoXPipeline:
     num_frames / height / width default to the transformer's sample size (49 x 480 x 720 for CogVideoX 1.0).
     `latents` [B, T', H', W', C] (see `latent_shape`) replace the initial noise drawn from `seed`; `seed` also
     seeds the noise of the 'dpmpp_2m_sde' sampler. `sampler`: None (the folder's scheduler) or one of
-    DISCRETE_SAMPLERS. `output_type='latent'` returns the final latents instead (before the 1.5 frame drop).
+    samplers.DISCRETE_SAMPLERS. `output_type='latent'` returns the final latents instead (before the 1.5 frame drop).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
@@ -290,9 +289,9 @@ class CogVideoXPipeline:
     if len(negatives) != len(prompts):
       raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}.")
     sampler = sampler or self.scheduler.sampler
-    if sampler not in DISCRETE_SAMPLERS:
+    if sampler not in samplers.DISCRETE_SAMPLERS:
       raise ValueError(f"sampler={sampler!r}; CogVideoX is a discrete-time model, allowed: "
-                       f"{list(DISCRETE_SAMPLERS)} (or None: the folder's scheduler, {self.scheduler.sampler!r}).")
+                       f"{list(samplers.DISCRETE_SAMPLERS)} (or None: the folder's scheduler, {self.scheduler.sampler!r}).")
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type={output_type!r}; allowed: {list(OUTPUT_TYPES)}.")
     t = self.transformer

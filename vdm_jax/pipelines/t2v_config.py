@@ -11,9 +11,9 @@ import ml_collections
 from vdm_jax import config as config_lib
 from vdm_jax import text as text_lib
 from vdm_jax.diffusion import objectives, schedules, timesteps
+from vdm_jax.models import dit
 
 LATENT_NORMS = ("auto", "channel", "scaling_factor")
-CONDITIONINGS = ("joint", "cross")
 
 
 def vae_config() -> ml_collections.ConfigDict:
@@ -91,7 +91,7 @@ def validate(config) -> None:
   config_lib.check(0.0 <= d.image_fraction < 1.0, "diffusion.image_fraction", "must be in [0, 1).")
   config_lib.check(d.prediction_type != "flow" or d.timestep_sampling in ("uniform", "logit_normal"),
                    "diffusion.timestep_sampling", "must be 'uniform' or 'logit_normal' for flow.")
-  config_lib.check_choice(config, "model.conditioning", CONDITIONINGS)
+  config_lib.check_choice(config, "model.conditioning", dit.CONDITIONINGS)
   text_lib.validate_config(config.text)
   if config.text.cached:
     config_lib.check(not config.text.trainable, "text.cached",
