@@ -148,6 +148,9 @@ def test_t5_decode_and_pickle(spm_folder):
 def test_t5_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="No spiece.model or tokenizer.json"):
     T5Tokenizer.from_pretrained(str(tmp_path))
+  (tmp_path / "tokenizer.json").write_text('{"model": 1}')
+  with pytest.raises(ValueError, match="tokenizer.json: not a tokenizers file"):
+    T5Tokenizer.from_pretrained(str(tmp_path))
   with pytest.raises(TypeError, match="not a str"):
     ByteTokenizer()([b"bytes"])
   with pytest.raises(ValueError, match="max_length=0"):

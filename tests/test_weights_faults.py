@@ -167,7 +167,8 @@ def test_index_and_shards_disagree(tmp_path):
   missing_shard = _sharded(tmp_path / "a", {"x": "s1.safetensors"})
   with pytest.raises(st.SafetensorsError, match=r"tensor 'x': its shard 's1.safetensors' does not exist"):
     st.read_tensors(missing_shard)
-  missing_tensor = _sharded(tmp_path / "b", {"x": "s1.safetensors", "y": "s1.safetensors"}, {"s1.safetensors": {"x": x}})
+  missing_tensor = _sharded(tmp_path / "b", {"x": "s1.safetensors", "y": "s1.safetensors"},
+                            {"s1.safetensors": {"x": x}})
   with pytest.raises(st.SafetensorsError, match=r"tensor 'y': the index puts it in .*s1.safetensors, which does not"):
     st.read_tensors(missing_tensor)
   twice = _sharded(tmp_path / "c", {"x": "s1.safetensors", "y": "s2.safetensors"},

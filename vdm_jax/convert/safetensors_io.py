@@ -75,8 +75,8 @@ def require(config: Mapping[str, Any], fields: Iterable[str], model: str) -> Non
                            f"{model} config.json has it; missing: {missing}).")
 
 
-def _fail(file: str, message: str, tensor: str | None = None):
-  raise SafetensorsError(f"{file}: " + (f"tensor {tensor!r}: " if tensor is not None else "") + message)
+def _error(file: str, message: str, tensor: str | None = None) -> SafetensorsError:
+  return SafetensorsError(f"{file}: " + (f"tensor {tensor!r}: " if tensor is not None else "") + message)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -94,25 +94,25 @@ def _is_int(x) -> bool:
 def _entry(file: str, name: str, meta: Any, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
   """(dtype, shape, begin, end) of one header entry, checked against the data region's size."""
   if not isinstance(meta, dict):
-    _fail(file, f"its header entry is a JSON {type(meta).__name__}, not an object.", name)
+    raise _error(file, f"its header entry is a JSON {type(meta).__name__}, not an object.", name)
   for key in ("dtype", "shape", "data_offsets"):
     if key not in meta:
-      _fail(file, f"its header entry has no {key!r} (it has {sorted(meta)}).", name)
+      raise _error(file, f"its header entry has no {key!r} (it has {sorted(meta)}).", name)
   dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
   if not isinstance(dtype, str) or dtype not in DTYPES:
-    _fail(file, f"unknown dtype {dtype!r}; supported: {sorted(DTYPES)}.", name)
+    raise _error(file, f"unknown dtype {dtype!r}; supported: {sorted(DTYPES)}.", name)
   if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-    _fail(file, f"shape {shape!r} is not a list of non-negative integers.", name)
+    raise _error(file, f"shape {shape!r} is not a list of non-negative integers.", name)
   if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
-    _fail(file, f"data_offsets {offsets!r} is not a pair [begin, end] of integers.", name)
+    raise _error(file, f"data_offsets {offsets!r} is not a pair [begin, end] of integers.", name)
   begin, end = offsets
   if not 0 <= begin <= end <= data_size:
-    _fail(file, f"data_offsets [{begin}, {end}] are not within the data region of {data_size} bytes "
-          f"(0 <= begin <= end <= {data_size}).", name)
+    raise _error(file, f"data_offsets [{begin}, {end}] are not within the data region of {data_size} bytes "
+                 f"(0 <= begin <= end <= {data_size}).", name)
   size = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
   if end - begin != size:
-    _fail(file, f"{dtype} of shape {shape} is {size} bytes but its data_offsets [{begin}, {end}] hold {end - begin}.",
-          name)
+    raise _error(file, f"{dtype} of shape {shape} is {size} bytes but its data_offsets [{begin}, {end}] hold "
+                 f"{end - begin}.", name)
   return dtype, tuple(shape), begin, end
 
 
@@ -128,37 +128,39 @@ def read_header(file: str) -> tuple[dict[str, tuple[str, tuple[int, ...], int, i
   with open(file, "rb") as f:
     raw = f.read(8)
     if len(raw) != 8:
-      _fail(file, f"not a safetensors file ({file_size} bytes, shorter than its 8-byte header length).")
+      raise _error(file, f"not a safetensors file ({file_size} bytes, shorter than its 8-byte header length).")
     (size,) = struct.unpack("<Q", raw)
     if size > MAX_HEADER_BYTES:
-      _fail(file, f"not a safetensors file (header length {size} is over {MAX_HEADER_BYTES}).")
+      raise _error(file, f"not a safetensors file (header length {size} is over {MAX_HEADER_BYTES}).")
     if 8 + size > file_size:
-      _fail(file, f"truncated or not a safetensors file: header length {size}, but {file_size - 8} bytes follow.")
+      raise _error(file, f"truncated or not a safetensors file: header length {size}, but {file_size - 8} bytes "
+                   "follow.")
     encoded = f.read(size)
   try:
     header = json.loads(encoded.decode("utf-8"), object_pairs_hook=_unique_keys)
   except UnicodeDecodeError as e:
-    _fail(file, f"the header is not UTF-8 (byte {e.start} of {size}).")
+    raise _error(file, f"the header is not UTF-8 (byte {e.start} of {size}).") from None
   except ValueError as e:
-    _fail(file, f"the header is not valid JSON ({e}).")
+    raise _error(file, f"the header is not valid JSON ({e}).") from None
   if not isinstance(header, dict):
-    _fail(file, f"the header is a JSON {type(header).__name__}, not an object.")
+    raise _error(file, f"the header is a JSON {type(header).__name__}, not an object.")
   metadata = header.pop("__metadata__", {})
   if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-    _fail(file, f"__metadata__ must map names to strings, got {metadata!r:.200}.")
+    raise _error(file, f"__metadata__ must map names to strings, got {metadata!r:.200}.")
   data_size = file_size - 8 - size
   entries = {name: _entry(file, name, meta, data_size) for name, meta in header.items()}
   position, previous = 0, None
   for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: (item[1][2], item[1][3], item[0])):
     if begin < position:
-      _fail(file, f"its bytes [{begin}, {end}) overlap those of tensor {previous!r} (up to {position}).", name)
+      raise _error(file, f"its bytes [{begin}, {end}) overlap those of tensor {previous!r} (up to {position}).",
+                   name)
     if begin > position:
-      _fail(file, f"bytes [{position}, {begin}) before it belong to no tensor (a gap in the data).", name)
+      raise _error(file, f"bytes [{position}, {begin}) before it belong to no tensor (a gap in the data).", name)
     position, previous = end, name
   if position != data_size:
     after = f"after tensor {previous!r}" if previous is not None else "with no tensor in the header"
-    _fail(file, f"bytes [{position}, {data_size}) of the data region {after} belong to no tensor (truncated header "
-          "or appended data).")
+    raise _error(file, f"bytes [{position}, {data_size}) of the data region {after} belong to no tensor "
+                 "(truncated header or appended data).")
   return entries, 8 + size
 
 
@@ -169,7 +171,7 @@ def read_safetensors(file: str) -> dict[str, np.ndarray]:
   expected = offset + max((end for _, _, _, end in entries.values()), default=0)
   with open(file, "rb") as f:
     if os.fstat(f.fileno()).st_size != expected:
-      _fail(file, "the file changed while it was read (its size no longer matches its header).")
+      raise _error(file, "the file changed while it was read (its size no longer matches its header).")
     buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if expected > offset else b""
   out = {}
   for name, (dtype, shape, begin, _) in entries.items():
@@ -207,13 +209,13 @@ def _shard_file(folder: str, shard: Any, tensor: str, index: str) -> str:
   """The path of `shard` (a weight_map value of `index`), refused unless it stays inside `folder`: relative, no
   `..` out of it and no linked folder leading out. The file itself may be a link (the Hugging Face cache's are)."""
   if not isinstance(shard, str) or not shard:
-    _fail(index, f"its shard is {shard!r}, not a file name.", tensor)
+    raise _error(index, f"its shard is {shard!r}, not a file name.", tensor)
   if os.path.isabs(shard) or os.path.splitdrive(shard)[0]:
-    _fail(index, f"its shard path {shard!r} is absolute; shard paths are relative to the folder.", tensor)
+    raise _error(index, f"its shard path {shard!r} is absolute; shard paths are relative to the folder.", tensor)
   file = os.path.normpath(os.path.join(folder, shard))
   root = os.path.realpath(folder)
   if os.path.commonpath([root, os.path.realpath(os.path.dirname(file))]) != root:
-    _fail(index, f"its shard path {shard!r} leads outside the folder {folder!r}.", tensor)
+    raise _error(index, f"its shard path {shard!r} leads outside the folder {folder!r}.", tensor)
   return file
 
 
@@ -223,9 +225,9 @@ def _weight_map(index: str) -> dict[str, Any]:
     with open(index, encoding="utf-8") as f:
       weight_map = json.load(f, object_pairs_hook=_unique_keys).get("weight_map")
   except (ValueError, AttributeError) as e:  # not JSON, not UTF-8, or not an object
-    _fail(index, f"not a shard index ({e}).")
+    raise _error(index, f"not a shard index ({e}).") from None
   if not isinstance(weight_map, dict) or not weight_map:
-    _fail(index, f"its weight_map is {weight_map!r:.100}, not an object {{tensor name: shard file}}.")
+    raise _error(index, f"its weight_map is {weight_map!r:.100}, not an object {{tensor name: shard file}}.")
   return weight_map
 
 
@@ -245,7 +247,7 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     shards = sorted(set(weight_map.values()))
     for name, file in weight_map.items():
       if not os.path.isfile(file):
-        _fail(index, f"its shard {os.path.relpath(file, path)!r} does not exist.", name)
+        raise _error(index, f"its shard {os.path.relpath(file, path)!r} does not exist.", name)
   else:
     shards = [os.path.join(path, f) for f in files if f.endswith(".safetensors")]
   if not shards:
@@ -257,11 +259,11 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
   for file in shards:
     for name, array in read_safetensors(file).items():
       if indexes and name in origin:
-        _fail(file, f"it is also in the shard {origin[name]}.", name)
+        raise _error(file, f"it is also in the shard {origin[name]}.", name)
       tensors[name], origin[name] = array, file
   for name, file in weight_map.items():
     if name not in origin:
-      _fail(os.path.join(path, indexes[0]), f"the index puts it in {file}, which does not hold it.", name)
+      raise _error(os.path.join(path, indexes[0]), f"the index puts it in {file}, which does not hold it.", name)
   return tensors
 
 

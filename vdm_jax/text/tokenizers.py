@@ -69,7 +69,8 @@ class T5Tokenizer:
 
   `model_file`: a sentencepiece model (T5's `spiece.model`), or a `tokenizers` serialisation (`tokenizer.json`,
   whose added tokens already hold the sentinels and special tokens). `extra_ids`: number of `<extra_id_i>`
-  sentinels. `special_tokens`: more {token text: id} matched as single tokens (transformers' `added_tokens_decoder`).
+  sentinels. `special_tokens`: more {token text: id} matched as single tokens (transformers' `added_tokens_decoder`;
+  a tokenizer.json's added tokens carry their own ids instead).
   """
 
   def __init__(self, model_file: str, *, extra_ids: int = 100, special_tokens: Mapping[str, int] | None = None,
@@ -77,7 +78,8 @@ class T5Tokenizer:
                unk_token: str = "<unk>"):
     with open(model_file, "rb") as f:
       self._proto = f.read()
-    self._settings = dict(json=model_file.endswith(".json"), extra_ids=extra_ids, special_tokens=dict(special_tokens or {}),
+    self._settings = dict(file=model_file, json=model_file.endswith(".json"), extra_ids=extra_ids,
+                          special_tokens=dict(special_tokens or {}),
                           additional_special_tokens=list(additional_special_tokens), pad_token=pad_token,
                           eos_token=eos_token, unk_token=unk_token)
     self._build()
@@ -113,7 +115,10 @@ class T5Tokenizer:
     import tokenizers  # pylint: disable=g-import-not-at-top
     s = self._settings
     self.sp = None
-    self._fast = tokenizers.Tokenizer.from_str(self._proto.decode("utf-8"))
+    try:
+      self._fast = tokenizers.Tokenizer.from_str(self._proto.decode("utf-8"))
+    except Exception as e:  # pylint: disable=broad-except  (the library raises a bare Exception)
+      raise ValueError(f"{s.get('file', 'tokenizer.json')}: not a tokenizers file ({e}).") from None
     self._fast.no_truncation()
     self._fast.no_padding()
     added = {t.content for t in self._fast.get_added_tokens_decoder().values()}
