@@ -59,8 +59,8 @@ FAULTS = {
     "header not JSON": (lambda p: write_raw(p, b"{'w': 1}"), None, "the header is not valid JSON"),
     "header not an object": (lambda p: write_raw(p, [1, 2]), None, "the header is a JSON list, not an object"),
     "duplicate tensor name": (lambda p: write_raw(p, b'{"w": %s, "w": %s}' % (
-        json.dumps(f32([1], 0, 4)).encode(), json.dumps(f32([2], 4, 12)).encode()), bytes(12)), None,
-                              "key 'w' appears 2 times"),
+        json.dumps(f32([1], 0, 4)).encode(), json.dumps(f32([2], 4, 12)).encode()), bytes(12)), "w",
+                              "its name appears twice in the header"),
     "entry not an object": (lambda p: write_raw(p, {"w": [0, 4]}), "w", "its header entry is a JSON list"),
     "missing dtype": (lambda p: write_raw(p, {"w": {"shape": [2], "data_offsets": [0, 8]}}, bytes(8)), "w",
                       r"its header entry has no 'dtype'"),

@@ -79,12 +79,22 @@ def _error(file: str, message: str, tensor: str | None = None) -> SafetensorsErr
   return SafetensorsError(f"{file}: " + (f"tensor {tensor!r}: " if tensor is not None else "") + message)
 
 
+class _DuplicateKey(ValueError):
+  """A name twice in one JSON object."""
+
+  def __init__(self, key: str):
+    super().__init__(f"key {key!r} appears twice")
+    self.key = key
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-  keys = [k for k, _ in pairs]
-  for key in keys:
-    if keys.count(key) > 1:
-      raise ValueError(f"key {key!r} appears {keys.count(key)} times")
-  return dict(pairs)
+  """json's object_pairs_hook: a name twice is an error (json alone would keep the last)."""
+  out: dict[str, Any] = {}
+  for key, value in pairs:
+    if key in out:
+      raise _DuplicateKey(key)
+    out[key] = value
+  return out
 
 
 def _is_int(x) -> bool:
@@ -140,6 +150,8 @@ def read_header(file: str) -> tuple[dict[str, tuple[str, tuple[int, ...], int, i
     header = json.loads(encoded.decode("utf-8"), object_pairs_hook=_unique_keys)
   except UnicodeDecodeError as e:
     raise _error(file, f"the header is not UTF-8 (byte {e.start} of {size}).") from None
+  except _DuplicateKey as e:
+    raise _error(file, "its name appears twice in the header.", e.key) from None
   except ValueError as e:
     raise _error(file, f"the header is not valid JSON ({e}).") from None
   if not isinstance(header, dict):
