@@ -169,7 +169,7 @@ class T5Tokenizer:
 
   def encode(self, text: str) -> list[int]:
     """The ids of one text: special tokens whole, sentencepiece between them; no EOS, no truncation."""
-    if self._fast is not None:
+    if self._fast is not None:  # one text at a time: encode_batch's threads make the library warn in forked workers
       return self._fast.encode(text, add_special_tokens=False).ids
     ids: list[int] = []
     for i, chunk in enumerate(self._split.split(text)):
@@ -181,12 +181,7 @@ class T5Tokenizer:
 
   def __call__(self, texts: str | Iterable[str], max_length: int = 226, *, return_attention_mask: bool = False):
     """Texts -> int32 ids [B, max_length] (+ mask [B, max_length]): truncated, EOS, padded with 0."""
-    texts = _as_list(texts)
-    if self._fast is not None:
-      sequences = [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=False)]
-    else:
-      sequences = [self.encode(t) for t in texts]
-    return pad_batch(sequences, max_length, eos_id=self.eos_id, pad_id=self.pad_id,
+    return pad_batch([self.encode(t) for t in _as_list(texts)], max_length, eos_id=self.eos_id, pad_id=self.pad_id,
                      return_attention_mask=return_attention_mask)
 
   def decode(self, ids: Iterable[int]) -> str:
