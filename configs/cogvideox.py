@@ -20,7 +20,7 @@ float32 params and AdamW state sharded FSDP (ZeRO-3) over every device, full rem
 
 `abstract`: for planning only: the latent shape comes from the config, and T5-XXL is described by a byte-vocabulary
 encoder with T5-XXL widths (d_model 4096, d_ff 10240, 64 heads x 64, 24 layers) because building a 't5' encoder
-reads config.json and spiece.model from disk. With cached embeddings (the default) the step only sees their shape
+reads config.json and the tokenizer (spiece.model or tokenizer.json) from disk. With cached embeddings (the default) the step only sees their shape
 [226, 4096] bf16, so this changes nothing; with `encode_text` the plan holds 259 instead of 32128 embedding rows.
 `encode_text`: run the frozen T5-XXL inside every train step on tokenized captions instead of caching its
 embeddings (no cache to write, but the step all-gathers the encoder's weights, which costs memory per device).

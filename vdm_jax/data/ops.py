@@ -126,7 +126,7 @@ def get_decode_text(key="caption"):
 @register("tokenize")
 def get_tokenize(max_length, tokenizer="byte", key="caption", out_key="tokens"):
   """Adds `out_key`: int32 [max_length] token ids of the text at `key` (str or bytes), padded/truncated as
-  transformers does. `tokenizer`: 'byte' (ByT5 ids, no file) or the path of a folder with `spiece.model` (T5)."""
+  transformers does. `tokenizer`: 'byte' (ByT5 ids, no file) or the path of a T5 tokenizer folder (`spiece.model` or `tokenizer.json`)."""
   max_length = _positive_int(max_length, "tokenize max_length")
   tok = tokenizers.ByteTokenizer() if tokenizer == "byte" else tokenizers.T5Tokenizer.from_pretrained(tokenizer)
 
