@@ -179,3 +179,84 @@ def test_to_uint8_maps_signed_floats_to_bytes():
   x = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], np.float32)
   np.testing.assert_array_equal(video_io.to_uint8(x), [0, 0, 64, 128, 191, 255, 255])  # rounded, clipped
   assert video_io.to_uint8(x).dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------------- damaged and truncated files
+
+
+def _ffmpeg(*args):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *map(str, args)], check=True)
+
+
+def _ffmpeg_binary_frames(path):
+  """What the ffmpeg binary decodes (the reader before PyAV), with the reader's swscale flags."""
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  frames = imageio_ffmpeg.read_frames(str(path), output_params=list(video_io._SWS_FLAGS))  # pylint: disable=W0212
+  width, height = next(frames)["size"]
+  return np.stack([np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in frames])
+
+
+@pytest.mark.parametrize("rotation", [None, 90, 180, 270])
+def test_mp4_frames_equal_the_ffmpeg_binarys(tmp_path, rotation):
+  path = video_io.write_mp4(tmp_path / "clip.mp4", smooth_video(frames=6, height=34, width=48))
+  if rotation is not None:  # a display matrix, as phones write; the ffmpeg binary autorotates
+    path = tmp_path / f"rotated{rotation}.mp4"
+    _ffmpeg("-display_rotation", rotation, "-i", tmp_path / "clip.mp4", "-c", "copy", path)
+  expected = _ffmpeg_binary_frames(path)
+  out = video_io.read_video(path)
+  assert out.shape == expected.shape and np.array_equal(out, expected)
+
+
+def shapes_mp4(tmp_path, faststart=False):
+  """A Captioned Shapes clip (17 frames, 64x64) written by the project's writer; `faststart`: index first."""
+  from vdm_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  clip = shapes.render_clip(3, 17, 64, 64)["video"]
+  path = video_io.write_video(tmp_path / "clip.mp4", clip)
+  if faststart:
+    _ffmpeg("-i", path, "-c", "copy", "-movflags", "+faststart", tmp_path / "fast.mp4")
+    path = tmp_path / "fast.mp4"
+  return clip, path
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.75, 0.9])
+def test_truncated_faststart_mp4_raises(tmp_path, keep):
+  """With the index first, a cut file still opens and used to give the frames before the cut (8 of 17)."""
+  _, path = shapes_mp4(tmp_path, faststart=True)
+  data = path.read_bytes()
+  cut = tmp_path / "cut.mp4"
+  cut.write_bytes(data[:int(len(data) * keep)])
+  with pytest.raises(video_io.VideoReadError, match=r"cut\.mp4.*(of the 17 frames|no decodable frames)"):
+    video_io.read_video(cut)
+  with pytest.raises(video_io.VideoReadError, match="from a test"):
+    video_io.read_video_bytes(cut.read_bytes(), name="from a test")
+  if keep == 0.9:
+    with pytest.warns(video_io.VideoDamageWarning, match=r"cut\.mp4.*decoded \d+ of the 17 frames"):
+      partial = video_io.read_video(cut, on_damage="warn")
+    assert 0 < len(partial) < 17
+
+
+def test_mp4_with_zeroed_bytes_raises(tmp_path):
+  """A quarter of the bytes zeroed in the middle (inside the frame data) used to read as 17 frames at 15.9 dB."""
+  clip, path = shapes_mp4(tmp_path)
+  data = bytearray(path.read_bytes())
+  quarter = len(data) // 4
+  start = (len(data) - quarter) // 2
+  data[start:start + quarter] = bytes(quarter)
+  damaged = tmp_path / "zeroed.mp4"
+  damaged.write_bytes(bytes(data))
+  with pytest.raises(video_io.VideoReadError, match=r"zeroed\.mp4.*(decoder error|of the 17 frames)"):
+    video_io.read_video(damaged)
+  with pytest.warns(video_io.VideoDamageWarning, match="zeroed"):
+    partial = video_io.read_video(damaged, on_damage="warn")
+  assert partial.shape[1:] == clip.shape[1:]
+  assert psnr(video_io.read_video(path), clip) > 30  # the undamaged file reads as before
+
+
+def test_on_damage_is_checked(tmp_path):
+  path = video_io.write_npy(tmp_path / "a.npy", palette_video())
+  with pytest.raises(ValueError, match="on_damage"):
+    video_io.read_video(path, on_damage="ignore")
+  with pytest.raises(ValueError, match="on_damage"):
+    video_io.read_video_bytes(b"", on_damage="skip")

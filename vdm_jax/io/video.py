@@ -11,16 +11,19 @@ Formats, chosen by the file extension:
         row/column at most). Sizes that are even but not multiples of 16 are encoded as they are (H.264 cropping).
         Near-lossless at the default CRF (tests/test_video_io.py bounds the round trip's PSNR).
 
-`read_video` also reads any other format ffmpeg can decode. A missing file raises `FileNotFoundError`; a file that
-exists but cannot be decoded (truncated, corrupt, not a video) raises `VideoReadError`, a `ValueError`, so dataset
-code can catch it, skip the file and count it. `encode_video` gives a file's bytes without a file. Pictures and
+`read_video` decodes .mp4 and any other format FFmpeg reads through PyAV (FFmpeg's libraries, in process), with the
+swscale flags and autorotation of the ffmpeg command line, so frames are the ones the ffmpeg binary gives. A missing
+file raises `FileNotFoundError`; a file that exists but cannot be decoded (not a video), or decodes only in part
+(truncated: fewer frames than the container declares; damaged bytes: decoder errors or corrupt packets, which
+FFmpeg conceals by repeating or smearing frames) raises `VideoReadError`, a `ValueError`, so dataset code can catch
+it, skip the file and count it; `on_damage="warn"` returns the frames that decoded, with a `VideoDamageWarning`. `encode_video` gives a file's bytes without a file. Pictures and
 notebook players made from videos are in `vdm_jax.io.visualize`.
 """
 import io
 import os
 import re
-import subprocess
 import tempfile
+import warnings
 
 import numpy as np
 from PIL import Image, ImageSequence
@@ -33,8 +36,15 @@ _SIZE_TAG = "vdm_jax_size"
 _SWS_FLAGS = ["-sws_flags", "bicubic+accurate_rnd+full_chroma_int"]
 
 
+DAMAGE_POLICIES = ("raise", "warn")  # what `read_video` does with a file that decodes only in part
+
+
 class VideoReadError(ValueError):
   """A video file exists but cannot be decoded into uint8 `[T, H, W, 3]` (corrupt, truncated, not a video)."""
+
+
+class VideoDamageWarning(UserWarning):
+  """A video decoded only in part (`on_damage="warn"`): decoder errors, corrupt packets or missing frames."""
 
 
 def to_uint8(video) -> np.ndarray:
@@ -160,13 +170,16 @@ def write_gif(path, video, fps=8):
   return path
 
 
-def read_video(path):
+def read_video(path, on_damage="raise"):
   """Reads a video file into uint8 `[T, H, W, 3]`.
 
-  .npy (allow_pickle=False), .gif (Pillow), anything else through ffmpeg (.mp4, .webm, .avi, ...).
-  Raises FileNotFoundError if `path` does not exist, VideoReadError (a ValueError) if it cannot be decoded.
+  .npy (allow_pickle=False), .gif (Pillow), anything else through FFmpeg (.mp4, .webm, .avi, ...).
+  Raises FileNotFoundError if `path` does not exist, VideoReadError (a ValueError) if it cannot be decoded. A file
+  that decodes only in part (truncated, damaged bytes: see `_read_av`) raises VideoReadError too; with
+  `on_damage="warn"` it gives a `VideoDamageWarning` and returns the frames that did decode.
   """
   path = os.fspath(path)
+  _check_on_damage(on_damage)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no video file at {path!r}")
   ext = _extension(path)
@@ -176,24 +189,28 @@ def read_video(path):
   if ext == ".gif":
     with open(path, "rb") as f:
       return _read_gif(f, path)
-  return _read_ffmpeg(path)
+  return _read_av(path, path, on_damage)
 
 
-def read_video_bytes(data):
-  """Decodes an encoded video held in memory (npy, gif, or anything ffmpeg reads) into uint8 `[T, H, W, 3]`.
+def read_video_bytes(data, name="<bytes>", on_damage="raise"):
+  """Decodes an encoded video held in memory (npy, gif, or anything FFmpeg reads) into uint8 `[T, H, W, 3]`.
 
-  The format is sniffed from the leading bytes. Raises VideoReadError if the bytes cannot be decoded.
+  The format is sniffed from the leading bytes. `name` says in errors where the bytes came from (a dataset example,
+  a URL). Raises VideoReadError if the bytes cannot be decoded, or decode only in part (`on_damage` as in
+  `read_video`).
   """
+  _check_on_damage(on_damage)
   data = bytes(data)
   if data.startswith(b"\x93NUMPY"):
-    return _read_npy(io.BytesIO(data), "<bytes>")
+    return _read_npy(io.BytesIO(data), name)
   if data.startswith((b"GIF87a", b"GIF89a")):
-    return _read_gif(io.BytesIO(data), "<bytes>")
-  with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "video")
-    with open(path, "wb") as f:
-      f.write(data)
-    return _read_ffmpeg(path, name="<bytes>")
+    return _read_gif(io.BytesIO(data), name)
+  return _read_av(io.BytesIO(data), name, on_damage)
+
+
+def _check_on_damage(on_damage):
+  if on_damage not in DAMAGE_POLICIES:
+    raise ValueError(f"on_damage must be one of {DAMAGE_POLICIES}, got {on_damage!r}")
 
 
 def _read_npy(f, name):
@@ -216,34 +233,113 @@ def _read_gif(f, name):
   return np.stack(frames)
 
 
-def _stored_size(ffmpeg, path):
-  """Returns `(width, height)` from the `comment` tag that `write_mp4` writes, or None; raises if no video stream."""
-  probe = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", path], capture_output=True, check=False)
-  text = probe.stderr.decode("utf-8", "replace")
-  if not re.search(r"Stream #.*Video:", text):
-    last = text.strip().splitlines()[-1] if text.strip() else "no output from ffmpeg"
-    raise VideoReadError(f"ffmpeg finds no video stream in {path!r}: {last}")
-  match = re.search(rf"comment\s*:\s*{_SIZE_TAG}=(\d+)x(\d+)", text)
+def _stored_size(container):
+  """`(width, height)` from the `comment` tag that `write_mp4` writes, or None."""
+  match = re.fullmatch(rf"{_SIZE_TAG}=(\d+)x(\d+)", container.metadata.get("comment", ""))
   return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _read_ffmpeg(path, name=None):
-  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+def _rgb_graph(stream, frame):
+  """FFmpeg filters from a decoded frame to rgb24, as the ffmpeg command line builds them: the same swscale flags
+  and the same autorotation (transposes for a display matrix of +-90 degrees, flips for 180), so frames are those
+  the ffmpeg binary gives (tests/test_video_io.py compares them)."""
+  import av  # pylint: disable=g-import-not-at-top
 
-  name = name or path
+  graph = av.filter.Graph()
+  chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                            time_base=stream.time_base)]
+  theta = round(-frame.rotation) % 360  # the ffmpeg CLI's angle: clockwise degrees
+  chain += {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
+            270: [("transpose", "cclock")]}.get(theta, [])
+  chain += [("scale", "flags=" + _SWS_FLAGS[1]), ("format", "rgb24"), ("buffersink", "")]
+  chain = chain[:1] + [graph.add(name, args or None) for name, args in chain[1:]]
+  for a, b in zip(chain, chain[1:]):
+    a.link_to(b)
+  graph.configure()
+  return graph
+
+
+def _pull(graph, frames):
+  import av  # pylint: disable=g-import-not-at-top
+
+  while True:
+    try:
+      frames.append(graph.pull().to_ndarray())
+    except (av.error.BlockingIOError, av.error.EOFError):
+      return
+
+
+def _decode(container, stream):
+  """All frames of `stream` as rgb24 arrays, and the problems met: corrupt packets and decoder errors (FFmpeg's
+  command line conceals both and carries on, which is how damaged files used to read without a word)."""
+  import av  # pylint: disable=g-import-not-at-top
+
+  frames, problems, graph = [], [], None
   try:
-    size = _stored_size(imageio_ffmpeg.get_ffmpeg_exe(), path)
-    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", output_params=list(_SWS_FLAGS))
-    meta = next(reader)
-    width, height = meta["size"]
-    frames = [np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader]
-  except VideoReadError:
-    raise
-  except Exception as e:  # imageio-ffmpeg raises OSError/RuntimeError/StopIteration for undecodable files.
-    raise VideoReadError(f"cannot decode video {name!r}: {type(e).__name__}: {e}") from e
+    for packet in container.demux(stream):
+      if packet.is_corrupt:
+        problems.append(f"corrupt packet at {_seconds(packet, stream)}")
+      try:
+        decoded = packet.decode()
+      except av.error.FFmpegError as e:
+        problems.append(f"decoder error at {_seconds(packet, stream)}: {e.strerror}")
+        continue
+      for frame in decoded:
+        graph = graph or _rgb_graph(stream, frame)
+        graph.push(frame)
+        _pull(graph, frames)
+  except av.error.FFmpegError as e:  # the demuxer itself failed (bytes cut inside a packet header, I/O error)
+    problems.append(f"demuxer error: {e.strerror}")
+  if graph is not None:
+    graph.push(None)
+    _pull(graph, frames)
+  return frames, problems
+
+
+def _seconds(packet, stream):
+  if packet.pts is None or stream.time_base is None:
+    return "an unknown time"
+  return f"{float(packet.pts * stream.time_base):.3f} s"
+
+
+def _declared_frames(stream):
+  """The number of frames the container declares for `stream`, or None when it declares neither a frame count
+  nor a duration. The smaller of the two when both are known: an mp4 cut with an edit list keeps every sample
+  (its frame count) but plays, and decodes, only the edited duration."""
+  counts = [stream.frames] if stream.frames else []
+  if stream.duration and stream.time_base and stream.average_rate:
+    counts.append(round(float(stream.duration * stream.time_base * stream.average_rate)))
+  return min(counts) if counts else None
+
+
+def _read_av(source, name, on_damage):
+  """Decodes with PyAV (FFmpeg's libraries) and checks the result against the container: decoder errors, corrupt
+  packets or fewer frames than the stream declares mean a damaged or truncated file."""
+  import av  # pylint: disable=g-import-not-at-top
+
+  try:
+    container = av.open(source)
+  except (av.error.FFmpegError, UnicodeDecodeError) as e:
+    raise VideoReadError(f"cannot open video {name!r}: {type(e).__name__}: {e}") from None
+  with container:
+    stream = container.streams.best("video")
+    if stream is None:
+      raise VideoReadError(f"FFmpeg finds no video stream in {name!r} (streams: "
+                           f"{[s.type for s in container.streams] or 'none'})")
+    size, declared = _stored_size(container), _declared_frames(stream)
+    frames, problems = _decode(container, stream)
   if not frames:
-    raise VideoReadError(f"video {name!r} has no decodable frames")
+    raise VideoReadError(f"video {name!r} has no decodable frames" + (f": {problems[0]}" if problems else ""))
+  if declared is not None and len(frames) < declared:
+    problems.insert(0, f"decoded {len(frames)} of the {declared} frames the container declares")
+  if problems:
+    message = (f"video {name!r} is damaged or truncated: {'; '.join(problems[:2])}"
+               + (f" (and {len(problems) - 2} more problems)" if len(problems) > 2 else ""))
+    if on_damage == "raise":
+      raise VideoReadError(message + "; pass on_damage='warn' to get the frames that decoded")
+    warnings.warn(message, VideoDamageWarning, stacklevel=3)
   video = np.stack(frames)
+  height, width = video.shape[1:3]
   if size is not None and (width, height) == (size[0] + size[0] % 2, size[1] + size[1] % 2):
     video = video[:, :size[1], :size[0]]  # undo write_mp4's padding (only if the frames are the padded size)
   return np.ascontiguousarray(video)
