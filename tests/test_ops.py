@@ -101,10 +101,22 @@ def test_decode_video_array_and_bytes(tmp_path):
     assert run("decode_video", {"video": np.array(data, dtype=object)})["video"].shape == (4, 16, 16, 3)
   with pytest.raises(ValueError, match="float32"):
     run("decode_video", {"video": video.astype(np.float32)})
-  with pytest.raises(video_io.VideoReadError):
+  with pytest.raises(video_io.VideoReadError, match=r"example\['video'\]"):
     run("decode_video", {"video": b"corrupt bytes" * 10})
   with pytest.raises(KeyError, match="frames"):
     run("decode_video('frames')", {"video": video})
+
+
+def test_decode_video_errors_name_the_example(tmp_path):
+  """They used to name the temporary file the bytes were written to, deleted by the time anyone reads the error."""
+  data = video_io.write_video(tmp_path / "c.mp4", make_video(frames=8, height=16, width=16)).read_bytes()
+  truncated = data[:len(data) // 2]
+  with pytest.raises(video_io.VideoReadError, match=r"example\['video'\] of the example with filename='clips/7.mp4'"):
+    run("decode_video", {"video": truncated, "filename": np.array(b"clips/7.mp4", dtype=object)})
+  with pytest.raises(video_io.VideoReadError, match="seed=12"):
+    run("decode_video", {"video": truncated, "seed": 12})
+  with pytest.raises(ValueError, match="on_damage"):
+    ops.build("decode_video(on_damage='skip')")
 
 
 def test_decode_text():

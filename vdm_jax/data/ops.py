@@ -86,21 +86,42 @@ def _check_crop(video, height, width, key, op):
 # Ops.
 
 
+# Keys that datasets use for where an example's video came from; the first one present names it in decode errors.
+_SOURCE_KEYS = ("filename", "file_name", "path", "video_path", "url", "id", "video_id", "seed")
+
+
+def _example_name(example, key):
+  """`example['video']`, with the example's source file (or id) when it has one: the name of a decode error."""
+  for source_key in _SOURCE_KEYS:
+    value = example.get(source_key)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+      value = value.item()
+    if isinstance(value, (bytes, str, int, np.integer)) and not isinstance(value, bool):
+      value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+      return f"example[{key!r}] of the example with {source_key}={value!r}"
+  return f"example[{key!r}]"
+
+
 @register("decode_video")
-def get_decode_video(key="video"):
+def get_decode_video(key="video", on_damage="raise"):
   """Makes example[key] a uint8 `[T, H, W, 3]` array.
 
   An array (uint8 `[T, H, W, 3]`, or grayscale `[T, H, W]` / `[T, H, W, 1]`, made RGB) is validated and passed on;
-  `bytes` are an encoded video (mp4, gif, npy, any ffmpeg format) and are decoded. Undecodable bytes raise
-  `vdm_jax.io.video.VideoReadError` (a ValueError).
+  `bytes` are an encoded video (mp4, gif, npy, any FFmpeg format) and are decoded. Undecodable bytes, and videos
+  that decode only in part, raise `vdm_jax.io.video.VideoReadError` (a ValueError) naming the example by its
+  source file or id when it has one (`make_dataset` skips and counts such examples). `on_damage='warn'` keeps the
+  frames of a partly decodable video instead, with a warning (`read_video_bytes`).
   """
+  if on_damage not in video_io.DAMAGE_POLICIES:
+    raise ValueError(f"decode_video on_damage must be one of {video_io.DAMAGE_POLICIES}, got {on_damage!r}")
+
   def _decode_video(example, rng):
     del rng
     value = _value(example, key, "decode_video")
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "OS":
       value = value.item()  # tfds/grain may hand over bytes as a 0-d array.
     if isinstance(value, (bytes, bytearray, memoryview)):
-      video = video_io.read_video_bytes(value)
+      video = video_io.read_video_bytes(value, name=_example_name(example, key), on_damage=on_damage)
     else:
       video = video_io.as_video(value, name=f"decode_video: example[{key!r}]")
     return {**example, key: video}

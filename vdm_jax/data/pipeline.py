@@ -1,20 +1,35 @@
 """grain input pipelines over tfds array_record data sources.
 
-    source -> this process's shard -> shuffle(seed) -> repeat -> preprocess ops (random_map, seeded) -> batch
-           -> IterDataset (threads, prefetch)
+    record indices -> this process's shard -> shuffle(seed) -> repeat -> read + preprocess ops (random_map, seeded)
+           -> batch -> IterDataset (threads, prefetch)
 
 Every stage is index-based and seeded, so the pipeline is deterministic and its iterator state is a few integers
 that orbax checkpoints next to the train state (`grain.checkpoint.CheckpointSave`).
+
+An example whose video cannot be decoded (`VideoReadError`: corrupt, truncated, not a video) is skipped: a warning
+names it (dataset, split, record index, source file when known), the next record of this process's shard takes its
+place in the batch (batches keep their size; the replacement is deterministic), and `unreadable_count()` counts it
+for the training metrics (`data/unreadable`). Counts are per process and start at 0 in each run.
 """
 from __future__ import annotations
 
+import collections
+import threading
 from typing import Any
 
 import grain
 import jax
 import numpy as np
+from absl import logging
 
 from vdm_jax.data import ops
+from vdm_jax.io import video as video_io
+
+# Consecutive unreadable records after which a pipeline stops skipping and raises: a dataset that is mostly
+# unreadable is a problem to fix, not to train around.
+MAX_CONSECUTIVE_UNREADABLE = 100
+_UNREADABLE = collections.Counter()  # "dataset:split" -> examples skipped in this process
+_UNREADABLE_LOCK = threading.Lock()  # prefetch threads skip concurrently
 
 
 def data_source(input_config, split: str | None = None):
@@ -29,6 +44,45 @@ def data_source(input_config, split: str | None = None):
   if input_config.builder_config:
     name = f"{name}/{input_config.builder_config}"
   return tfds.data_sources.load(name, split=split, data_dir=data_dir)
+
+
+def unreadable_count(where: str | None = None) -> int:
+  """Examples skipped as unreadable in this process so far: in `where` ("dataset:split", as the warnings name it),
+  or in all pipelines."""
+  with _UNREADABLE_LOCK:
+    return _UNREADABLE[where] if where is not None else sum(_UNREADABLE.values())
+
+
+def _name(input_config, split: str) -> str:
+  name = input_config.dataset
+  if input_config.get("builder_config"):
+    name = f"{name}/{input_config.builder_config}"
+  return f"{name}:{split}"
+
+
+class _ReadExample:
+  """`(record index, rng) -> preprocessed example`, skipping unreadable records (see the module docstring).
+
+  The only cost on readable records is the try block; the skipping path runs only on a `VideoReadError`.
+  """
+
+  def __init__(self, source, preprocess, where: str, step: int):
+    self.source, self.preprocess, self.where, self.step = source, preprocess, where, step
+
+  def __call__(self, index, rng):
+    index = int(index)
+    for _ in range(MAX_CONSECUTIVE_UNREADABLE):
+      try:
+        return self.preprocess(self.source[index], rng)
+      except video_io.VideoReadError as e:
+        with _UNREADABLE_LOCK:
+          _UNREADABLE[self.where] += 1
+        logging.warning("Skipping unreadable example %s[%d]: %s", self.where, index, e)
+        error = e
+        index = (index + self.step) % len(self.source)
+    raise video_io.VideoReadError(
+        f"{MAX_CONSECUTIVE_UNREADABLE} consecutive unreadable examples in {self.where}, the last [{index}]: "
+        f"{error}") from error
 
 
 def _stack(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -51,20 +105,22 @@ def make_dataset(input_config, *, split: str | None = None, pp: str | None = Non
   Records are sharded by process (`process_index::process_count`) before shuffling, so processes never read the
   same record. With `repeat`, each epoch is reshuffled (deterministically from `seed`).
   """
+  split = split or input_config.split
   source = data_source(input_config, split) if source is None else source
   seed = input_config.shuffle_seed if seed is None else seed
   batch_size = local_batch_size(batch_size or input_config.batch_size)
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.range(len(source))  # indices: the read happens in `_ReadExample`, which can skip
   if jax.process_count() > 1:
     ds = ds[jax.process_index()::jax.process_count()]
   if len(ds) < batch_size and drop_remainder:
-    raise ValueError(f"Split {split or input_config.split!r} has {len(ds)} examples for this process, fewer than "
+    raise ValueError(f"Split {split!r} has {len(ds)} examples for this process, fewer than "
                      f"the per-process batch size {batch_size}.")
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if repeat:
     ds = ds.repeat(None)
-  ds = ds.random_map(ops.build(pp if pp is not None else input_config.pp), seed=seed)
+  preprocess = ops.build(pp if pp is not None else input_config.pp)
+  ds = ds.random_map(_ReadExample(source, preprocess, _name(input_config, split), jax.process_count()), seed=seed)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack)
   read_options = grain.ReadOptions(num_threads=input_config.num_threads, prefetch_buffer_size=input_config.prefetch)
   return ds.to_iter_dataset(read_options)

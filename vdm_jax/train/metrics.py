@@ -11,6 +11,10 @@ import numpy as np
 from absl import logging
 
 
+# Counters that the console line shows only once they are non-zero (metrics.jsonl and TensorBoard always get them).
+_SHOWN_IF_NONZERO = ("data/unreadable",)
+
+
 def _scalar(value) -> float:
   return float(np.asarray(value))
 
@@ -55,7 +59,7 @@ class MetricWriter:
       rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
       eta = (self.total_steps - step) / max(rate, 1e-9)
       shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())
-                       if not k.startswith("l2_") and k != "train_seconds")
+                       if not k.startswith("l2_") and k != "train_seconds" and (v or k not in _SHOWN_IF_NONZERO))
       logging.info("[%d/%d] %s | ETA %s", step, self.total_steps, shown, _duration(eta))
     if self.enabled:
       for k, v in scalars.items():
