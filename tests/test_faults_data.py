@@ -79,3 +79,113 @@ def test_unreadable_count_reaches_the_metrics(tmp_path, caplog):
   assert [m["data/unreadable"] for m in lines] == [0, 2]
   progress = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
   assert "data/unreadable" not in progress[0] and "data/unreadable=2" in progress[1]
+
+
+# ------------------------------------------------------------------------------------ damaged Captioned Shapes
+
+
+TINY = "32x32x9_tiny"
+NAME = f"captioned_shapes/{TINY}"
+
+
+@pytest.fixture(scope="module")
+def _built(tmp_path_factory):
+  """`32x32x9_tiny` built once for this module; tests damage copies of it (never the shared fixture)."""
+  from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp("tfds_faults")
+  captioned_shapes.load_data_source(TINY, "train", data_dir=str(data_dir))
+  return data_dir
+
+
+@pytest.fixture
+def data_dir(_built, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(_built, tmp_path / "tfds")
+  return tmp_path / "tfds"
+
+
+def _version(data_dir):
+  return data_dir / "captioned_shapes" / TINY / "1.0.0"
+
+
+def _train_shard(data_dir):
+  (shard,) = _version(data_dir).glob("captioned_shapes-train.array_record-*")
+  return shard
+
+
+def _load(data_dir, split="train"):
+  from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  return captioned_shapes.load_data_source(TINY, split, data_dir=str(data_dir))
+
+
+def test_truncated_shard_names_dataset_split_and_file(data_dir):
+  """It used to load, then fail at the first read with a Riegeli error naming no file."""
+  from vdm_jax.data import sources  # pylint: disable=g-import-not-at-top
+  shard = _train_shard(data_dir)
+  shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+  expected = (rf"{NAME}, split 'train', file {shard}.*delete the folder {_version(data_dir)} and run again")
+  with pytest.raises(sources.DatasetError, match=expected):
+    _load(data_dir)
+  config = _input_config("captioned_shapes")
+  config.builder_config, config.data_dir = TINY, str(data_dir)
+  with pytest.raises(sources.DatasetError, match=expected):  # what make_dataset reads through
+    pipeline.data_source(config)
+  with pytest.raises(sources.DatasetError, match=rf"{NAME}, split 'train', file {shard}"):  # any tfds dataset
+    pipeline.tfds_source(NAME, "train", str(data_dir))
+  assert len(_load(data_dir, "validation")) == 64  # the other split's file is intact
+
+
+def test_overwritten_record_names_record_and_file(data_dir):
+  """Bytes overwritten inside a shard (same size): the split loads, the read of a damaged record names it."""
+  from vdm_jax.data import sources  # pylint: disable=g-import-not-at-top
+  shard = _train_shard(data_dir)
+  data = bytearray(shard.read_bytes())
+  quarter = len(data) // 4
+  data[quarter:2 * quarter] = b"\xff" * quarter
+  shard.write_bytes(bytes(data))
+  source = _load(data_dir)
+  with pytest.raises(sources.DatasetError, match=rf"record \d+ of {NAME}, split 'train' from file {shard}"):
+    for index in range(len(source)):
+      source[index]  # pylint: disable=pointless-statement
+
+
+def test_missing_dataset_info_says_incomplete_and_what_to_delete(data_dir):
+  """It used to read as "Unknown split 'train'; allowed values: []"."""
+  from vdm_jax.data import sources  # pylint: disable=g-import-not-at-top
+  (_version(data_dir) / "dataset_info.json").unlink()
+  with pytest.raises(sources.DatasetError,
+                     match=rf"{NAME} in {_version(data_dir)} is incomplete: it has no dataset_info.json.*"
+                           rf"delete the folder {_version(data_dir)}"):
+    _load(data_dir)
+
+
+def _incomplete(folder, name, age):
+  """An `incomplete.*` build folder with one file, last written `age` seconds ago."""
+  import os  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  path = folder / name
+  path.mkdir(parents=True)
+  (path / "captioned_shapes-train.array_record-00000-of-00001").write_bytes(b"partial")
+  for p in (path / "captioned_shapes-train.array_record-00000-of-00001", path):
+    os.utime(p, (time.time() - age, time.time() - age))
+  return path
+
+
+def test_stale_incomplete_folders_are_removed_with_a_log_line(data_dir, caplog):
+  """Interrupted builds used to leave their `incomplete.*` folders behind for good."""
+  from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  folder = data_dir / "captioned_shapes" / TINY
+  stale = _incomplete(folder, "incomplete.OLD123_1.0.0", age=captioned_shapes.STALE_BUILD_SECONDS + 60)
+  recent = _incomplete(folder, "incomplete.NEW456_1.0.0", age=5)  # maybe another tool building right now
+  with caplog.at_level(logging.INFO):
+    assert len(_load(data_dir)) == 512
+  assert not stale.exists() and recent.exists()
+  assert f"Deleting {stale}" in caplog.text and "interrupted build" in caplog.text
+
+
+def test_stale_incomplete_folder_is_removed_before_building(tmp_path):
+  from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  stale = _incomplete(tmp_path / "captioned_shapes" / TINY, "incomplete.OLD123_1.0.0",
+                      age=captioned_shapes.STALE_BUILD_SECONDS + 60)
+  assert len(_load(tmp_path, "validation")) == 64
+  assert not stale.exists() and not list(stale.parent.glob("incomplete.*"))

@@ -19,16 +19,26 @@ combinations, keeping its geometry; `heldout` holds only held-out combinations, 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import glob
+import os
+import shutil
+import time
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
-from vdm_jax.data import shapes
+from vdm_jax.data import shapes, sources
 
 SPLIT_SEED_BASE = {"train": 0, "validation": 1_000_000_000, "heldout": 2_000_000_000}
+# An `incomplete.*` build folder untouched this long is left over from an interrupted build (a running build
+# writes every few seconds; the largest config builds in under a minute).
+STALE_BUILD_SECONDS = 10 * 60
 _REDRAW_STREAM = 1  # default_rng([seed, 1]) redraws attributes; stream 0 is the clip itself
 
 
@@ -151,17 +161,54 @@ def load_data_source(config: str | CaptionedShapesConfig, split: str, data_dir: 
                      prepare: bool = True):
   """Random-access source for `split` (see the module docstring for records); renders the dataset first if missing.
 
-  With `prepare=False` a missing dataset raises FileNotFoundError instead of being built.
+  With `prepare=False` a missing dataset raises FileNotFoundError instead of being built. A build holds a lock
+  file in the config's folder, so processes starting together build once and the others wait for it; under it,
+  `incomplete.*` folders that interrupted builds left behind are deleted once untouched for
+  `STALE_BUILD_SECONDS`. An incomplete or damaged prepared folder (no dataset_info.json, a missing, truncated or
+  overwritten shard) raises `sources.DatasetError` naming dataset, split, file and the folder to delete.
   """
   shapes_builder = builder(config, data_dir)
-  if not shapes_builder.is_prepared():
-    if not prepare:
-      raise FileNotFoundError(f"captioned_shapes/{shapes_builder.builder_config.name} is not prepared in "
-                              f"{shapes_builder.data_dir}; call with prepare=True.")
-    shapes_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  name = f"captioned_shapes/{shapes_builder.builder_config.name}"
+  with _build_lock(shapes_builder.data_path.parent):
+    sources.check_info(name, shapes_builder.data_path)
+    remove_stale_builds(shapes_builder.data_path.parent)
+    if not shapes_builder.is_prepared():
+      if not prepare:
+        raise FileNotFoundError(f"{name} is not prepared in {shapes_builder.data_dir}; call with prepare=True.")
+      shapes_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   if split.split("[")[0] not in shapes_builder.info.splits:  # slices such as 'train[:10%]' are allowed
     raise ValueError(f"Unknown split {split!r}; allowed values: {list(shapes_builder.info.splits)}.")
-  return shapes_builder.as_data_source(split)
+  return sources.checked_source(shapes_builder.as_data_source(split), name, split, shapes_builder.data_path)
+
+
+@contextlib.contextmanager
+def _build_lock(folder):
+  """An exclusive lock on `<folder>/.build.lock` (local folders; elsewhere, such as gs://, none)."""
+  folder = os.fspath(folder)
+  if "://" in folder:
+    yield
+    return
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, ".build.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    yield
+
+
+def remove_stale_builds(folder, max_age: float | None = None) -> list[str]:
+  """Deletes the `incomplete.*` folders in `folder` (a builder config's folder) whose newest file is older than
+  `max_age` seconds (default `STALE_BUILD_SECONDS`); returns their paths. Call under `_build_lock`: a builder
+  of this module holds it while it writes, and the age spares a build by another tool (`tfds build`)."""
+  max_age = STALE_BUILD_SECONDS if max_age is None else max_age
+  removed = []
+  for path in sorted(glob.glob(os.path.join(os.fspath(folder), "incomplete.*"))):
+    newest = max([os.path.getmtime(path)] + [os.path.getmtime(os.path.join(root, f))
+                                            for root, _, files in os.walk(path) for f in files])
+    age = time.time() - newest
+    if age >= max_age:
+      logging.info("Deleting %s: left by an interrupted build (untouched for %.0f minutes).", path, age / 60)
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
 
 
 def decode_text(record: Mapping[str, Any]) -> dict[str, Any]:

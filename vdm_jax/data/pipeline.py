@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from vdm_jax.data import ops
+from vdm_jax.data import ops, sources
 from vdm_jax.io import video as video_io
 
 # Consecutive unreadable records after which a pipeline stops skipping and raises: a dataset that is mostly
@@ -39,11 +39,20 @@ def data_source(input_config, split: str | None = None):
   if input_config.dataset == "captioned_shapes":
     from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     return captioned_shapes.load_data_source(input_config.builder_config, split, data_dir=data_dir)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = input_config.dataset
   if input_config.builder_config:
     name = f"{name}/{input_config.builder_config}"
-  return tfds.data_sources.load(name, split=split, data_dir=data_dir)
+  return tfds_source(name, split, data_dir)
+
+
+def tfds_source(name: str, split: str, data_dir: str | None = None):
+  """`tfds.data_source(name, split=split)` (downloaded and prepared if missing) with its folder and shards checked
+  (`sources.checked_source`): errors name the dataset, split and file instead of tfds' "Unknown split" or
+  Riegeli's bare messages."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  folder = tfds.builder(name, data_dir=data_dir).data_path
+  sources.check_info(name, folder)
+  return sources.checked_source(tfds.data_source(name, split=split, data_dir=data_dir), name, split, folder)
 
 
 def unreadable_count(where: str | None = None) -> int:

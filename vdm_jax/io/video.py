@@ -16,8 +16,9 @@ swscale flags and autorotation of the ffmpeg command line, so frames are the one
 file raises `FileNotFoundError`; a file that exists but cannot be decoded (not a video), or decodes only in part
 (truncated: fewer frames than the container declares; damaged bytes: decoder errors or corrupt packets, which
 FFmpeg conceals by repeating or smearing frames) raises `VideoReadError`, a `ValueError`, so dataset code can catch
-it, skip the file and count it; `on_damage="warn"` returns the frames that decoded, with a `VideoDamageWarning`. `encode_video` gives a file's bytes without a file. Pictures and
-notebook players made from videos are in `vdm_jax.io.visualize`.
+it, skip the file and count it; `on_damage="warn"` returns the frames that decoded, with a `VideoDamageWarning`.
+`encode_video` gives a file's bytes without a file. Pictures and notebook players made from videos are in
+`vdm_jax.io.visualize`.
 """
 import io
 import os
