@@ -1,4 +1,6 @@
 """Video files: npy exact, gif exact for few colours, mp4 close (PSNR), odd sizes, clear errors, contact sheets."""
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -206,6 +208,24 @@ def test_mp4_frames_equal_the_ffmpeg_binarys(tmp_path, rotation):
     _ffmpeg("-display_rotation", rotation, "-i", tmp_path / "clip.mp4", "-c", "copy", path)
   expected = _ffmpeg_binary_frames(path)
   out = video_io.read_video(path)
+  assert out.shape == expected.shape and np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("kind", ["edit_list", "webm", "longer_audio"])
+def test_healthy_files_are_not_called_damaged(tmp_path, kind):
+  """Files whose frame count differs from what a naive check expects, all healthy: an mp4 cut without re-encoding
+  (an edit list hides samples the index still counts), a VP9 webm (no frame count in the container) and an mp4
+  whose audio track outlasts the video."""
+  source = video_io.write_mp4(tmp_path / "clip.mp4", smooth_video(frames=24, height=32, width=48), fps=8)
+  path = tmp_path / ("out.webm" if kind == "webm" else "out.mp4")
+  args = {"edit_list": ["-ss", "1.1", "-i", source, "-c", "copy"],
+          "webm": ["-i", source, "-c:v", "libvpx-vp9", "-b:v", "200k"],
+          "longer_audio": ["-i", source, "-f", "lavfi", "-i", "sine=d=5", "-c:v", "copy", "-c:a", "aac"]}[kind]
+  _ffmpeg(*args, path)
+  expected = _ffmpeg_binary_frames(path)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no VideoDamageWarning either
+    out = video_io.read_video(path, on_damage="warn")
   assert out.shape == expected.shape and np.array_equal(out, expected)
 
 

@@ -335,7 +335,7 @@ def _read_av(source, name, on_damage):
     problems.insert(0, f"decoded {len(frames)} of the {declared} frames the container declares")
   if problems:
     message = (f"video {name!r} is damaged or truncated: {'; '.join(problems[:2])}"
-               + (f" (and {len(problems) - 2} more problems)" if len(problems) > 2 else ""))
+               + (f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""))
     if on_damage == "raise":
       raise VideoReadError(message + "; pass on_damage='warn' to get the frames that decoded")
     warnings.warn(message, VideoDamageWarning, stacklevel=3)
