@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
 from absl import app, flags
+
+from experiments import bench_common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("frames", 13, "Latent frames.")
@@ -58,10 +57,6 @@ flags.DEFINE_string("worker", "", "Internal: run as the 'torch' or 'jax' worker.
 flags.DEFINE_string("folder", "", "Internal: the model folder shared by the workers.")
 
 
-def _peak_rss_gb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
-
-
 def _config() -> dict:
   return dict(num_attention_heads=FLAGS.heads, attention_head_dim=64, num_layers=FLAGS.layers, in_channels=16,
               out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=FLAGS.text_length)
@@ -73,22 +68,6 @@ def _inputs():
   latents = rng.normal(size=(1, FLAGS.frames, FLAGS.height, FLAGS.width, 16)).astype(np.float32)
   text = rng.normal(size=(1, FLAGS.text_length, 4096)).astype(np.float32)
   return latents, np.array([500.0], np.float32), text
-
-
-def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
-
-
-def _errors(out, ref) -> dict:
-  """Max abs error and max abs error / max |ref| of `out` against `ref` (numpy arrays)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  diff = np.abs(out.astype(np.float32) - ref.astype(np.float32))
-  return {"max_abs_err": float(diff.max()), "max_rel_err": float(diff.max() / np.abs(ref).max())}
 
 
 def torch_worker() -> dict:
@@ -125,7 +104,7 @@ def torch_worker() -> dict:
     model, x, text = model.to(dtype), x.to(dtype), text.to(dtype)
   if gpu:
     torch.cuda.reset_peak_memory_stats()
-  baseline = _peak_rss_gb()
+  baseline = bench_common.peak_rss("GiB")
 
   def timed_forward():
     with torch.no_grad():
@@ -134,14 +113,15 @@ def torch_worker() -> dict:
     return out
 
   out_tensor = timed_forward()
-  result.update(rss_before_gb=baseline, forward_s=_median_time(timed_forward, FLAGS.repeats))
-  result["forward_peak_rss_gb"] = _peak_rss_gb()
+  result.update(rss_before_gb=baseline, forward_s=bench_common.median_time(timed_forward, FLAGS.repeats))
+  result["forward_peak_rss_gb"] = bench_common.peak_rss("GiB")
   if gpu:
     result["forward_peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
   out = to_numpy(out_tensor)
   np.save(os.path.join(FLAGS.folder, "torch_out.npy"), out)
   if FLAGS.dtype != "float32":
-    result.update({f"{k}_vs_float32": v for k, v in _errors(out, reference).items()})
+    errors = bench_common.errors(out, reference)
+    result.update(max_abs_err_vs_float32=errors["max_abs"], max_rel_err_vs_float32=errors["max_rel"])
   if not FLAGS.skip_train:
     target = torch.zeros_like(out_tensor)
 
@@ -151,9 +131,8 @@ def torch_worker() -> dict:
       loss.backward()
       sync()
 
-    train_step()
-    result["train_step_s"] = _median_time(train_step, FLAGS.repeats)
-    result["train_peak_rss_gb"] = _peak_rss_gb()
+    result["train_step_s"] = bench_common.median_time(train_step, FLAGS.repeats, warmup=1)
+    result["train_peak_rss_gb"] = bench_common.peak_rss("GiB")
     if gpu:
       result["train_peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
   return result
@@ -176,34 +155,28 @@ def jax_worker() -> dict:
   dtype = jnp.dtype(FLAGS.dtype)
   gpu = jax.default_backend() == "gpu"
   size = 8192 if gpu else 4096  # a GPU needs a larger product to reach its peak
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32), dtype)
-  matmul = jax.jit(lambda a: a @ a)
-  matmul(a).block_until_ready()
-  peak = 2 * size ** 3 / _median_time(lambda: matmul(a).block_until_ready(), 5)
-  del a
-
-  def peak_gpu_gb():
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30
+  peak = bench_common.matmul_flops_per_s(size, dtype, repeats=5)
+  peak_gpu_gb = lambda: bench_common.device_peak_gb(jax.devices()[0], missing=float("nan"))
 
   module, params = load_transformer(FLAGS.folder, dtype=dtype, attention_backend=FLAGS.backend,
                                     remat_policy=FLAGS.remat)
   latents, t, text = (jnp.asarray(v) for v in _inputs())
-  baseline = _peak_rss_gb()
+  baseline = bench_common.peak_rss("GiB")
   forward = jax.jit(lambda p, x, t, c: module.apply({"params": p}, x, t, c))
   start = time.perf_counter()
   out = forward(params, latents, t, text).block_until_ready()
   result = {"devices": str(jax.devices()), "dtype": FLAGS.dtype, "rss_before_gb": baseline,
             "matmul_peak_gflops": peak / 1e9, "forward_compile_and_first_s": time.perf_counter() - start,
-            "forward_s": _median_time(lambda: forward(params, latents, t, text).block_until_ready(), FLAGS.repeats)}
-  result["forward_peak_rss_gb"] = _peak_rss_gb()
+            "forward_s": bench_common.median_time(lambda: forward(params, latents, t, text), FLAGS.repeats,
+                                                  sync=jax.block_until_ready)}
+  result["forward_peak_rss_gb"] = bench_common.peak_rss("GiB")
   if gpu:
     result["forward_peak_gpu_gb"] = peak_gpu_gb()
   out = np.asarray(out, np.float32)
   for name, suffix in (("torch_out.npy", "vs_torch"), ("torch_out_float32.npy", "vs_torch_float32")):
     if os.path.exists(path := os.path.join(FLAGS.folder, name)):
-      errors = _errors(out, np.load(path))
-      result.update({f"max_rel_err_{suffix}": errors["max_rel_err"], f"max_abs_err_{suffix}": errors["max_abs_err"]})
+      errors = bench_common.errors(out, np.load(path))
+      result.update({f"max_rel_err_{suffix}": errors["max_rel"], f"max_abs_err_{suffix}": errors["max_abs"]})
   video_tokens = FLAGS.frames * FLAGS.height * FLAGS.width // 4
   tokens = video_tokens + FLAGS.text_length
   fwd_flops = flops(tokens, video_tokens, FLAGS.heads * 64, FLAGS.layers, FLAGS.text_length)
@@ -217,8 +190,9 @@ def jax_worker() -> dict:
     start = time.perf_counter()
     jax.block_until_ready(grad(params))
     result["train_compile_and_first_s"] = time.perf_counter() - start
-    result["train_step_s"] = _median_time(lambda: jax.block_until_ready(grad(params)), FLAGS.repeats)
-    result["train_peak_rss_gb"] = _peak_rss_gb()
+    result["train_step_s"] = bench_common.median_time(lambda: grad(params), FLAGS.repeats,
+                                                      sync=jax.block_until_ready)
+    result["train_peak_rss_gb"] = bench_common.peak_rss("GiB")
     if gpu:
       result["train_peak_gpu_gb"] = peak_gpu_gb()
     result["train_gflops_per_s"] = 3 * fwd_flops / result["train_step_s"] / 1e9
@@ -226,14 +200,11 @@ def jax_worker() -> dict:
 
 
 def _run_worker(name: str, folder: str) -> dict:
-  args = [sys.executable, "-m", "experiments.bench_dit", f"--worker={name}", f"--folder={folder}"]
+  args = [f"--worker={name}", f"--folder={folder}"]
   args += [f"--{k}={getattr(FLAGS, k)}" for k in ("frames", "height", "width", "layers", "heads", "text_length",
                                                    "repeats", "backend", "dtype", "torch_device", "remat",
                                                    "skip_torch", "skip_train")]
-  proc = subprocess.run(args, capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-4000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return bench_common.run_worker("experiments.bench_dit", args, name=name)
 
 
 def _best(results: list[dict]) -> dict:
@@ -246,7 +217,7 @@ def _best(results: list[dict]) -> dict:
 
 def main(_):
   if FLAGS.worker:
-    print(json.dumps(torch_worker() if FLAGS.worker == "torch" else jax_worker()))
+    bench_common.print_result(torch_worker() if FLAGS.worker == "torch" else jax_worker())
     return
   print(f"load average at start: {os.getloadavg()}")
   torch_results, jax_results = [], []

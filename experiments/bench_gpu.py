@@ -31,6 +31,9 @@ import time
 
 from absl import app, flags
 
+from experiments import bench_common
+from experiments import bench_gpu_common as common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "bench_gpu_out", "Folder for results.jsonl and summary.json.")
 flags.DEFINE_float("budget_s", 400.0, "Seconds for the whole run; jobs that would start later are skipped.")
@@ -66,15 +69,15 @@ JOBS = (
 
 
 def _command(module: str, args: list[str], deadline: float) -> list[str]:
-  command = [sys.executable, "-m", f"experiments.{module}"]
   if module == "check_gpu_attention":
     tiny = ["--cases=1x300", "--dtypes=bfloat16", "--heads=2", "--repeats=1"]
-    return command + (tiny if FLAGS.tiny else args)
+    return bench_common.worker_command(f"experiments.{module}", tiny if FLAGS.tiny else args)
   if module == "bench_gpu_jax" and not any(a.startswith("--backend=") for a in args):
     args = args + [f"--backend={FLAGS.backend}"]
   if FLAGS.tiny:
     args = args + ["--tiny", "--lo=1", "--hi=2"]
-  return command + args + [f"--deadline={deadline}", f"--e2e_steps={2 if FLAGS.tiny else FLAGS.e2e_steps}"]
+  return bench_common.worker_command(f"experiments.{module}", args + [
+      f"--deadline={deadline}", f"--e2e_steps={2 if FLAGS.tiny else FLAGS.e2e_steps}"])
 
 
 def _run_job(name: str, command: list[str], timeout: float, results, env: dict) -> dict:
@@ -89,7 +92,7 @@ def _run_job(name: str, command: list[str], timeout: float, results, env: dict) 
   for line in proc.stdout:
     print(line, end="", flush=True)
     text = line.strip()
-    if text.startswith('{"bench"') or (text.startswith("{") and '"backend"' in text and '"length"' in text):
+    if text.startswith(common.RESULT_PREFIX) or (text.startswith("{") and '"backend"' in text and '"length"' in text):
       row = dict(json.loads(text), job=name, **env)
       results.write(json.dumps(row) + "\n")
       results.flush()
@@ -145,7 +148,7 @@ def main(argv):
       try:
         statuses.append(_run_job(name, _command(module, args, time.time() + timeout - 5), timeout, results, job_env))
       except Exception as e:  # pylint: disable=broad-except
-        statuses.append({"job": name, "status": f"driver error: {type(e).__name__}: {e}"})
+        statuses.append({"job": name, "status": f"driver error: {bench_common.short_error(e)}"})
       print(f"=== {json.dumps(statuses[-1])}", flush=True)
   summary = {"command": " ".join(sys.argv), "environment": env, "jobs": statuses,
              "wall_s": time.time() - start}

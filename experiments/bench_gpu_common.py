@@ -1,12 +1,16 @@
-"""What bench_gpu's torch and JAX workers share: the model configs (full and --tiny), the video size, the timer and
-the JSON line each measurement is printed as. Imports neither framework, so the driver can import it too."""
+"""What bench_gpu's torch and JAX workers share: the model configs (full and --tiny), the video size, their flags,
+the deadline check, the 'step' stage and the JSON line each measurement is printed as. Imports neither framework, so
+the driver can import it too; the timer and error text are experiments.bench_common's."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 from absl import flags
+
+from experiments import bench_common
+
+FLAGS = flags.FLAGS
 
 # diffusers' CogVideoXDDIMScheduler config of CogVideoX-2b/5b (scheduler/scheduler_config.json).
 SCHEDULER = dict(beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False,
@@ -76,23 +80,30 @@ def latent_shape(video: dict) -> tuple[int, int, int]:
   return (video["num_frames"] - 1) // 4 + 1, video["height"] // 8, video["width"] // 8
 
 
+# The start of every measurement's line; the driver collects the lines that start with it.
+RESULT_PREFIX = '{"bench"'
+
+
 def emit(**fields) -> None:
-  """One measurement as a JSON line on stdout (the driver collects lines that start with '{"bench"')."""
+  """One measurement as a JSON line on stdout (starting with RESULT_PREFIX)."""
   print(json.dumps({"bench": 1, **fields}), flush=True)
 
 
-def timed(fn, sync=lambda out: out) -> tuple[float, object]:
-  """(seconds, result) of fn() with `sync(result)` inside the timed region (device work is asynchronous)."""
-  start = time.perf_counter()
-  out = fn()
-  sync(out)
-  return time.perf_counter() - start, out
+def skip_if_late(stage: str, info: dict, needed_s: float) -> bool:
+  """True (and a 'skipped' line emitted) when `stage` would end past --deadline, so it is skipped rather than killed
+  half-way."""
+  if FLAGS.deadline and time.time() + needed_s > FLAGS.deadline:
+    emit(**info, stage=stage, skipped=f"deadline: less than {needed_s:.0f} s left")
+    return True
+  return False
 
 
-def short_error(e: BaseException) -> str:
-  text = f"{type(e).__name__}: {e}"
-  return text if len(text) < 2000 else text[:1000] + " [...] " + text[-1000:]
-
-
-def log(message: str) -> None:
-  print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def step_stage(call, sync=bench_common.no_sync) -> dict:
+  """Stage 'step': seconds of one denoising step as (time of `call(hi)` - time of `call(lo)`) / (hi - lo), after a
+  first (compiling) `call(lo)`; `call(n)` runs the pipeline for n steps up to the latents, so text encoding cancels
+  out."""
+  first = bench_common.timed(lambda: call(FLAGS.lo), sync)[0]
+  t_lo = bench_common.timed(lambda: call(FLAGS.lo), sync)[0]
+  t_hi = bench_common.timed(lambda: call(FLAGS.hi), sync)[0]
+  return dict(first_call_s=first, lo=FLAGS.lo, hi=FLAGS.hi, call_lo_s=t_lo, call_hi_s=t_hi,
+              seconds=(t_hi - t_lo) / (FLAGS.hi - FLAGS.lo))

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import bench_common
 from experiments import bench_gpu_common as common
 
 FLAGS = flags.FLAGS
@@ -37,8 +38,7 @@ flags.DEFINE_string("remat", "none", "DiT remat policy of the train step.")
 
 
 def _peak_gb() -> float | None:
-  stats = jax.devices()[0].memory_stats() or {}
-  return stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None
+  return bench_common.device_peak_gb(jax.devices()[0])
 
 
 def random_params(abstract, dtype, seed: int = 0):
@@ -92,13 +92,6 @@ def build_pipeline(cfg: dict, dtype):
       dtype=dtype)
 
 
-def _skip_if_late(stage: str, info: dict, needed_s: float) -> bool:
-  if FLAGS.deadline and time.time() + needed_s > FLAGS.deadline:
-    common.emit(**info, stage=stage, skipped=f"deadline: less than {needed_s:.0f} s left")
-    return True
-  return False
-
-
 def pipeline_job(info: dict) -> None:
   cfg = common.configs(FLAGS.size, FLAGS.tiny)
   video = cfg["video"]
@@ -114,31 +107,26 @@ def pipeline_job(info: dict) -> None:
   # Rough seconds each stage needs at full size, compile included, to skip it rather than be killed mid-way.
   needs = {"step": 60, "t5": 20, "vae": 60, "e2e": 60} if not FLAGS.tiny else {}
   for stage in FLAGS.stages:
-    if _skip_if_late(stage, info, needs.get(stage, 5)):
+    if common.skip_if_late(stage, info, needs.get(stage, 5)):
       continue
     try:
       row = {}
       if stage == "step":
-        row["first_call_s"] = common.timed(lambda: call(num_inference_steps=FLAGS.lo, output_type="latent"))[0]
-        t_lo = common.timed(lambda: call(num_inference_steps=FLAGS.lo, output_type="latent"))[0]
-        t_hi = common.timed(lambda: call(num_inference_steps=FLAGS.hi, output_type="latent"))[0]
-        row.update(lo=FLAGS.lo, hi=FLAGS.hi, call_lo_s=t_lo, call_hi_s=t_hi,
-                   seconds=(t_hi - t_lo) / (FLAGS.hi - FLAGS.lo))
+        row = common.step_stage(lambda steps: call(num_inference_steps=steps, output_type="latent"))
       elif stage == "t5":
         encode = lambda: pipe.encode_prompt(["", common.PROMPT], video["text_length"])
-        row["first_call_s"] = common.timed(encode, jax.block_until_ready)[0]
-        row["seconds"] = float(np.median([common.timed(encode, jax.block_until_ready)[0]
-                                          for _ in range(FLAGS.repeats)]))
+        row["first_call_s"] = bench_common.timed(encode, jax.block_until_ready)[0]
+        row["seconds"] = bench_common.median_time(encode, FLAGS.repeats, sync=jax.block_until_ready)
       elif stage == "vae":
         shape = (1, *common.latent_shape(video), cfg["vae"]["latent_channels"])
         latents = jax.random.normal(jax.random.PRNGKey(4), shape, jnp.float32).astype(dtype)
-        row["first_call_s"], frames = common.timed(lambda: pipe.decode_latents(latents))
-        row["seconds"] = common.timed(lambda: pipe.decode_latents(latents))[0]
+        row["first_call_s"], frames = bench_common.timed(lambda: pipe.decode_latents(latents))
+        row["seconds"] = bench_common.timed(lambda: pipe.decode_latents(latents))[0]
         row["frames_shape"] = list(frames.shape)
         del frames
       elif stage == "e2e":
-        row["first_call_s"] = common.timed(lambda: call(num_inference_steps=1))[0]
-        row["seconds"], frames = common.timed(lambda: call(num_inference_steps=FLAGS.e2e_steps))
+        row["first_call_s"] = bench_common.timed(lambda: call(num_inference_steps=1))[0]
+        row["seconds"], frames = bench_common.timed(lambda: call(num_inference_steps=FLAGS.e2e_steps))
         row.update(steps=FLAGS.e2e_steps, frames_shape=list(frames.shape),
                    finite=bool(np.isfinite(frames).all()))
         del frames
@@ -146,16 +134,7 @@ def pipeline_job(info: dict) -> None:
         raise ValueError(f"unknown stage {stage!r}")
       common.emit(**info, stage=stage, **row, peak_gb=_peak_gb())
     except Exception as e:  # pylint: disable=broad-except  # one stage failing must not lose the others
-      common.emit(**info, stage=stage, error=common.short_error(e), peak_gb=_peak_gb())
-
-
-def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
-  """Measured bf16 matmul rate (TFLOP/s) of a jitted size^3 product on random data."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.bfloat16)
-  product = jax.jit(lambda a: a @ a)
-  product(a).block_until_ready()
-  seconds = np.median([common.timed(lambda: product(a), jax.block_until_ready)[0] for _ in range(repeats)])
-  return 2 * size ** 3 / seconds / 1e12
+      common.emit(**info, stage=stage, error=bench_common.short_error(e), peak_gb=_peak_gb())
 
 
 def train_job(info: dict) -> None:
@@ -167,7 +146,7 @@ def train_job(info: dict) -> None:
   cfg = common.configs(FLAGS.size, FLAGS.tiny)
   t, h, w = common.latent_shape(cfg["video"])
   batch, text_length = FLAGS.batch, cfg["video"]["text_length"]
-  matmul = matmul_tflops(1024 if FLAGS.tiny else 8192)
+  matmul = bench_common.matmul_flops_per_s(1024 if FLAGS.tiny else 8192, jnp.bfloat16, repeats=10) / 1e12
   common.emit(**info, stage="matmul", tflops=matmul)
   module = cogvideox_transformer.module_from_config(cfg["transformer"], dtype=jnp.bfloat16, param_dtype=jnp.float32,
                                                     attention_backend=FLAGS.backend, remat_policy=FLAGS.remat)
@@ -202,12 +181,14 @@ def train_job(info: dict) -> None:
          "xla_peak_estimate_gb": flops.memory_summary(compiled).get("peak_estimate", float("nan")) / 2 ** 30}
   params, opt_state, loss = compiled(params, opt_state, x0, text, key)
   loss.block_until_ready()
-  times = []
-  for i in range(FLAGS.repeats):
-    start = time.perf_counter()
-    params, opt_state, loss = compiled(params, opt_state, x0, text, jax.random.fold_in(key, i))
-    loss.block_until_ready()
-    times.append(time.perf_counter() - start)
+  keys = (jax.random.fold_in(key, i) for i in range(FLAGS.repeats))
+
+  def train_step():  # params and optimizer state are donated: each step takes the previous one's
+    nonlocal params, opt_state, loss
+    params, opt_state, loss = compiled(params, opt_state, x0, text, next(keys))
+    return loss
+
+  times = bench_common.wall_times(train_step, FLAGS.repeats, sync=jax.block_until_ready)
   seconds = float(np.median(times))
   width = cfg["transformer"]["num_attention_heads"] * cfg["transformer"]["attention_head_dim"]
   tokens = t * h * w // 4 + text_length
@@ -229,7 +210,7 @@ def main(argv):
     try:
       train_job(info)
     except Exception as e:  # pylint: disable=broad-except
-      common.emit(**info, stage="train", batch=FLAGS.batch, remat=FLAGS.remat, error=common.short_error(e),
+      common.emit(**info, stage="train", batch=FLAGS.batch, remat=FLAGS.remat, error=bench_common.short_error(e),
                   peak_gb=_peak_gb())
 
 

@@ -19,6 +19,7 @@ from absl import app, flags
 import numpy as np
 import torch
 
+from experiments import bench_common
 from experiments import bench_gpu_common as common
 
 FLAGS = flags.FLAGS
@@ -91,27 +92,20 @@ def main(argv):
                            max_sequence_length=video["text_length"])
   needs = {"step": 30, "t5": 10, "vae": 30, "vae_tiled": 30, "e2e": 60} if not FLAGS.tiny else {}
   for stage in FLAGS.stages:
-    if FLAGS.deadline and time.time() + needs.get(stage, 5) > FLAGS.deadline:
-      common.emit(**info, stage=stage, skipped=f"deadline: less than {needs.get(stage, 5)} s left")
+    if common.skip_if_late(stage, info, needs.get(stage, 5)):
       continue
     try:
       row = {}
       reset()
       with torch.no_grad():
         if stage == "step":
-          row["first_call_s"] = common.timed(
-              lambda: call(num_inference_steps=FLAGS.lo, output_type="latent", generator=generator()), sync)[0]
-          t_lo = common.timed(lambda: call(num_inference_steps=FLAGS.lo, output_type="latent",
-                                           generator=generator()), sync)[0]
-          t_hi = common.timed(lambda: call(num_inference_steps=FLAGS.hi, output_type="latent",
-                                           generator=generator()), sync)[0]
-          row.update(lo=FLAGS.lo, hi=FLAGS.hi, call_lo_s=t_lo, call_hi_s=t_hi,
-                     seconds=(t_hi - t_lo) / (FLAGS.hi - FLAGS.lo))
+          row.update(common.step_stage(
+              lambda steps: call(num_inference_steps=steps, output_type="latent", generator=generator()), sync))
         elif stage == "t5":
           encode = lambda: pipe.encode_prompt(common.PROMPT, "", do_classifier_free_guidance=True,
                                               max_sequence_length=video["text_length"], device=device, dtype=dtype)
-          row["first_call_s"] = common.timed(encode, sync)[0]
-          row["seconds"] = float(np.median([common.timed(encode, sync)[0] for _ in range(FLAGS.repeats)]))
+          row["first_call_s"] = bench_common.timed(encode, sync)[0]
+          row["seconds"] = bench_common.median_time(encode, FLAGS.repeats, sync=sync)
         elif stage in ("vae", "vae_tiled"):
           if stage == "vae_tiled":
             pipe.vae.enable_tiling()
@@ -122,24 +116,24 @@ def main(argv):
             frames = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
             return (frames.float() * 0.5 + 0.5).clamp(0, 1).cpu()
 
-          row["first_call_s"] = common.timed(decode, sync)[0]
+          row["first_call_s"] = bench_common.timed(decode, sync)[0]
           reset()
-          row["seconds"], frames = common.timed(decode, sync)
+          row["seconds"], frames = bench_common.timed(decode, sync)
           row["frames_shape"] = list(frames.shape)
           pipe.vae.disable_tiling()
         elif stage == "e2e":
-          row["first_call_s"] = common.timed(lambda: call(num_inference_steps=1, output_type="np",
-                                                          generator=generator()), sync)[0]
+          row["first_call_s"] = bench_common.timed(lambda: call(num_inference_steps=1, output_type="np",
+                                                                generator=generator()), sync)[0]
           reset()
-          row["seconds"], out = common.timed(lambda: call(num_inference_steps=FLAGS.e2e_steps, output_type="np",
-                                                          generator=generator()), sync)
+          row["seconds"], out = bench_common.timed(lambda: call(num_inference_steps=FLAGS.e2e_steps,
+                                                                output_type="np", generator=generator()), sync)
           frames = np.asarray(out.frames)
           row.update(steps=FLAGS.e2e_steps, frames_shape=list(frames.shape), finite=bool(np.isfinite(frames).all()))
         else:
           raise ValueError(f"unknown stage {stage!r}")
       common.emit(**info, stage=stage, **row, peak_gb=peak())
     except Exception as e:  # pylint: disable=broad-except  # one stage failing must not lose the others
-      common.emit(**info, stage=stage, error=common.short_error(e), peak_gb=peak())
+      common.emit(**info, stage=stage, error=bench_common.short_error(e), peak_gb=peak())
       pipe.vae.disable_tiling()
 
 

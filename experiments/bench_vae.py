@@ -10,7 +10,8 @@ Random weights are created once with diffusers (seeded, perturbed so norms/biase
 diffusers folder; each framework then runs in its own subprocess, which loads that folder (vdm_jax through
 `load_vae`, without torch), warms up (jit compile / first call), times `repeats` calls of encode and of decode
 (both with their default frame batching) and reports the best time, and its peak RSS (`ru_maxrss`, which includes
-the weights and, for JAX, compilation). The JAX latents and reconstructions are also compared with diffusers' (max relative error, end to end).
+the weights and, for JAX, compilation). The JAX latents and reconstructions are also compared with diffusers' (max
+relative error, end to end).
 Prints one line per size and framework and the JAX/diffusers time ratios (< 1: JAX faster).
 
 `--stream_memory` instead decodes 5 and 20 latent frames (17 and 80 frames at 64x64) with the streamed (chunked)
@@ -25,30 +26,15 @@ Timings depend on what else runs on the machine: note the load average printed a
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from experiments import bench_common
+
 REAL = dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, latent_channels=16, norm_num_groups=32)
-
-
-def _rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _best(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def _worker_jax(model_dir: str, video_file: str, out_dir: str, repeats: int) -> dict:
@@ -60,7 +46,7 @@ def _worker_jax(model_dir: str, video_file: str, out_dir: str, repeats: int) -> 
 
   module, params = load_vae(model_dir)
   params = jax.device_put(inference_params(params))  # per-tap kernels on the CPU, as the pipelines use them
-  loaded = _rss_mb()
+  loaded = bench_common.peak_rss("MiB")
   video = jnp.asarray(np.load(video_file).transpose(0, 2, 3, 4, 1))  # [B, C, T, H, W] -> [B, T, H, W, C]
   encode = xla_cpu.jit(lambda p, x: module.apply({"params": p}, x, method="encode").mean)
   decode = xla_cpu.jit(lambda p, z: module.apply({"params": p}, z, method="decode"))
@@ -68,12 +54,12 @@ def _worker_jax(model_dir: str, video_file: str, out_dir: str, repeats: int) -> 
   latents = encode(params, video).block_until_ready()
   sample = decode(params, latents).block_until_ready()
   first = time.perf_counter() - start
-  t_enc = _best(lambda: encode(params, video).block_until_ready(), repeats)
-  t_dec = _best(lambda: decode(params, latents).block_until_ready(), repeats)
+  t_enc = bench_common.best_time(lambda: encode(params, video), repeats, sync=jax.block_until_ready)
+  t_dec = bench_common.best_time(lambda: decode(params, latents), repeats, sync=jax.block_until_ready)
   np.save(os.path.join(out_dir, "jax_latents.npy"), np.asarray(latents).transpose(0, 4, 1, 2, 3))
   np.save(os.path.join(out_dir, "jax_sample.npy"), np.asarray(sample).transpose(0, 4, 1, 2, 3))
   return {"encode_s": t_enc, "decode_s": t_dec, "first_call_s": first, "rss_after_load_mb": loaded,
-          "peak_rss_mb": _rss_mb()}
+          "peak_rss_mb": bench_common.peak_rss("MiB")}
 
 
 def _worker_torch(model_dir: str, video_file: str, out_dir: str, repeats: int) -> dict:
@@ -82,18 +68,18 @@ def _worker_torch(model_dir: str, video_file: str, out_dir: str, repeats: int) -
 
   torch.set_grad_enabled(False)
   model = AutoencoderKLCogVideoX.from_pretrained(model_dir).eval()
-  loaded = _rss_mb()
+  loaded = bench_common.peak_rss("MiB")
   video = torch.from_numpy(np.load(video_file))
   start = time.perf_counter()
   latents = model.encode(video).latent_dist.mean
   model.decode(latents)
   first = time.perf_counter() - start
-  t_enc = _best(lambda: model.encode(video).latent_dist.mean, repeats)
-  t_dec = _best(lambda: model.decode(latents).sample, repeats)
+  t_enc = bench_common.best_time(lambda: model.encode(video).latent_dist.mean, repeats)
+  t_dec = bench_common.best_time(lambda: model.decode(latents).sample, repeats)
   np.save(os.path.join(out_dir, "torch_latents.npy"), latents.numpy())
   np.save(os.path.join(out_dir, "torch_sample.npy"), model.decode(latents).sample.numpy())
   return {"encode_s": t_enc, "decode_s": t_dec, "first_call_s": first, "rss_after_load_mb": loaded,
-          "peak_rss_mb": _rss_mb(), "threads": torch.get_num_threads()}
+          "peak_rss_mb": bench_common.peak_rss("MiB"), "threads": torch.get_num_threads()}
 
 
 def _worker_stream(model_dir: str, frames: int, chunked: bool) -> dict:
@@ -104,13 +90,13 @@ def _worker_stream(model_dir: str, frames: int, chunked: bool) -> dict:
 
   module, params = load_vae(model_dir)
   params = jax.device_put(inference_params(params))  # per-tap kernels on the CPU, as the pipelines use them
-  loaded = _rss_mb()
+  loaded = bench_common.peak_rss("MiB")
   latents = jax.random.normal(jax.random.PRNGKey(0), (1, frames, 8, 8, module.latent_channels))
   decode = xla_cpu.jit(lambda p, z: module.apply({"params": p}, z, chunked=chunked, method="decode"))
   start = time.perf_counter()
   video = decode(params, latents).block_until_ready()
   return {"frames": int(video.shape[1]), "seconds": time.perf_counter() - start, "rss_after_load_mb": loaded,
-          "peak_rss_mb": _rss_mb()}
+          "peak_rss_mb": bench_common.peak_rss("MiB")}
 
 
 CONV_SHAPES = ((3, 11, 64, 8), (3, 11, 64, 16), (3, 7, 32, 32), (3, 5, 8, 64), (1, 11, 64, 128))  # B, T+2, H=W, C
@@ -135,8 +121,8 @@ def bench_convs(repeats: int) -> None:
       loss = lambda p, v, conv=conv: jnp.sum(jnp.square(conv.apply(p, v)))
       for label, jit in ((impl, xla_cpu.jit), (impl + "+ynn", jax.jit)):
         forward, grad = jit(conv.apply), jit(jax.grad(loss, argnums=(0, 1)))
-        fwd = _best(lambda f=forward, p=params: jax.block_until_ready(f(p, xj)), repeats)
-        both = _best(lambda g=grad, p=params: jax.block_until_ready(g(p, xj)), repeats)
+        fwd = bench_common.best_time(lambda f=forward, p=params: f(p, xj), repeats, sync=jax.block_until_ready)
+        both = bench_common.best_time(lambda g=grad, p=params: g(p, xj), repeats, sync=jax.block_until_ready)
         cells.append((label, fwd, both))
     tconv = torch.nn.Conv3d(c, c, 3, padding=(0, 1, 1))
     tx = torch.from_numpy(x.transpose(0, 4, 1, 2, 3).copy()).requires_grad_(True)
@@ -149,7 +135,7 @@ def bench_convs(repeats: int) -> None:
       tconv.zero_grad()
       torch.square(tconv(tx)).sum().backward()
 
-    cells.append(("torch", _best(torch_forward, repeats), _best(torch_step, repeats)))
+    cells.append(("torch", bench_common.best_time(torch_forward, repeats), bench_common.best_time(torch_step, repeats)))
     text = "  ".join(f"{name} {f * 1e3:.1f} / {g * 1e3:.1f} ms" for name, f, g in cells)
     print(f"[{b}, {t}, {size}, {size}, {c}]  forward / forward+backward:  {text}")
 
@@ -169,13 +155,11 @@ def make_model(model_dir: str, seed: int = 0) -> None:
 
 def _run_worker(framework: str, model_dir: str, video_file: str = "", out_dir: str = "", repeats: int = 1,
                 extra: tuple[str, ...] = ()) -> dict:
-  cmd = [sys.executable, "-m", "experiments.bench_vae", "--worker", framework, "--model_dir", model_dir,
-         "--video", video_file, "--out_dir", out_dir, "--repeats", str(repeats), *extra]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-  if proc.returncode:
-    raise RuntimeError(f"{framework} worker failed:\n{proc.stderr[-4000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  args = ["--worker", framework, "--model_dir", model_dir, "--video", video_file, "--out_dir", out_dir, "--repeats",
+          str(repeats), *extra]
+  # A CPU benchmark: JAX on the CPU even where it sees an accelerator.
+  return bench_common.run_worker("experiments.bench_vae", args, name=framework,
+                                 env={"JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 def main() -> None:
@@ -193,11 +177,11 @@ def main() -> None:
   args = parser.parse_args()
 
   if args.worker == "stream":
-    print(json.dumps(_worker_stream(args.model_dir, args.frames, not args.whole)))
+    bench_common.print_result(_worker_stream(args.model_dir, args.frames, not args.whole))
     return
   if args.worker:
     fn = _worker_jax if args.worker == "jax" else _worker_torch
-    print(json.dumps(fn(args.model_dir, args.video, args.out_dir, args.repeats)))
+    bench_common.print_result(fn(args.model_dir, args.video, args.out_dir, args.repeats))
     return
 
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
@@ -210,7 +194,8 @@ def main() -> None:
     if args.stream_memory:
       for frames, whole in ((5, False), (20, False), (20, True)):
         r = _run_worker("stream", model_dir, extra=("--frames", str(frames)) + (("--whole",) if whole else ()))
-        print(f"decode {frames} latent frames -> {r['frames']} frames at 64x64, {'whole clip' if whole else 'streamed'}: "
+        print(f"decode {frames} latent frames -> {r['frames']} frames at 64x64, "
+              f"{'whole clip' if whole else 'streamed'}: "
               f"peak RSS {r['peak_rss_mb']:.0f} MB (after loading weights {r['rss_after_load_mb']:.0f} MB), "
               f"{r['seconds']:.1f} s with compile")
       return
@@ -223,7 +208,7 @@ def main() -> None:
       errors = {}
       for name in ("latents", "sample"):
         a, b = np.load(os.path.join(tmp, f"jax_{name}.npy")), np.load(os.path.join(tmp, f"torch_{name}.npy"))
-        errors[name] = float(np.abs(a - b).max() / np.abs(b).max())
+        errors[name] = bench_common.errors(a, b)["max_rel"]
       for fw, r in results.items():
         print(f"{size} {fw:5s} encode {r['encode_s']:.3f} s  decode {r['decode_s']:.3f} s  first call "
               f"{r['first_call_s']:.1f} s  RSS after load {r['rss_after_load_mb']:.0f} MB  peak RSS "

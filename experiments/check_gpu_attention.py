@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import bench_common
 from vdm_jax.models import attention
 
 FLAGS = flags.FLAGS
@@ -48,15 +49,6 @@ def _parse_case(case: str) -> tuple[int, int]:
   return batch, length
 
 
-def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
-
-
 def _programs(backend: str):
   """(forward, forward + backward) jitted for one backend; the latter returns (dq, dk, dv) of <out, d_out>."""
   attend = lambda q, k, v: attention.dot_product_attention(q, k, v, backend=backend)
@@ -72,18 +64,10 @@ def _errors(values, reference) -> dict:
   """Max abs error, max abs error / max |reference| and the relative L2 error of each named array, in float32."""
   result = {}
   for name, value in values.items():
-    ref = np.asarray(reference[name], np.float32)
-    diff = np.abs(np.asarray(value, np.float32) - ref)
-    finite = bool(np.isfinite(diff).all())
-    result[f"{name}_max_abs"] = float(diff.max()) if finite else float("nan")
-    result[f"{name}_rel"] = float(diff.max() / np.abs(ref).max()) if finite else float("nan")
-    result[f"{name}_l2_rel"] = float(np.linalg.norm(diff) / np.linalg.norm(ref)) if finite else float("nan")
+    errors = bench_common.errors(value, reference[name])
+    result.update({f"{name}_max_abs": errors["max_abs"], f"{name}_rel": errors["max_rel"],
+                   f"{name}_l2_rel": errors["l2_rel"]})
   return result
-
-
-def _short_error(e: Exception) -> str:
-  text = f"{type(e).__name__}: {e}"
-  return text if len(text) < 3000 else text[:1500] + " [...] " + text[-1500:]
 
 
 def check_case(batch: int, length: int, dtype, backends, repeats: int, seed: int) -> list[dict]:
@@ -112,13 +96,14 @@ def check_case(batch: int, length: int, dtype, backends, repeats: int, seed: int
       row["train_compile_and_first_s"] = time.perf_counter() - start
       row.update(_errors(values, reference))
       values_of[backend] = values
-      row["forward_s"] = _median_time(lambda: forward(q, k, v), repeats)
-      row["forward_backward_s"] = _median_time(lambda: grads(q, k, v, d_out), repeats)
+      row["forward_s"] = bench_common.median_time(lambda: forward(q, k, v), repeats, sync=jax.block_until_ready)
+      row["forward_backward_s"] = bench_common.median_time(lambda: grads(q, k, v, d_out), repeats,
+                                                            sync=jax.block_until_ready)
       memory = grads.lower(q, k, v, d_out).compile().memory_analysis()
       if memory is not None:
         row["forward_backward_temp_gb"] = memory.temp_size_in_bytes / 2 ** 30
     except Exception as e:  # pylint: disable=broad-except
-      row["error"] = _short_error(e)
+      row["error"] = bench_common.short_error(e, limit=3000)
     rows.append(row)
   for row in rows:
     if row["backend"] != "xla" and row["backend"] in values_of and "xla" in values_of:
