@@ -321,7 +321,7 @@ def _read_av(source, name, on_damage):
   try:
     container = av.open(source)
   except (av.error.FFmpegError, UnicodeDecodeError) as e:
-    raise VideoReadError(f"cannot open video {name!r}: {type(e).__name__}: {e}") from None
+    raise VideoReadError(f"cannot open video {name!r}: {getattr(e, 'strerror', None) or e}") from None
   with container:
     stream = container.streams.best("video")
     if stream is None:
