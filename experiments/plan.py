@@ -12,10 +12,10 @@ differ somewhat (a few percent to tens of percent on temporaries).
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cogvideox.py:size=2b.",
-                                          lock_config=True)
+from vdm_jax.train import config as config_lib
+
+_CONFIG = config_lib.define_config_flag("config", "Config file, e.g. configs/cogvideox.py:size=2b.")
 _MESH = flags.DEFINE_string("mesh", "data=1", "Mesh sizes, e.g. 'data=2,fsdp=32,tensor=1,context=1' (no -1).")
 _CHIP = flags.DEFINE_string("chip", "", "Chip for the peak rate (e.g. 'H100', 'TPU v5p'); see vdm_jax/train/flops.py.")
 _STEP_TIME = flags.DEFINE_float("step_time", 0.0, "Seconds per step, to report the MFU it would mean.")
