@@ -19,15 +19,16 @@ import flax.linen as nn
 import jax
 import ml_collections
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from vdm_jax import runs
 from vdm_jax.train import checkpoint as checkpoint_lib
+from vdm_jax.train import config as config_lib
 from vdm_jax.train import loop
 from vdm_jax.train import setup as setup_lib
 from vdm_jax.train.state import make_optimizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vae.py[:arg]; default: the "
-                                          "run's W/config.json.", lock_config=False)
+_CONFIG = config_lib.define_config_flag("config", "Config file, e.g. configs/vae.py[:arg]; default: the run's "
+                                        "W/config.json.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (its checkpoints are read, W/eval/ written).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 _NAME = flags.DEFINE_string("name", None, "Name of the output file (default: the experiment's name).")
@@ -35,7 +36,8 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
-  """(experiment, restored TrainState, step) for `workdir`'s checkpoint `step` (default: the latest)."""
+  """(experiment, restored TrainState, step) for `workdir`'s checkpoint `step` (default: the newest that
+  restores)."""
   run = setup_lib.setup(config, workdir)
   mesh, rules, experiment = run.mesh, run.rules, run.experiment
   shapes = setup_lib.batch_shapes(run, shuffle=False)
@@ -43,11 +45,15 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
     _, abstract_state, state_shardings = loop.state_initializer(experiment, make_optimizer(config), shapes, mesh,
                                                                 rules)
     checkpointer = checkpoint_lib.Checkpointer(workdir, async_save=False)
+    target = checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
     try:
-      step = checkpointer.latest_step() if step is None else step
-      if step is None:
-        raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}: train first (experiments.train).")
-      state = checkpointer.restore(step, checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings))
+      if step is None:  # the newest that restores, damaged newer ones skipped with a warning (left in place)
+        step, state = checkpointer.restore_latest(target)
+        if step is None:
+          raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}: train first (experiments.train).")
+      else:  # the step asked for, or a short CheckpointError naming it
+        step, state, _ = runs.restore_newest(checkpointer.directory, [step],
+                                             lambda s: checkpointer.restore(s, target))
     finally:
       checkpointer.close()
   return experiment, state, mesh, rules, step

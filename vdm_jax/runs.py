@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -44,23 +46,87 @@ def experiment_name(workdir: str) -> str:
   return str(read_config(workdir).get("experiment", ""))
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of a run restores (or the one asked for does not); names the directory and each step's reason."""
+
+
+def error_line(error: BaseException) -> str:
+  """The innermost cause's type and first line: orbax and tensorstore wrap the error that names the damaged file
+  (e.g. `Requested byte range [1123, 2244) is not valid for value of size 10` in `.../4/state/`)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _quiet_closed_event_loops() -> None:
+  """When one read of a restore fails, orbax closes its asyncio loop while tensorstore's other reads are in flight;
+  each of them then reports `RuntimeError: Event loop is closed` through sys.unraisablehook (hundreds of lines
+  that bury the real error, which is raised anyway). Drops those reports, passes every other one on."""
+  if getattr(sys.unraisablehook, "drops_closed_event_loops", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_closed_event_loops = True
+  sys.unraisablehook = hook
+
+
+def restore_newest(directory: str, steps: Iterable[int], restore: Callable[[int], Any]
+                   ) -> tuple[int, Any, list[tuple[int, str]]]:
+  """(step, restore(step), [(step skipped, its reason)]) for the newest of `steps` whose checkpoint restores.
+
+  Damage (truncated or corrupted files, a missing `_METADATA` or item, a checksum error) shows up as many error
+  types, so any error skips the step; the caller reports the skipped ones (`warn_skipped`). When none restores,
+  raises CheckpointError naming `directory` and every step's reason.
+  """
+  _quiet_closed_event_loops()
+  failures = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, restore(step), failures
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append((step, error_line(e)))
+  reasons = "; ".join(f"step {s}: {r}" for s, r in failures) or "no checkpoints"
+  raise CheckpointError(f"No checkpoint in {directory} restores ({reasons}).")
+
+
+def warn_skipped(directory: str, failures: list[tuple[int, str]], restored: int, moved: dict | None = None) -> None:
+  """One warning line per checkpoint skipped for `restored`: its directory (and where it was moved) and error."""
+  for step, reason in failures:
+    where = os.path.join(directory, str(step))
+    if moved and step in moved:
+      where += f" (moved aside to {moved[step]})"
+    logging.warning("Checkpoint step %d does not restore, using step %d: %s: %s", step, restored, where, reason)
+
+
 def load_params(workdir: str, item: str = "ema_params", step: int | None = None) -> tuple[Any, int]:
-  """(params as host numpy arrays, step) from a run's checkpoint (the latest unless `step`): `item` is
-  'ema_params' (for evaluation and sampling) or 'params'."""
+  """(params as host numpy arrays, step) from a run's checkpoint: `item` is 'ema_params' (for evaluation and
+  sampling) or 'params'. `step` None: the newest checkpoint that restores (`restore_newest`: damaged ones are
+  skipped with a warning); a given `step` that does not restore raises CheckpointError naming it."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoints in {workdir!r}: train it first (python -m experiments.train ...).")
   manager = ocp.CheckpointManager(directory, item_names=("state",),
                                   item_handlers={"state": ocp.StandardCheckpointHandler()})
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No finished checkpoint in {directory!r}.")
+  one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def restore(s):
     # Restored onto one local device whatever mesh the run used (its devices need not exist here).
-    metadata = manager.item_metadata(step)["state"]
-    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    metadata = manager.item_metadata(s)["state"]
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata)
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    return manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+  try:
+    steps = manager.all_steps() if step is None else [step]
+    if not steps:
+      raise FileNotFoundError(f"No finished checkpoint in {directory!r}.")
+    step, state, failures = restore_newest(directory, steps, restore)
+    warn_skipped(directory, failures, step)
   finally:
     manager.close()
   if item not in state:

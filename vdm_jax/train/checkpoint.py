@@ -2,7 +2,8 @@
 
 Saves are asynchronous (device arrays are copied to host before `save` returns, the writing happens in the
 background) and keep the last N. Restoring takes an abstract state whose leaves carry the target shardings, so a
-checkpoint written under one mesh restores under another.
+checkpoint written under one mesh restores under another. `restore_latest` falls back to the newest checkpoint
+that restores, so a damaged last save (a full disk, a killed copy) costs the steps since the one before it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from vdm_jax import runs
 
@@ -44,12 +46,47 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored.state
 
+  def restore_latest(self, abstract_state: Any, data_iterator: Any = None, *,
+                     move_aside: bool = False) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that restores, or (None, None) when there are none.
+
+    Damaged checkpoints are skipped with one warning each (`runs.restore_newest`); none restoring raises
+    `runs.CheckpointError`. `move_aside` (the trainer): a skipped step is renamed `<step>.damaged`, kept for
+    inspection (a read error may be transient) but out of the way of the save that training will write at that
+    step. Only when an older one restored: if none does, the fault may be the target, not the files.
+    """
+    steps = self.manager.all_steps()
+    if not steps:
+      return None, None
+    step, state, failures = runs.restore_newest(self.directory, steps,
+                                                lambda s: self.restore(s, abstract_state, data_iterator))
+    moved = {}
+    if move_aside and failures:
+      if jax.process_index() == 0:
+        for s, _ in failures:
+          moved[s] = _free_name(os.path.join(self.directory, f"{s}.damaged"))
+          os.rename(os.path.join(self.directory, str(s)), moved[s])
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("vdm_jax_checkpoints_moved_aside")
+      self.manager.reload()
+    runs.warn_skipped(self.directory, failures, step, moved)
+    return step, state
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _free_name(path: str) -> str:
+  """`path`, or `path.1`, `path.2`, ... : the first that does not exist."""
+  candidate, n = path, 0
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f"{path}.{n}"
+  return candidate
 
 
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
