@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import flax.linen as nn
 import jax
@@ -35,26 +36,45 @@ class NonFiniteError(FloatingPointError):
   """The loss or a gradient became NaN/inf; the message names the step and the tree paths."""
 
 
+class RunStopped(Exception):
+  """Raised by `train` after a SIGTERM or SIGINT stopped the run early and its checkpoint was saved: the run did not
+  finish, so a caller must not go on to use it as if it had (rerunning the same command resumes it)."""
+  exit_code = 75  # EX_TEMPFAIL (sysexits.h): try again later; what experiments.train and the quickstart exit with
+
+  def __init__(self, step: int, total: int, signal_name: str):
+    super().__init__(f"Stopped at step {step} of {total} after {signal_name}; rerun the same command to resume.")
+    self.step, self.total, self.signal_name = step, total, signal_name
+
+
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (save, then exit cleanly)."""
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks between steps (save, then stop). A second
+  SIGINT raises KeyboardInterrupt at once, for a user who does not want to wait for the step and the save."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal_name = None
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signal_name is not None
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping after this step.")
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint and stopping after this step%s.", self.signal_name,
+                    " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else "")
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -148,7 +168,14 @@ def _check_finite(step: int, metrics, finite) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config.experiment` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+  """Trains `config.experiment` in `workdir`, resuming from its newest checkpoint that restores; returns the final
+  state. Raises RunStopped (after saving a checkpoint) when SIGTERM or SIGINT stopped it before `train.steps`."""
+  # Signals are caught from the start: one during the restore or the compile stops the run before its first step.
+  with _Preemption() as preemption:
+    return _train(config, workdir, preemption)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption) -> TrainState:
   # --- Config, mesh and experiment.
   run = setup_lib.setup(config, workdir, distributed=True)
   mesh, rules, experiment = run.mesh, run.rules, run.experiment
@@ -170,14 +197,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
     checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                                async_save=config.train.async_checkpoints)
-    start_step = checkpointer.latest_step()
+    # The newest checkpoint that restores; damaged newer ones are moved aside with a warning each.
+    target = checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
+    start_step, state = checkpointer.restore_latest(target, train_iter, move_aside=True)
     if start_step is None:
       state = init_fn(jax.random.PRNGKey(config.seed))
       start_step = 0
     else:
       logging.info("Resuming from checkpoint %d in %s.", start_step, checkpointer.directory)
-      target = checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings)
-      state = checkpointer.restore(start_step, target, train_iter)
       # Every process logs the same global checksum: a restore under another mesh or process count can be checked
       # against the `l2_params` the saving run logged at that step.
       logging.info("Restored step %d: l2_params=%.9g", start_step, float(l2_norm(state.params)))
@@ -190,8 +217,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
     # --- Update step: compiled once ahead of time with explicit shardings, the state donated.
     frozen, frozen_shardings = place_frozen(experiment, mesh, rules)
+    logging.info("Compiling the train step (minutes for large models)...")
+    compile_start = time.perf_counter()
     step_fn = compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
                                  global_shapes, frozen, frozen_shardings)
+    logging.info("Compiled the train step in %.1f s.", time.perf_counter() - compile_start)
     step_flops, flops_source = flops_lib.step_flops(experiment, global_shapes, step_fn, mesh.size)
     peak = flops_lib.peak_tflops(jax.devices()[0], config.train.compute_dtype, config.train.peak_tflops)
     memory = flops_lib.memory_summary(step_fn)
@@ -205,33 +235,45 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                                       utilisation=lambda rate: flops_lib.utilisation(step_flops, rate, peak))
     every = lambda n, step: (n > 0 and step % n == 0) or step == total
     pending = None  # (step, metrics, finite) of the previous step, checked one step late to keep dispatch async
-    with _Preemption() as preemption:
-      for step in range(start_step + 1, total + 1):
-        batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
-        state, metrics, finite = step_fn(state, batch, frozen)
-        if pending is not None:
-          _check_finite(*pending)
-        pending = (step, metrics, finite)
-        if every(config.train.log_every, step):
-          _check_finite(*pending)
-          writer.write(step, {k: v for k, v in jax.device_get(metrics).items() if k != "finite"}, progress=True)
-        if every(config.train.checkpoint_every, step) or preemption.requested:
-          _check_finite(*pending)
-          checkpointer.save(step, state, train_iter, config, force=True)
-        if every(config.train.eval_every, step):
-          evals = experiment.evaluate(state.ema_params, step)
-          if evals:
-            writer.write(step, {f"eval/{k}": v for k, v in evals.items()})
-        if every(config.train.sample_every, step):
-          experiment.write_samples(state.ema_params, step, os.path.join(workdir, "samples", f"step_{step:08d}"))
-        if preemption.requested:
-          logging.warning("Stopped at step %d after SIGTERM; rerun the same command to resume.", step)
-          break
+    stopped = None
+    for step in range(start_step + 1, total + 1):
+      if preemption.requested:  # before the first step (during the restore or the compile): nothing new to save
+        stopped = RunStopped(step - 1, total, preemption.signal_name)
+        break
+      batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
+      state, metrics, finite = step_fn(state, batch, frozen)
       if pending is not None:
         _check_finite(*pending)
+      pending = (step, metrics, finite)
+      if every(config.train.log_every, step):
+        _check_finite(*pending)
+        writer.write(step, {**{k: v for k, v in jax.device_get(metrics).items() if k != "finite"},
+                            "data/unreadable": pipeline.unreadable_count()}, progress=True)
+      saved = every(config.train.checkpoint_every, step)
+      if saved:
+        _check_finite(*pending)
+        checkpointer.save(step, state, train_iter, config, force=True)
+      if every(config.train.eval_every, step):
+        evals = experiment.evaluate(state.ema_params, step)
+        if evals:
+          writer.write(step, {f"eval/{k}": v for k, v in evals.items()})
+      if every(config.train.sample_every, step):
+        experiment.write_samples(state.ema_params, step, os.path.join(workdir, "samples", f"step_{step:08d}"))
+      if preemption.requested and step < total:  # checked last, so a signal during the evals still saves
+        _check_finite(*pending)
+        if not saved:
+          checkpointer.save(step, state, train_iter, config, force=True)
+        stopped = RunStopped(step, total, preemption.signal_name)
+        break
+    if pending is not None:
+      _check_finite(*pending)
+      if stopped is None:
         logging.info("Finished step %d: l2_params=%.9g", pending[0], float(pending[1]["l2_params"]))
     checkpointer.close()
     writer.close()
+  if stopped is not None:
+    logging.warning("%s", stopped)
+    raise stopped
   return state
 
 
