@@ -2,8 +2,10 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,3 +44,32 @@ def test_ablation_runs_each_variant_and_tabulates(shapes_data_dir, tmp_path):
   assert again.stderr.count("Resuming from checkpoint 2") == 2  # finished variants are not retrained
   with open(tmp_path / "ablation.csv") as f:
     assert list(csv.DictReader(f)) == rows
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM_to_ablate", "Ctrl-C_to_the_terminal_group"])
+def test_a_stopped_variant_stops_the_grid_as_stopped(to_group, shapes_data_dir, tmp_path):
+  """SIGTERM to the runner is passed on to the running variant; Ctrl-C in a terminal reaches both (their process
+  group). Either way the variant saves, the grid stops there with exit status 75 and says which variant stopped."""
+  cmd = [sys.executable, "-m", "experiments.ablate", "--config", "configs/toy_ae.py:runlocal",
+         "--sweep", "optimizer.name=adamw,lion", f"--config.input.data_dir={shapes_data_dir}",
+         "--config.train.steps=100000", "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
+         "--config.schedule.warmup_steps=0", f"--workdir={tmp_path}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  metrics = tmp_path / "optimizer.name=adamw" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.stat().st_size > 0):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+    time.sleep(0.2)
+  if to_group:
+    os.killpg(proc.pid, signal.SIGINT)
+  else:
+    proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=180)
+  assert proc.returncode == 75, stderr[-3000:]
+  name = "SIGINT" if to_group else "SIGTERM"
+  assert f"Variant optimizer.name=adamw stopped ({name}) before its last step" in stderr
+  assert f"after {name}; rerun the same command to resume." in stderr  # the variant's own line: it saved
+  assert "Traceback" not in stderr
+  assert os.listdir(tmp_path / "optimizer.name=adamw" / "checkpoints")
+  assert not (tmp_path / "optimizer.name=lion").exists() and not (tmp_path / "ablation.csv").exists()
