@@ -14,6 +14,7 @@ stopped. `--preset=runlocal` trains the configs' `runlocal` variants, for tests.
 """
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -119,12 +120,18 @@ def main(argv):
   minutes = {}
 
   logging.info("1/3: the VAE in %s", vae_dir)
-  loop.train(_vae_config(), vae_dir)
+  try:  # a stage stopped by SIGTERM/SIGINT is not finished: stop here, not train the DiT on a half-trained VAE
+    loop.train(_vae_config(), vae_dir)
+  except loop.RunStopped as stopped:
+    sys.exit(stopped.exit_code)
   minutes["vae"] = (time.time() - start) / 60
 
   logging.info("2/3: the text-to-video model in %s", t2v_dir)
   t2v_config = _t2v_config(vae_dir)
-  loop.train(t2v_config, t2v_dir)
+  try:
+    loop.train(t2v_config, t2v_dir)
+  except loop.RunStopped as stopped:
+    sys.exit(stopped.exit_code)
   minutes["t2v"] = (time.time() - start) / 60 - minutes["vae"]
 
   logging.info("3/3: sampling and scoring")
