@@ -1,5 +1,7 @@
 """Caches (vdm_jax.data.cache), text kind: records round-trip bit for bit, and a grain pipeline over Captioned
 Shapes (`32x32x9_tiny`) serves each example's cached embedding with its batch."""
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -104,3 +106,29 @@ def test_mismatched_cache_is_detected(tmp_path, train_cache, input_config, encod
     cache_lib.cached_source(input_config, "validation", train_cache.directory)
   with pytest.raises(FileNotFoundError, match="No cache.json"):
     cache_lib.Cache(str(tmp_path))
+
+
+def test_cache_of_replaced_t5_weights_is_refused(tmp_path, input_config, encoder):
+  """A frozen encoder loaded from a folder is identified by its weights files too: the same path holding other
+  weights (fine-tuned and saved over, or replaced) refuses the cache its old weights wrote."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import t2v_data  # pylint: disable=g-import-not-at-top
+  enc, params = encoder
+  folder = tmp_path / "t5"
+  folder.mkdir()
+  (folder / "config.json").write_text("{}")
+  weights = folder / "model.safetensors"
+  weights.write_bytes(b"0" * 64)  # only its size and mtime are read: the params come from `encoder_params`
+  from_folder = dataclasses.replace(enc, weights_path=str(folder))
+  config = types.SimpleNamespace(input=input_config,
+                                 text=types.SimpleNamespace(cache_dir=str(tmp_path / "text_cache")))
+  experiment = types.SimpleNamespace(
+      config=config, text=from_folder, encoder_params=lambda: params,
+      space=types.SimpleNamespace(split_dir=lambda root, name, split: os.path.join(root, split)))
+  cache = t2v_data.text_cache(experiment, "validation")
+  assert cache.meta["encoder"]["weights"]["model.safetensors"][0] == 64
+  assert t2v_data.text_cache(experiment, "validation").meta == cache.meta  # the same weights: reused
+  weights.write_bytes(b"1" * 80)
+  with pytest.raises(cache_lib.CacheMismatchError, match="was written by the encoder"):
+    t2v_data.text_cache(experiment, "validation")

@@ -46,6 +46,24 @@ def caption_hash(caption: str | bytes) -> str:
   return hashlib.sha256(caption.encode("utf-8") if isinstance(caption, str) else bytes(caption)).hexdigest()
 
 
+def files_identity(folder: str) -> dict[str, list[int]]:
+  """{file name: [size, mtime in ns]} of a weights folder's `config.json`, `*.safetensors` and their index: what
+  changes when the weights are replaced or fine-tuned, read without loading them."""
+  folder = os.path.expanduser(folder)
+  names = sorted(n for n in os.listdir(folder)
+                 if n == "config.json" or n.endswith(".safetensors") or n.endswith(".safetensors.index.json"))
+  return {n: [(st := os.stat(os.path.join(folder, n))).st_size, st.st_mtime_ns] for n in names}
+
+
+def encoder_identity(encoder) -> dict[str, Any]:
+  """What determines a text encoder's embeddings: its settings (`TextEncoder.fingerprint`) and, for an encoder
+  loaded from a folder, its weights files (a T5 replaced or fine-tuned at the same path is another encoder)."""
+  identity = dict(encoder.fingerprint())
+  if encoder.weights_path:
+    identity["weights"] = files_identity(encoder.weights_path)
+  return json.loads(json.dumps(identity))  # as read back from cache.json (tuples become lists)
+
+
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
   batch = []
   for item in items:
@@ -88,7 +106,8 @@ def write_latents(directory: str, source, encode_fn: Callable[[np.ndarray], np.n
                   fingerprint: Mapping[str, Any] | None = None, progress: bool = True) -> "Cache":
   """Encodes every example of `source` (uint8 [T, H, W, 3] under `video_key`) with `encode_fn`: float32 video in
   [-1, 1] [B, T, H, W, 3] -> moments [B, T', h, w, 2C]. Batches are padded to `batch_size` (one compiled shape).
-  `cache.json` also holds the per-channel mean and std of the posterior means (a data-derived normalisation)."""
+  `cache.json` also holds the per-channel mean and std of the posterior means (a data-derived normalisation) and,
+  under "vae", `fingerprint`: the producing VAE's identity, which readers compare with the VAE they use."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top  (a progress bar only)
   stats = {"sum": 0.0, "sq_sum": 0.0, "count": 0}
 
@@ -145,7 +164,7 @@ def write_text(directory: str, captions: Iterable[str | bytes], encoder, params,
     writer.close()
 
   return _write(directory, "text", records(),
-                lambda: {"encoder": encoder.fingerprint(), "source": dict(source_info or {})})
+                lambda: {"encoder": encoder_identity(encoder), "source": dict(source_info or {})})
 
 
 def write_text_split(directory: str, input_config, split: str, encoder, params, *, caption_key: str = "caption",

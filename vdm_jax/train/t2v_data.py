@@ -15,22 +15,23 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from vdm_jax import xla_cpu
+from vdm_jax import runs, xla_cpu
 from vdm_jax.data import cache as cache_lib
 from vdm_jax.data import pipeline
 from vdm_jax.parallel import mesh as mesh_lib
+from vdm_jax.pipelines import latents
 
 
 def write_once(meta_file: str, name: str, write: Callable[[], Any],
-               prepare: Callable[[], Any] | None = None) -> None:
-  """Calls `write` on process 0 if `meta_file` (a cache's last-written file) is missing, as process 0 sees it, and
-  `prepare` first on every process; the others wait until it is written.
+               prepare: Callable[[], Any] | None = None, stale: Callable[[], bool] | None = None) -> None:
+  """Calls `write` on process 0 if `meta_file` (a cache's last-written file) is missing or `stale()` says the cache
+  is out of date, as process 0 sees it, and `prepare` first on every process; the others wait until it is written.
 
   `write` runs on process 0's first device under a mesh of its own: called from inside the run's mesh (an eval's
   validation cache), the encoders' sharding constraints would otherwise spread it over every process's devices.
   """
   multi = jax.process_count() > 1
-  missing = not os.path.isfile(meta_file)
+  missing = not os.path.isfile(meta_file) or (stale is not None and stale())
   if multi:
     missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
   if not missing:
@@ -44,8 +45,41 @@ def write_once(meta_file: str, name: str, write: Callable[[], Any],
     multihost_utils.sync_global_devices(name)
 
 
+def _stale_latents(space, directory: str) -> bool:
+  """Whether the latent cache in `directory` was written by another VAE than the run's (logged in one line): a VAE
+  that trained on, or another one at the same path, gives other latents."""
+  with open(os.path.join(directory, cache_lib.META_FILE)) as f:
+    recorded = json.load(f).get("vae")
+  mismatch = space.check_vae(recorded)
+  if mismatch:
+    logging.warning("The latent cache %s comes from %s; rebuilding it.", directory, mismatch)
+  return mismatch is not None
+
+
+def record_inputs(experiment) -> None:
+  """Records in the run's workdir the VAE whose latents its DiT trains on (`inputs.json`), and refuses to go on
+  training a DiT whose checkpoints learned another VAE's latents (resuming would mix the two)."""
+  space, workdir = experiment.space, experiment.workdir
+  if not workdir:
+    return
+  trained_on = space.trained_on()
+  checkpoints = os.path.join(workdir, runs.CHECKPOINTS_DIR)
+  if trained_on is not None and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    mismatch = space.check_vae(trained_on.get("vae"))
+    if mismatch:
+      raise cache_lib.CacheMismatchError(
+          f"The DiT checkpoints in {workdir} were trained on latents of {mismatch}. Train this VAE's DiT in a new "
+          "workdir (or remove this one's checkpoints and inputs.json to start it over).")
+    return
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, latents.INPUTS_FILE)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"vae": space.vae_identity().to_json()}, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def write_latent_cache(experiment, split: str, directory: str) -> None:
-  """Writes the split's latent cache with the frozen VAE if it is missing."""
+  """Writes the split's latent cache with the frozen VAE if it is missing or another VAE wrote it."""
   config, space = experiment.config, experiment.space
 
   def write():
@@ -56,10 +90,13 @@ def write_latent_cache(experiment, split: str, directory: str) -> None:
     cache_lib.write_latents(directory, pipeline.data_source(config.input, split),
                             lambda video: np.asarray(encode(params, video)),
                             batch_size=config.vae.encode_batch_size,
-                            fingerprint={"workdir": config.vae.workdir, "path": config.vae.path})
+                            fingerprint=space.vae_identity().to_json())
 
-  # Every process loads the VAE: restoring a VAE workdir's checkpoint is itself a step all processes take.
-  write_once(os.path.join(directory, cache_lib.META_FILE), f"latent_cache_{split}", write, prepare=space.vae)
+  # Every process loads the VAE (its identity needs its params): restoring a VAE workdir's checkpoint is itself a
+  # step all processes take.
+  record_inputs(experiment)
+  write_once(os.path.join(directory, cache_lib.META_FILE), f"latent_cache_{split}", write, prepare=space.vae,
+             stale=lambda: _stale_latents(space, directory))
 
 
 def text_cache_dir(experiment, split: str) -> str:
@@ -78,7 +115,7 @@ def text_cache(experiment, split: str) -> cache_lib.Cache:
 
   write_once(os.path.join(directory, cache_lib.META_FILE), f"text_cache_{split}", write)
   cache = cache_lib.Cache(directory)
-  expected = json.loads(json.dumps(experiment.text.fingerprint()))
+  expected = cache_lib.encoder_identity(experiment.text)
   if cache.meta["encoder"] != expected:
     raise cache_lib.CacheMismatchError(
         f"The text-embedding cache {directory!r} was written by the encoder {cache.meta['encoder']}, not the "
