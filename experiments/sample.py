@@ -7,26 +7,35 @@
 
 For each prompt and each of `num_samples` seeds (seed, seed + 1, ...) it writes `<out>/<prompt#>_<seed>.mp4`, the
 exact frames as `.npy` (uint8 [T, H, W, 3]) and one line in `<out>/samples.jsonl` with prompt, seed, mp4, npy.
+`--out` is checked before any work: a file there, or any of the files to write already there, stops the command
+unless `--overwrite` (then `samples.jsonl` drops its lines for the replaced files), so `samples.jsonl` lists each
+file once, with the prompt and seed it was made from. Sampling a run stopped before its `train.steps` says so.
 """
 import json
 import os
+import warnings
 
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags, logging
+# Before jax (and its C++ logging) is imported: only warnings and errors from native code.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from vdm_jax import io
-from vdm_jax.diffusion import samplers
-from vdm_jax.pipelines import cogvideox, t2v
-from vdm_jax.train import loop
+import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags, logging  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from vdm_jax import io, runs  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.diffusion import samplers  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.pipelines import cogvideox, t2v  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.train import loop, metrics  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained t2v workdir.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers CogVideoX folder (instead of --workdir).")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for several.")
 _NEGATIVE = flags.DEFINE_string("negative_prompt", "", "The unconditional prompt of classifier-free guidance.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (seeds seed, seed + 1, ...).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (seeds seed, seed + 1, ...).", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "The first seed.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace samples already in --out with the same names (else the "
+                               "command stops before generating).")
 _SAMPLER = flags.DEFINE_enum("sampler", None, list(samplers.SAMPLERS),
                              "Sampler (default: the run's config / DDIM for CogVideoX).")
 _STEPS = flags.DEFINE_integer("num_steps", None, "Sampling steps (default: the run's config; 50 for CogVideoX).")
@@ -44,9 +53,38 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
 flags.mark_flags_as_required(["prompt", "out"])
 
 
+class _ActionableLogs(logging.logging.Filter):
+  """Drops orbax's warnings that items this command does not restore (the checkpoint's config and data iterator)
+  "could not be restored": nothing to act on."""
+
+  def filter(self, record):
+    return "could not be restored" not in record.getMessage()
+
+
+def _quiet_logs():
+  """Third-party lines a user cannot act on: libraries' INFO lines (orbax's restore details, jax's backend probing,
+  e.g. libtpu), orbax's unrestored-item warnings, and the os.fork warning of the ffmpeg subprocess that writes each
+  mp4 (a fork followed by exec, which the warning's deadlock does not apply to)."""
+  metrics.quiet_library_logs()
+  logging.get_absl_handler().addFilter(_ActionableLogs())
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+
+
+def _t2v_pipeline(workdir):
+  """(the run's config, its pipeline), warning in one line when its checkpoint is before its `train.steps`."""
+  config = loop.load_config_json(workdir)
+  if config.get("experiment") != "t2v":
+    raise app.UsageError(f"--workdir {workdir!r} holds a {config.get('experiment')!r} run; sampling needs a 't2v' run.")
+  params, step = runs.load_params(workdir)
+  if step < config.train.steps:
+    logging.warning("Sampling an unfinished run: %s is at step %d of train.steps=%d.", workdir, step,
+                    config.train.steps)
+  return config, t2v.TextToVideoPipeline.from_config(config, params, workdir)
+
+
 def _generate_t2v(prompts, seeds):
-  sample = loop.load_config_json(_WORKDIR.value).sample
-  pipe = t2v.TextToVideoPipeline.from_workdir(_WORKDIR.value)
+  config, pipe = _t2v_pipeline(_WORKDIR.value)
+  sample = config.sample
   pick = lambda flag, default: default if flag.value is None else flag.value
   return pipe.generate(prompts, seeds, sampler=pick(_SAMPLER, sample.sampler), num_steps=pick(_STEPS, sample.num_steps),
                        guidance_scale=pick(_GUIDANCE, sample.guidance_scale),
@@ -68,20 +106,48 @@ def _generate_cogvideox(prompts, seeds):
   return np.stack(videos)
 
 
+def _check_out(out: str, stems: list[str]) -> None:
+  """Fails before any work if `out` is not a folder or (without --overwrite) already holds a file to be written."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise app.UsageError(f"--out {out!r} is a file, not a folder: give a folder for the samples.")
+  taken = [p for stem in stems for p in (stem + ".mp4", stem + ".npy") if os.path.exists(p)]
+  if taken and not _OVERWRITE.value:
+    raise app.UsageError(f"--out {out!r} already holds {len(taken)} of the files to write ({taken[0]}, ...): give "
+                         "another --out or --seed, or --overwrite to replace them.")
+
+
+def _drop_lines(jsonl: str, replaced: set[str]) -> None:
+  """Rewrites `jsonl` without its lines for the files in `replaced` (their new lines are appended as they are
+  written), so no line keeps the old prompt of a replaced file."""
+  if not os.path.isfile(jsonl):
+    return
+  with open(jsonl) as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if os.path.abspath(json.loads(line).get("mp4", "")) not in replaced]
+  with open(jsonl + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(jsonl + ".tmp", jsonl)
+
+
 def main(argv):
   del argv
+  _quiet_logs()
   if bool(_WORKDIR.value) == bool(_PRETRAINED.value):
     raise app.UsageError("Give exactly one of --workdir (a trained t2v run) and --pretrained (a CogVideoX folder).")
   prompts = [p for p in _PROMPTS.value for _ in range(_NUM_SAMPLES.value)]
   seeds = [_SEED.value + i for _ in _PROMPTS.value for i in range(_NUM_SAMPLES.value)]
+  stems = [os.path.join(_OUT.value, f"{k // _NUM_SAMPLES.value:02d}_{seed}") for k, seed in enumerate(seeds)]
+  _check_out(_OUT.value, stems)
   videos = (_generate_t2v if _WORKDIR.value else _generate_cogvideox)(prompts, seeds)
   os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, "samples.jsonl"), "a") as f:
-    for k, (prompt, seed, video) in enumerate(zip(prompts, seeds, videos)):
-      stem = os.path.join(_OUT.value, f"{k // _NUM_SAMPLES.value:02d}_{seed}")
+  jsonl = os.path.join(_OUT.value, "samples.jsonl")
+  _drop_lines(jsonl, {os.path.abspath(stem + ".mp4") for stem in stems})
+  with open(jsonl, "a") as f:
+    for prompt, seed, stem, video in zip(prompts, seeds, stems, videos):
       io.write_video(stem + ".mp4", video, fps=_FPS.value)
       io.write_video(stem + ".npy", np.asarray(video, np.uint8))
       f.write(json.dumps({"prompt": prompt, "seed": seed, "mp4": stem + ".mp4", "npy": stem + ".npy"}) + "\n")
+      f.flush()  # a line per finished sample, as its files are written
   logging.info("Wrote %d samples to %s", len(videos), _OUT.value)
 
 
