@@ -117,13 +117,14 @@ def _check_out(out: str, stems: list[str]) -> None:
 
 
 def _drop_lines(jsonl: str, replaced: set[str]) -> None:
-  """Rewrites `jsonl` without its lines for the files in `replaced` (their new lines are appended as they are
-  written), so no line keeps the old prompt of a replaced file."""
+  """Rewrites `jsonl` without its lines for the mp4 names in `replaced` (their new lines are appended as they are
+  written), so no line keeps the old prompt of a replaced file. Names, not paths: every line is about a file in
+  the folder, whatever path (relative or not) the command that wrote it was given."""
   if not os.path.isfile(jsonl):
     return
   with open(jsonl) as f:
     lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if os.path.abspath(json.loads(line).get("mp4", "")) not in replaced]
+  kept = [line for line in lines if os.path.basename(json.loads(line).get("mp4", "")) not in replaced]
   with open(jsonl + ".tmp", "w") as f:
     f.writelines(kept)
   os.replace(jsonl + ".tmp", jsonl)
@@ -141,7 +142,7 @@ def main(argv):
   videos = (_generate_t2v if _WORKDIR.value else _generate_cogvideox)(prompts, seeds)
   os.makedirs(_OUT.value, exist_ok=True)
   jsonl = os.path.join(_OUT.value, "samples.jsonl")
-  _drop_lines(jsonl, {os.path.abspath(stem + ".mp4") for stem in stems})
+  _drop_lines(jsonl, {os.path.basename(stem + ".mp4") for stem in stems})
   with open(jsonl, "a") as f:
     for prompt, seed, stem, video in zip(prompts, seeds, stems, videos):
       io.write_video(stem + ".mp4", video, fps=_FPS.value)
