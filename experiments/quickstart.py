@@ -23,7 +23,10 @@ import jax
 from configs import t2v as t2v_configs
 from configs import vae as vae_configs
 from vdm_jax import io, xla_cpu
+from vdm_jax import runs as runs_lib
 from vdm_jax.eval import probe
+from vdm_jax.pipelines import t2v_config as t2v_inference
+from vdm_jax.pipelines.latents import LatentSpace
 from vdm_jax.pipelines.t2v import TextToVideoPipeline
 from vdm_jax.train import loop, metrics, t2v_eval
 
@@ -92,6 +95,14 @@ def _t2v_config(vae_dir):
   return t2v_config(_PRESET.value, dtype, vae_dir, _DATA_DIR.value, _T2V_STEPS.value)
 
 
+def load_pipeline(t2v_dir: str):
+  """(pipeline, DiT step, VAE identity) of the trained t2v run: the report names the checkpoints it sampled."""
+  config = runs_lib.read_config(t2v_dir, t2v_inference.inference_defaults())
+  params, step = runs_lib.load_params(t2v_dir)
+  space = LatentSpace(config, t2v_dir)
+  return TextToVideoPipeline.from_config(config, params, t2v_dir, space=space), step, space.vae_identity()
+
+
 def plot_losses(runs: dict[str, str], path: str) -> None:
   """One panel per run: training loss (and eval metrics named *loss*) from its metrics.jsonl."""
   import matplotlib  # pylint: disable=g-import-not-at-top  (the Agg backend is chosen before pyplot is imported)
@@ -135,7 +146,7 @@ def main(argv):
   minutes["t2v"] = (time.time() - start) / 60 - minutes["vae"]
 
   logging.info("3/3: sampling and scoring")
-  pipe = TextToVideoPipeline.from_workdir(t2v_dir)
+  pipe, dit_step, vae_identity = load_pipeline(t2v_dir)
   num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
   prompts, seeds = probe_set(num_probe)
   videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))
@@ -151,7 +162,9 @@ def main(argv):
   report = {"probe": scores, "probe_diagnosis": probe.diagnose(videos, prompts),  # where the score is lost
             "num_videos": num_probe, "probe_seeds": [seeds[0], seeds[-1]],
             "vae_psnr": vae_evals[-1]["eval/psnr"] if vae_evals else None,
-            "t2v": {"steps": t2v_config.train.steps, "compute_dtype": t2v_config.train.compute_dtype},
+            "vae": {"step": vae_identity.step, "weights_sha256": vae_identity.weights_sha256},
+            "t2v": {"step": dit_step, "steps": t2v_config.train.steps,
+                    "compute_dtype": t2v_config.train.compute_dtype},
             "minutes": {k: round(v, 2) for k, v in minutes.items()},
             "total_minutes": round((time.time() - start) / 60, 2),
             "workdirs": {"vae": vae_dir, "t2v": t2v_dir}}

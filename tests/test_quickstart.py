@@ -55,6 +55,13 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
   for name in ("contact_sheet.png", "loss_curves.png"):
     assert os.path.getsize(tmp_path / name) > 1000
   assert len(os.listdir(tmp_path / "videos")) == 4
+  # the report names the checkpoints it sampled, and the DiT's latents came from that same (final) VAE
+  from vdm_jax import runs  # pylint: disable=g-import-not-at-top
+  _, vae_step = runs.load_params(str(tmp_path / "vae"))
+  cache = json.load(open(tmp_path / "vae" / "latent_cache" / "32x32x9_tiny" / "train" / "cache.json"))
+  assert report["vae"]["step"] == vae_step == cache["vae"]["step"]
+  assert report["vae"]["weights_sha256"] == cache["vae"]["weights_sha256"]
+  assert report["t2v"]["step"] == report["t2v"]["steps"]
   # a second run reuses both trained models (their checkpoints are at the last step)
   again = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
   assert again.returncode == 0, again.stderr[-4000:]
