@@ -45,11 +45,26 @@ def _flip_manifest_byte(step_dir):
   open(path, "wb").write(bytes(data))
 
 
+def _rewrite_a_leaf(step_dir):
+  """Valid files holding other values than were saved, which is what a byte flipped in a compressed data chunk can
+  give (OCDBT checksums its manifests and tree nodes, not the values): the state re-written with one leaf changed."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(os.path.join(step_dir, "state"))
+    leaf = state["opt_state"][1][0]["mu"]["up_0"]["kernel"]  # an optimizer moment: l2_params would not show it
+    state["opt_state"][1][0]["mu"]["up_0"]["kernel"] = leaf.at[0, 0, 0, 0].add(1e-3)
+    checkpointer.save(os.path.join(step_dir, "state.rewritten"), state)
+    checkpointer.wait_until_finished()
+  shutil.rmtree(os.path.join(step_dir, "state"))
+  os.rename(os.path.join(step_dir, "state.rewritten"), os.path.join(step_dir, "state"))
+
+
 DAMAGE = {
     "truncated_data": (_truncate_data, "OUT_OF_RANGE"),
     "missing_metadata": (lambda d: os.remove(os.path.join(d, "state", "_METADATA")), "pytree structure"),
     "missing_item": (lambda d: shutil.rmtree(os.path.join(d, "state")), 'Item "state" was not found'),
     "checksum": (_flip_manifest_byte, "checksum"),
+    "other_values": (_rewrite_a_leaf, "differ from the checksums saved with them"),
     "truncated_iterator_state": (lambda d: open(os.path.join(d, "data", "process_0-of-1.json"), "w").write("{"),
                                  "JSONDecodeError"),
 }
@@ -106,6 +121,8 @@ def test_load_params_skips_a_damaged_newest_and_names_an_asked_for_one(four_step
   _assert_same_tree(params, runs.load_params(four_steps, "params", step=2)[0])
   with pytest.raises(runs.CheckpointError, match=r"checkpoints restores \(step 4: ValueError: DATA_LOSS.*checksum"):
     runs.load_params(workdir, "params", step=4)
+  rewritten = _damaged_copy(four_steps, str(tmp_path / "rewritten"), _rewrite_a_leaf)
+  assert runs.load_params(rewritten, "params")[1] == 2  # the values are checked against the saved checksums
 
 
 def test_closed_event_loop_reports_are_dropped_and_others_kept(monkeypatch):

@@ -2,7 +2,9 @@
 
 Below both `vdm_jax.pipelines` (sampling from a workdir) and `vdm_jax.train` (which writes runs), so inference
 never needs the training code. The parameters come back as host numpy arrays; their tree comes from the
-checkpoint's own metadata, so no model code is needed to read them.
+checkpoint's own metadata, so no model code is needed to read them. Restores fall back to the newest checkpoint
+that restores and check the values against the per-leaf checksums the trainer saved with them (the writer is
+`vdm_jax.train.checkpoint`; both sides of the checksum live here).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -104,6 +107,42 @@ def warn_skipped(directory: str, failures: list[tuple[int, str]], restored: int,
     logging.warning("Checkpoint step %d does not restore, using step %d: %s: %s", step, restored, where, reason)
 
 
+@jax.jit
+def _bit_sums(leaves: list) -> list:
+  """Per leaf, the sum of its values' bits as unsigned integers mod 2**32: any one flipped bit changes it, and the
+  sum is the same whatever the sharding or the order of the reduction."""
+  def one(x):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if x.dtype.itemsize in (2, 4):
+      x = jax.lax.bitcast_convert_type(x, jnp.uint16 if x.dtype.itemsize == 2 else jnp.uint32)
+    return jnp.sum(x.astype(jnp.uint32), dtype=jnp.uint32)
+  return [one(x) for x in leaves]
+
+
+def leaf_checksums(state: Any) -> dict[str, list]:
+  """{leaf path: [dtype, bit sum]} of a state's leaves (computed on the devices; only the sums are fetched)."""
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  sums = jax.device_get(_bit_sums([x for _, x in leaves]))
+  return {_path_name(path): [str(x.dtype), int(s)] for (path, x), s in zip(leaves, sums)}
+
+
+def _path_name(path) -> str:
+  """'opt_state/1/0/mu/up_0/kernel': the same for a TrainState and for the dicts and lists its metadata restores as."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def check_leaf_checksums(state: Any, saved: dict[str, list], where: str) -> None:
+  """Raises ValueError when a leaf restored with the dtype it was saved with has other values than were saved
+  (a leaf restored into another dtype, e.g. after a param_dtype change, is not comparable and is skipped)."""
+  now = leaf_checksums(state)
+  bad = [path for path, (dtype, total) in saved.items()
+         if path in now and now[path][0] == dtype and now[path][1] != total]
+  if bad:
+    raise ValueError(f"{len(bad)} of {len(saved)} leaves in {where} differ from the checksums saved with them "
+                     f"(the files changed after the save), e.g. {bad[0]}")
+
+
 def load_params(workdir: str, item: str = "ema_params", step: int | None = None) -> tuple[Any, int]:
   """(params as host numpy arrays, step) from a run's checkpoint: `item` is 'ema_params' (for evaluation and
   sampling) or 'params'. `step` None: the newest checkpoint that restores (`restore_newest`: damaged ones are
@@ -111,15 +150,23 @@ def load_params(workdir: str, item: str = "ema_params", step: int | None = None)
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoints in {workdir!r}: train it first (python -m experiments.train ...).")
-  manager = ocp.CheckpointManager(directory, item_names=("state",),
-                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  manager = ocp.CheckpointManager(directory, item_names=("state", "checksums"),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                 "checksums": ocp.JsonCheckpointHandler()})
   one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def restore(s):
     # Restored onto one local device whatever mesh the run used (its devices need not exist here).
     metadata = manager.item_metadata(s)["state"]
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata)
-    return manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    items = {"state": ocp.args.StandardRestore(target)}
+    checked = os.path.isdir(os.path.join(directory, str(s), "checksums"))  # saves before checksums have none
+    if checked:
+      items["checksums"] = ocp.args.JsonRestore()
+    restored = manager.restore(s, args=ocp.args.Composite(**items))
+    if checked:
+      check_leaf_checksums(restored["state"], restored["checksums"], os.path.join(directory, str(s), "state"))
+    return restored["state"]
 
   try:
     steps = manager.all_steps() if step is None else [step]
