@@ -45,8 +45,7 @@ def test_latent_cache_follows_the_vae_that_wrote_it(shapes_data_dir, tmp_path, c
   first = str(tmp_path / "t2v_first")
   loop.train(_t2v(data, vae_dir, 2), first)
   written = cache_lib.Cache(cache_dir)
-  old_moments = written[0]["latent_moments"]
-  assert written.meta["vae"]["step"] == 2
+  old_moments, old_vae = written[0]["latent_moments"], written.meta["vae"]
 
   loop.train(_vae(data, 4), vae_dir)  # the VAE resumes and trains on
   params, step = runs.load_params(vae_dir)
@@ -56,7 +55,7 @@ def test_latent_cache_follows_the_vae_that_wrote_it(shapes_data_dir, tmp_path, c
     loop.train(_t2v(data, vae_dir, 2), second)
   rebuilt = cache_lib.Cache(cache_dir)
   assert not np.array_equal(rebuilt[0]["latent_moments"], old_moments)  # not the half-trained VAE's latents
-  assert rebuilt.meta["vae"]["step"] == 4
+  assert old_vae["step"] == 2 and rebuilt.meta["vae"]["step"] == 4
   assert rebuilt.meta["vae"]["weights_sha256"] == latents.params_sha256(params["vae"])
   # One line per stale cache (the training split's, and the validation split's the final eval wrote).
   warnings = [r.getMessage() for r in caplog.records if "rebuilding it" in r.getMessage()]
