@@ -30,6 +30,7 @@ from vdm_jax import runs
 from vdm_jax.convert import cogvideox
 from vdm_jax.data import cache as cache_lib
 from vdm_jax.models import vae as vae_lib
+from vdm_jax.parallel import mesh as mesh_lib
 
 
 INPUTS_FILE = "inputs.json"  # in a t2v workdir: the identity of the VAE whose latents its DiT trained on
@@ -92,6 +93,13 @@ def cogvideox_identity(path: str) -> VAEIdentity:
 
 
 def _load(vae_config) -> tuple[Any, Any, VAEIdentity]:
+  # On one local device whatever mesh the caller is in (an eval inside the training mesh): the frozen VAE is read
+  # to host arrays, and its restore's own checks must not be spread over the run's devices.
+  with jax.set_mesh(mesh_lib.create_mesh({"data": 1}, jax.local_devices()[:1])):
+    return _load_concrete(vae_config)
+
+
+def _load_concrete(vae_config) -> tuple[Any, Any, VAEIdentity]:
   if vae_config.path:
     module, params = cogvideox.load_vae(os.path.expanduser(vae_config.path))
     return module, vae_lib.inference_params(params), cogvideox_identity(vae_config.path)
@@ -157,6 +165,10 @@ class LatentSpace:
     if isinstance(recorded, dict) and unplaced(recorded) == unplaced(self.vae_identity().to_json()):
       return None
     return f"{describe(recorded)}, but the VAE is now {self.vae_identity()}"
+
+  def reopen(self, split: str) -> None:
+    """Forgets the split's opened cache (its writer rebuilt it), so the next `cache(split)` reads the new one."""
+    self._caches.pop(split, None)
 
   def trained_on(self) -> dict[str, Any] | None:
     """What this run's `inputs.json` records (the VAE whose latents its DiT trained on), or None."""

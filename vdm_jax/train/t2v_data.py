@@ -78,8 +78,9 @@ def record_inputs(experiment) -> None:
     os.replace(path + ".tmp", path)
 
 
-def write_latent_cache(experiment, split: str, directory: str) -> None:
-  """Writes the split's latent cache with the frozen VAE if it is missing or another VAE wrote it."""
+def write_latent_cache(experiment, split: str, directory: str, check_vae: bool = False) -> None:
+  """Writes the split's latent cache with the frozen VAE if it is missing, or with `check_vae` also if another VAE
+  wrote it (then the run's `inputs.json` is checked first: `record_inputs`)."""
   config, space = experiment.config, experiment.space
 
   def write():
@@ -92,11 +93,14 @@ def write_latent_cache(experiment, split: str, directory: str) -> None:
                             batch_size=config.vae.encode_batch_size,
                             fingerprint=space.vae_identity().to_json())
 
-  # Every process loads the VAE (its identity needs its params): restoring a VAE workdir's checkpoint is itself a
-  # step all processes take.
-  record_inputs(experiment)
+  stale = None
+  if check_vae:
+    # Every process loads the VAE (its identity needs its params): restoring a VAE workdir's checkpoint is itself a
+    # step all processes take.
+    record_inputs(experiment)
+    stale = lambda: _stale_latents(space, directory)
   write_once(os.path.join(directory, cache_lib.META_FILE), f"latent_cache_{split}", write, prepare=space.vae,
-             stale=lambda: _stale_latents(space, directory))
+             stale=stale)
 
 
 def text_cache_dir(experiment, split: str) -> str:
@@ -125,8 +129,12 @@ def text_cache(experiment, split: str) -> cache_lib.Cache:
 
 def joined_source(experiment, split: str):
   """The split's examples with their cached `latent_moments` (and `text_embeds`, `text_mask` with text.cached)."""
-  config = experiment.config
-  source = cache_lib.CachedSource(pipeline.data_source(config.input, split), experiment.space.cache(split))
+  config, space = experiment.config, experiment.space
+  # Checked here, where the run builds its input (outside any trace or mesh), rather than wherever the latent cache
+  # is first opened: a cache another VAE wrote is rebuilt before its latents or statistics are used.
+  write_latent_cache(experiment, split, space.cache_dir(split), check_vae=True)
+  space.reopen(split)
+  source = cache_lib.CachedSource(pipeline.data_source(config.input, split), space.cache(split))
   if config.text.cached:
     source = cache_lib.CachedSource(source, experiment.text_cache(split))
   return source
