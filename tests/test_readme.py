@@ -93,11 +93,11 @@ def _defined_flags(module: str) -> tuple[frozenset[str], frozenset[str], frozens
                                                 None)
     if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
       continue
-    if func.startswith("DEFINE_"):
+    if func.startswith("DEFINE_") or func == "define_config_flag":
       names.add(first.value)
       if func == "DEFINE_bool" or func == "DEFINE_boolean":
         booleans.add(first.value)
-      if func.startswith("DEFINE_config_"):
+      if func.startswith("DEFINE_config_") or func == "define_config_flag":
         configs.add(first.value)
     elif func == "add_argument" and first.value.startswith("--"):
       names.add(first.value[2:])
