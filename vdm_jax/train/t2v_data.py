@@ -71,10 +71,12 @@ def record_inputs(experiment) -> None:
           f"The DiT checkpoints in {workdir} were trained on latents of {mismatch}. Train this VAE's DiT in a new "
           "workdir (or remove this one's checkpoints and inputs.json to start it over).")
     return
+  # Every process: a VAE workdir's identity restores its checkpoint, a step all processes take together.
+  identity = space.vae_identity().to_json()
   if jax.process_index() == 0:
     path = os.path.join(workdir, latents.INPUTS_FILE)
     with open(path + ".tmp", "w") as f:
-      json.dump({"vae": space.vae_identity().to_json()}, f, indent=1)
+      json.dump({"vae": identity}, f, indent=1)
     os.replace(path + ".tmp", path)
 
 
