@@ -22,6 +22,7 @@ import jax
 
 from configs import t2v as t2v_configs
 from configs import vae as vae_configs
+from experiments import job_clock
 from vdm_jax import io, xla_cpu
 from vdm_jax import runs as runs_lib
 from vdm_jax.eval import probe
@@ -86,6 +87,12 @@ def sample_kwargs(config) -> dict:
               use_dynamic_cfg=s.use_dynamic_cfg, guidance_rescale=s.guidance_rescale, batch_size=s.batch_size)
 
 
+def clock_for(vae_steps: int, t2v_steps: int, num_probe: int) -> job_clock.JobClock:
+  """The job's clock, with the stage times expected on this kind of CPU (with AMX bfloat16 tiles or without)."""
+  amx = jax.default_backend() == "cpu" and xla_cpu.has_amx_bf16()
+  return job_clock.JobClock({"vae": vae_steps, "t2v": t2v_steps, "sample": num_probe}, "amx" if amx else "no_amx")
+
+
 def _vae_config():
   return vae_config(_PRESET.value, _DATA_DIR.value, _VAE_STEPS.value)
 
@@ -129,25 +136,32 @@ def main(argv):
   vae_dir, t2v_dir = os.path.join(workdir, "vae"), os.path.join(workdir, "t2v")
   start = time.time()
   minutes = {}
+  vae_cfg, t2v_config = _vae_config(), _t2v_config(vae_dir)
+  num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
+  clock = clock_for(vae_cfg.train.steps, t2v_config.train.steps, num_probe)
+  logging.info("Expected from an empty workdir on this kind of CPU: about %s (the progress lines' 'job' "
+               "estimate follows the actual pace).", metrics.duration(clock.total()))
 
   logging.info("1/3: the VAE in %s", vae_dir)
+  clock.start("vae")
   try:  # a stage stopped by SIGTERM/SIGINT is not finished: stop here, not train the DiT on a half-trained VAE
-    loop.train(_vae_config(), vae_dir)
+    loop.train(vae_cfg, vae_dir, job_eta=clock.remaining)
   except loop.RunStopped as stopped:
     sys.exit(stopped.exit_code)
   minutes["vae"] = (time.time() - start) / 60
 
-  logging.info("2/3: the text-to-video model in %s", t2v_dir)
-  t2v_config = _t2v_config(vae_dir)
+  clock.start("t2v")
+  logging.info("2/3: the text-to-video model in %s (job: about %s left)", t2v_dir,
+               metrics.duration(clock.remaining_before("t2v")))
   try:
-    loop.train(t2v_config, t2v_dir)
+    loop.train(t2v_config, t2v_dir, job_eta=clock.remaining)
   except loop.RunStopped as stopped:
     sys.exit(stopped.exit_code)
   minutes["t2v"] = (time.time() - start) / 60 - minutes["vae"]
 
-  logging.info("3/3: sampling and scoring")
+  clock.start("sample")
+  logging.info("3/3: sampling and scoring (job: about %s left)", metrics.duration(clock.remaining_before("sample")))
   pipe, dit_step, vae_identity = load_pipeline(t2v_dir)
-  num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
   prompts, seeds = probe_set(num_probe)
   videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))
   scores = probe.score(videos, prompts)

@@ -4,6 +4,7 @@ It runs on one CPU device, as on a user's machine (not the tests' 8 virtual ones
 quickstart notebook's test, so whichever of the two runs second finds them in the run's compilation cache."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -46,6 +47,8 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
          f"--data_dir={shapes_data_dir}"]
   result = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
+  assert "Expected from an empty workdir on this kind of CPU: about " in result.stderr
+  assert re.search(r"\[\d+/\d+\] .* \| ETA \dh\d\dm\d\ds \(job \dh\d\dm\d\ds\)", result.stderr)  # whole-job ETA
   report = json.load(open(tmp_path / "report.json"))
   assert report["num_videos"] == 4 and set(report["probe"]) >= {"color", "shape", "motion", "all"}
   assert all(0.0 <= report["probe"][k] <= 1.0 for k in ("color", "shape", "motion", "all"))

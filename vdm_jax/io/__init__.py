@@ -1,4 +1,5 @@
 """Video reading and writing (mp4, gif, npy), and pictures of videos (contact sheets, PNG, notebook HTML)."""
+from vdm_jax.io.video import VideoDamageWarning
 from vdm_jax.io.video import VideoReadError
 from vdm_jax.io.video import as_video
 from vdm_jax.io.video import encode_video

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -167,15 +168,20 @@ def _check_finite(step: int, metrics, finite) -> None:
                        f"{paths or 'none (the loss itself)'}.")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str,
+          job_eta: Callable[[float], float] | None = None) -> TrainState:
   """Trains `config.experiment` in `workdir`, resuming from its newest checkpoint that restores; returns the final
-  state. Raises RunStopped (after saving a checkpoint) when SIGTERM or SIGINT stopped it before `train.steps`."""
+  state. Raises RunStopped (after saving a checkpoint) when SIGTERM or SIGINT stopped it before `train.steps`.
+
+  `job_eta` (for a caller that runs this as one stage of a job): maps the run's remaining seconds to the job's,
+  shown on each progress line."""
   # Signals are caught from the start: one during the restore or the compile stops the run before its first step.
   with _Preemption() as preemption:
-    return _train(config, workdir, preemption)
+    return _train(config, workdir, preemption, job_eta)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption) -> TrainState:
+def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption,
+           job_eta: Callable[[float], float] | None) -> TrainState:
   # --- Config, mesh and experiment.
   run = setup_lib.setup(config, workdir, distributed=True)
   mesh, rules, experiment = run.mesh, run.rules, run.experiment
@@ -232,7 +238,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
     # --- Loop.
     total = config.train.steps
     writer = metrics_lib.MetricWriter(workdir, total, start_step,
-                                      utilisation=lambda rate: flops_lib.utilisation(step_flops, rate, peak))
+                                      utilisation=lambda rate: flops_lib.utilisation(step_flops, rate, peak),
+                                      job_eta=job_eta)
     every = lambda n, step: (n > 0 and step % n == 0) or step == total
     pending = None  # (step, metrics, finite) of the previous step, checked one step late to keep dispatch async
     stopped = None

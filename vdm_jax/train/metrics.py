@@ -23,9 +23,11 @@ class MetricWriter:
   """Writes scalar metrics per step; on resume, drops `metrics.jsonl` lines past the restored step."""
 
   def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
-               utilisation: Callable[[float], Mapping[str, float]] | None = None):
-    """`utilisation(steps_per_sec)` adds throughput metrics (TFLOP/s, MFU) to progress lines."""
-    self.utilisation = utilisation
+               utilisation: Callable[[float], Mapping[str, float]] | None = None,
+               job_eta: Callable[[float], float] | None = None):
+    """`utilisation(steps_per_sec)` adds throughput metrics (TFLOP/s, MFU) to progress lines; `job_eta(seconds)`
+    turns this run's remaining seconds into those of a larger job it is a stage of (shown as 'job ...')."""
+    self.utilisation, self.job_eta = utilisation, job_eta
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
     self.path = os.path.join(workdir, "metrics.jsonl")
@@ -60,7 +62,8 @@ class MetricWriter:
       eta = (self.total_steps - step) / max(rate, 1e-9)
       shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())
                        if not k.startswith("l2_") and k != "train_seconds" and (v or k not in _SHOWN_IF_NONZERO))
-      logging.info("[%d/%d] %s | ETA %s", step, self.total_steps, shown, _duration(eta))
+      job = f" (job {duration(self.job_eta(eta))})" if self.job_eta is not None else ""
+      logging.info("[%d/%d] %s | ETA %s%s", step, self.total_steps, shown, duration(eta), job)
     if self.enabled:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, step)
@@ -77,7 +80,8 @@ class MetricWriter:
       self._tb.close()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """'0h12m05s'."""
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
