@@ -125,12 +125,33 @@ def test_load_params_skips_a_damaged_newest_and_names_an_asked_for_one(four_step
   assert runs.load_params(rewritten, "params")[1] == 2  # the values are checked against the saved checksums
 
 
-def test_closed_event_loop_reports_are_dropped_and_others_kept(monkeypatch):
-  """A failed restore's in-flight reads report `Event loop is closed` through sys.unraisablehook (~200 lines)."""
+def _raised_in(filename):
+  """An exception whose traceback has a frame in `filename` (as if raised by that file's code)."""
+  try:
+    exec(compile("raise ValueError('DATA_LOSS: checksum')", filename, "exec"))  # pylint: disable=exec-used
+  except ValueError as e:
+    return e
+
+
+def test_failed_restore_reports_are_dropped_and_others_kept(monkeypatch):
+  """A failed restore's in-flight reads report `Event loop is closed` through sys.unraisablehook (~200 lines), or
+  asyncio logs each as `Task exception was never retrieved` with its traceback (which of the two is timing)."""
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", seen.append)
-  runs._quiet_closed_event_loops()  # pylint: disable=protected-access
-  runs._quiet_closed_event_loops()  # pylint: disable=protected-access  (installed once)
+  asyncio_logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(asyncio_logger, "filters", [])
+  runs._quiet_failed_restores()  # pylint: disable=protected-access
+  runs._quiet_failed_restores()  # pylint: disable=protected-access  (installed once)
+  assert len(asyncio_logger.filters) == 1
+
+  def record(msg, error):
+    return logging.LogRecord("asyncio", logging.ERROR, "base_events.py", 1, msg, None,
+                             (type(error), error, error.__traceback__))
+
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py")
+  assert not asyncio_logger.filter(record("Task exception was never retrieved\nfuture: <Task>", _raised_in(orbax_file)))
+  assert asyncio_logger.filter(record("Task exception was never retrieved\nfuture: <Task>", _raised_in("mine.py")))
+  assert asyncio_logger.filter(record("Unclosed client session", _raised_in(orbax_file)))
 
   class Unraisable:
     def __init__(self, exc):

@@ -9,6 +9,7 @@ that restores and check the values against the per-leaf checksums the trainer sa
 from __future__ import annotations
 
 import json
+import logging as logging_std
 import os
 import sys
 from typing import Any, Callable, Iterable
@@ -62,10 +63,35 @@ def error_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def _quiet_closed_event_loops() -> None:
+def _from_orbax(error: BaseException | None) -> bool:
+  """Whether `error` was raised inside orbax (a frame of its traceback is in an orbax file)."""
+  tb = error.__traceback__ if error is not None else None
+  while tb is not None:
+    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _OrphanedRestoreErrors(logging_std.Filter):
+  """Drops asyncio's `Task exception was never retrieved` records for orbax's reads: when one read of a restore
+  fails, orbax gives up on its sibling reads, and each of those that fails too is logged with its whole traceback
+  when its task is collected (after the restore has already raised the first error)."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if not str(record.msg).startswith("Task exception was never retrieved"):
+      return True
+    return not (record.exc_info and _from_orbax(record.exc_info[1]))
+
+
+def _quiet_failed_restores() -> None:
   """When one read of a restore fails, orbax closes its asyncio loop while tensorstore's other reads are in flight;
-  each of them then reports `RuntimeError: Event loop is closed` through sys.unraisablehook (hundreds of lines
-  that bury the real error, which is raised anyway). Drops those reports, passes every other one on."""
+  each of them then reports `RuntimeError: Event loop is closed` through sys.unraisablehook, or asyncio logs it as
+  a task exception never retrieved (hundreds of lines that bury the real error, which is raised anyway). Drops
+  those reports, passes every other one on."""
+  asyncio_logger = logging_std.getLogger("asyncio")
+  if not any(isinstance(f, _OrphanedRestoreErrors) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_OrphanedRestoreErrors())
   if getattr(sys.unraisablehook, "drops_closed_event_loops", False):
     return
   previous = sys.unraisablehook
@@ -87,7 +113,7 @@ def restore_newest(directory: str, steps: Iterable[int], restore: Callable[[int]
   types, so any error skips the step; the caller reports the skipped ones (`warn_skipped`). When none restores,
   raises CheckpointError naming `directory` and every step's reason.
   """
-  _quiet_closed_event_loops()
+  _quiet_failed_restores()
   failures = []
   for step in sorted(steps, reverse=True):
     try:
