@@ -107,7 +107,7 @@ def _cogvideox(c):
   c.loss.l1_weight = 1.0
   c.loss.kl_weight = 1e-6
   c.loss.disc_weight = 0.5
-  c.loss.disc_start_step = 0  # the generic loop does not pass the step to the loss yet (see vdm_jax/train/vae.py)
+  c.loss.disc_start_step = 0  # the discriminator from the first step
   c.loss.disc_channels = (64, 128, 256)
   c.input.batch_size = 8
   c.train.compute_dtype = "bfloat16"
