@@ -13,12 +13,8 @@ kind (convolution, dot, fusion, ...), printing the top ones: what to make cheape
 """
 from __future__ import annotations
 
-import collections
-import glob
-import gzip
 import json
 import os
-import re
 import tempfile
 import time
 
@@ -30,6 +26,7 @@ from vdm_jax.data import pipeline
 from vdm_jax.parallel import sharding
 from vdm_jax.train import config as config_lib
 from vdm_jax.train import loop
+from vdm_jax.train import profiler
 from vdm_jax.train import setup as setup_lib
 
 _CONFIG = config_lib.define_config_flag("config", "Config file, e.g. configs/t2v.py[:arg].")
@@ -42,9 +39,6 @@ _TOP = flags.DEFINE_integer("top", 25, "Operations to list from the trace.")
 _JSON = flags.DEFINE_string("json", "", "Also write the results here as JSON.")
 _HLO = flags.DEFINE_string("hlo", "", "Also write the compiled step's optimised HLO here (to read the top operations).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-# An XLA op name's kind: the HLO opcode its name starts with ('fusion.12' -> 'fusion', 'convolution.3' -> ...).
-_KIND = re.compile(r"^([a-z][a-z\-_]*?)(?:[._]\d+)*$")
 
 
 def build(config, workdir):
@@ -76,49 +70,6 @@ def _per_step(fn, steps: int, warmup: int, finish=lambda: None) -> float:
     fn()
   finish()
   return (time.perf_counter() - start) / steps
-
-
-def op_times(trace_dir: str) -> dict[str, float]:
-  """Seconds per XLA operation name, summed over a perfetto trace's complete events on XLA's CPU threads."""
-  files = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-  if not files:
-    raise FileNotFoundError(f"No perfetto_trace.json.gz under {trace_dir!r}.")
-  with gzip.open(files[0]) as f:
-    trace = json.load(f)
-  events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  totals = collections.Counter()
-  for e in events:
-    if e.get("ph") == "X" and _KIND.match(e.get("name", "")) and "args" in e and "hlo_op" in str(e["args"]):
-      totals[e["name"]] += e.get("dur", 0) / 1e6
-  if not totals:  # older traces without hlo_op args: every complete event that looks like an op name
-    for e in events:
-      if e.get("ph") == "X" and _KIND.match(e.get("name", "")):
-        totals[e["name"]] += e.get("dur", 0) / 1e6
-  return dict(totals)
-
-
-_HLO_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?\[[^\]]*\])")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-
-
-def op_info(hlo_text: str) -> dict[str, str]:
-  """For each instruction of a compiled module's HLO text: its result shape and the JAX operation it came from
-  (the `op_name` metadata, shortened to its last path elements), e.g. 'f32[16,4,80,80] .../dot_general'."""
-  info = {}
-  for line in hlo_text.splitlines():
-    m = _HLO_LINE.match(line)
-    if m and m.group(1) not in info:
-      source = _OP_NAME.search(line)
-      where = "/".join(source.group(1).split("/")[-3:]) if source else ""
-      info[m.group(1)] = f"{m.group(2)} {where}".strip()
-  return info
-
-
-def by_kind(times: dict[str, float]) -> dict[str, float]:
-  kinds = collections.Counter()
-  for name, seconds in times.items():
-    kinds[_KIND.match(name).group(1)] += seconds
-  return dict(kinds)
 
 
 def main(argv):
@@ -154,18 +105,14 @@ def main(argv):
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       for _ in range(_TRACE_STEPS.value):
         step_alone()
-    times = {k: v / _TRACE_STEPS.value for k, v in op_times(trace_dir).items()}
-    total = sum(times.values())
-    results["ops_per_step"] = total
-    results["kinds"] = dict(sorted(by_kind(times).items(), key=lambda kv: -kv[1]))
-    results["top_ops"] = dict(sorted(times.items(), key=lambda kv: -kv[1])[:_TOP.value])
+    results.update(profiler.summarize(trace_dir, _TRACE_STEPS.value, step_fn.as_text(), _TOP.value))
+    total = results["ops_per_step"]
     print(f"XLA ops: {total * 1e3:.1f} ms per step (summed over threads); by kind:")
     for kind, seconds in results["kinds"].items():
       print(f"  {kind:24s} {seconds * 1e3:8.2f} ms  {seconds / total:6.1%}")
-    info = op_info(step_fn.as_text())
     print("top operations (result shape, JAX source):")
-    for name, seconds in results["top_ops"].items():
-      print(f"  {name:28s} {seconds * 1e3:8.2f} ms  {seconds / total:6.1%}  {info.get(name, '')}")
+    for op in results["top_ops"]:
+      print(f"  {op['name']:28s} {op['seconds'] * 1e3:8.2f} ms  {op['seconds'] / total:6.1%}  {op['what']}")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(results, f, indent=1)

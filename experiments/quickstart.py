@@ -7,6 +7,7 @@
    CPU with AMX; in `W/t2v`, resumed if interrupted),
 3. samples prompts it never sampled during training (new seeds), scores them with the probe,
 4. writes `W/videos/*.mp4`, `W/contact_sheet.png`, `W/loss_curves.png` and `W/report.json`.
+`--profile` also traces a few steps of each training stage and puts where their time goes in the report.
 
 The recipes, budgets and dtypes are the configs' defaults (docs/recipes.md has their results); this file only runs
 the stages. Every stage is an ordinary run, so rerunning the command after an interruption continues where it
@@ -41,6 +42,9 @@ _DIT_DTYPE = flags.DEFINE_enum(
     "dit_dtype", "auto", ["auto", "float32", "bfloat16"],
     "The text-to-video model's compute dtype (parameters stay float32). 'auto': bfloat16, with more steps for the "
     "same minutes, on a CPU with AMX (vdm_jax.xla_cpu.has_amx_bf16), else float32; runlocal: float32.")
+_PROFILE = flags.DEFINE_bool(
+    "profile", False, "Trace 5 steps of each training stage (after 20 warm ones) into W/<stage>/profile and add "
+    "their breakdown by XLA operation to report.json (docs/cpu_profile.md reads them).")
 flags.mark_flags_as_required(["workdir"])
 
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
@@ -65,6 +69,25 @@ def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps:
   c.vae.workdir = vae_dir
   c.eval.probe_prompts = 0  # the quickstart scores its own, larger set after training
   return c
+
+
+def profile(config, preset: str):
+  """`config` with its training stage's profile on: 5 steps after 20 (runlocal: 2 after 1)."""
+  config.train.profile_steps, config.train.profile_start = (2, 1) if preset == "runlocal" else (5, 20)
+  return config
+
+
+def profile_report(workdirs: dict[str, str], top: int = 10) -> dict:
+  """Each training stage's trace summary (`vdm_jax.train.profiler`), its `top` operations only; a stage that
+  recorded none (reused from an earlier run) is left out."""
+  report = {}
+  for name, workdir in workdirs.items():
+    path = os.path.join(workdir, "profile", "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        summary = json.load(f)
+      report[name] = {**summary, "top_ops": summary["top_ops"][:top]}
+  return report
 
 
 def dit_dtype(choice: str, preset: str) -> str:
@@ -137,6 +160,8 @@ def main(argv):
   start = time.time()
   minutes = {}
   vae_cfg, t2v_config = _vae_config(), _t2v_config(vae_dir)
+  if _PROFILE.value:
+    vae_cfg, t2v_config = profile(vae_cfg, _PRESET.value), profile(t2v_config, _PRESET.value)
   num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
   clock = clock_for(vae_cfg.train.steps, t2v_config.train.steps, num_probe)
   logging.info("Expected from an empty workdir on this kind of CPU: about %s (the progress lines' 'job' "
@@ -182,6 +207,8 @@ def main(argv):
             "minutes": {k: round(v, 2) for k, v in minutes.items()},
             "total_minutes": round((time.time() - start) / 60, 2),
             "workdirs": {"vae": vae_dir, "t2v": t2v_dir}}
+  if _PROFILE.value:
+    report["profile"] = profile_report({"vae": vae_dir, "t2v": t2v_dir})
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
   print(json.dumps(report, indent=2))

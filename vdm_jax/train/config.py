@@ -80,6 +80,8 @@ def generic_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 0  # 0: only at the end
   c.train.compute_dtype = "float32"
   c.train.param_dtype = "float32"
+  c.train.profile_steps = 0  # > 0: trace this many steps into <workdir>/profile (vdm_jax.train.profiler)
+  c.train.profile_start = 10  # ... after this many steps of the invocation (compiled and warm)
   c.train.peak_tflops = 0.0  # per device, for MFU; 0: from the table in vdm_jax/train/flops.py (None on CPUs)
   return c
 
@@ -171,6 +173,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(config.train.keep_checkpoints > 0, "train.keep_checkpoints", "must be > 0.")
   for key in ("eval_every", "sample_every"):
     check(config.train[key] >= 0, f"train.{key}", "must be >= 0 (0: only at the end).")
+  for key in ("profile_steps", "profile_start"):
+    check(config.train[key] >= 0, f"train.{key}", "must be >= 0.")
 
   try:
     ops.parse(config.input.pp)

@@ -28,6 +28,7 @@ from vdm_jax.train import checkpoint as checkpoint_lib
 from vdm_jax.train import config as config_lib
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train import metrics as metrics_lib
+from vdm_jax.train import profiler as profiler_lib
 from vdm_jax.train import registry
 from vdm_jax.train import setup as setup_lib
 from vdm_jax.train.state import TrainState, l2_norm, make_optimizer, make_schedule, nonfinite_paths
@@ -241,6 +242,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
                                       utilisation=lambda rate: flops_lib.utilisation(step_flops, rate, peak),
                                       job_eta=job_eta)
     every = lambda n, step: (n > 0 and step % n == 0) or step == total
+    profile = profiler_lib.StepProfiler(os.path.join(workdir, "profile"), start_step + config.train.profile_start,
+                                        config.train.profile_steps, hlo_text=step_fn.as_text)
     pending = None  # (step, metrics, finite) of the previous step, checked one step late to keep dispatch async
     stopped = None
     for step in range(start_step + 1, total + 1):
@@ -248,7 +251,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
         stopped = RunStopped(step - 1, total, preemption.signal_name)
         break
       batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
+      profile.before_step(step)
       state, metrics, finite = step_fn(state, batch, frozen)
+      profile.after_step(step, metrics)
       if pending is not None:
         _check_finite(*pending)
       pending = (step, metrics, finite)
@@ -272,6 +277,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
           checkpointer.save(step, state, train_iter, config, force=True)
         stopped = RunStopped(step, total, preemption.signal_name)
         break
+    profile.close(pending[1] if pending is not None else None)
     if pending is not None:
       _check_finite(*pending)
       if stopped is None:
