@@ -5,8 +5,10 @@ quickstart notebook's test, so whichever of the two runs second finds them in th
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,8 +47,11 @@ def test_default_preset_is_the_configs_default_recipe():
 def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, tmp_path):
   cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=runlocal",
          f"--data_dir={shapes_data_dir}"]
-  result = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
+  result = subprocess.run(cmd + ["--profile"], cwd=REPO, env=one_device_env, capture_output=True, text=True,
+                          timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
+  # --profile: each training stage traced steps 2-3 and the report has where their time went
+  assert result.stderr.count("Profiled steps 2-3:") == 2
   assert "Expected from an empty workdir on this kind of CPU: about " in result.stderr
   assert re.search(r"\[\d+/\d+\] .* \| ETA \dh\d\dm\d\ds \(job \dh\d\dm\d\ds\)", result.stderr)  # whole-job ETA
   report = json.load(open(tmp_path / "report.json"))
@@ -65,8 +70,42 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
   assert report["vae"]["step"] == vae_step == cache["vae"]["step"]
   assert report["vae"]["weights_sha256"] == cache["vae"]["weights_sha256"]
   assert report["t2v"]["step"] == report["t2v"]["steps"]
+  for stage in ("vae", "t2v"):
+    profiled = report["profile"][stage]
+    assert profiled["steps"] == [2, 3] and profiled["seconds_per_step"] > 0 and profiled["ops_per_step"] > 0
+    assert 0 < len(profiled["top_ops"]) <= 10 and abs(sum(profiled["kinds"].values()) - profiled["ops_per_step"]) < 1e-6
+    assert os.path.exists(tmp_path / stage / "profile" / "summary.json")
   # a second run reuses both trained models (their checkpoints are at the last step)
   again = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
   assert again.returncode == 0, again.stderr[-4000:]
   assert again.stderr.count("Resuming from checkpoint") == 2
   assert again.stderr.count("nothing to train") == 2  # and neither step is compiled again
+
+
+def test_stopped_in_the_vae_stage_exits_75_and_the_rerun_trains_the_dit_on_the_final_vae(shapes_data_dir,
+                                                                                       one_device_env, tmp_path):
+  """SIGTERM while the VAE trains: the VAE saves, the quickstart exits 75 and runs nothing after it (no DiT, no
+  latent cache from the half-trained VAE); rerun to the end, the DiT's latents come from the VAE's final step."""
+  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=runlocal",
+         f"--data_dir={shapes_data_dir}"]
+  proc = subprocess.Popen(cmd + ["--vae_steps=100000"], cwd=REPO, env=one_device_env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  metrics, deadline = tmp_path / "vae" / "metrics.jsonl", time.time() + 600
+  while not (metrics.exists() and metrics.stat().st_size > 0):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, "the VAE logged no metrics"
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 75, stderr[-3000:]
+  stopped = int(re.search(r"Stopped at step (\d+)", stderr).group(1))
+  assert not (tmp_path / "t2v").exists() and not (tmp_path / "vae" / "latent_cache").exists()
+  assert "2/3" not in stderr  # the text-to-video stage never started
+
+  rerun = subprocess.run(cmd + [f"--vae_steps={stopped + 2}"], cwd=REPO, env=one_device_env, capture_output=True,
+                         text=True, timeout=1200)
+  assert rerun.returncode == 0, rerun.stderr[-4000:]
+  report = json.load(open(tmp_path / "report.json"))
+  cache = json.load(open(tmp_path / "vae" / "latent_cache" / "32x32x9_tiny" / "train" / "cache.json"))
+  assert report["vae"]["step"] == cache["vae"]["step"] == stopped + 2
+  assert report["vae"]["weights_sha256"] == cache["vae"]["weights_sha256"]
