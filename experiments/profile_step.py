@@ -45,9 +45,10 @@ def build(config, workdir):
   """(experiment, mesh, batch iterator, compiled step, state, frozen): the trainer's own construction."""
   run = setup_lib.setup(config, workdir)
   mesh, rules, experiment = run.mesh, run.rules, run.experiment
-  ds = pipeline.make_dataset(config.input, seed=config.seed, source=experiment.data_source(config.input.split))
+  ds = pipeline.make_dataset(config.input, seed=config.seed + config.input.shuffle_seed,
+                             source=experiment.data_source(config.input.split))
   batches = iter(ds)
-  shapes = setup_lib.global_shapes(config.input.batch_size, pipeline.numeric(next(iter(ds))))
+  shapes = setup_lib.global_shapes(config.input.batch_size, pipeline.numeric(next(batches)))
   tx, schedule = loop.make_optimizer(config), loop.make_schedule(config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     init_fn, abstract_state, shardings = loop.state_initializer(experiment, tx, shapes, mesh, rules)
