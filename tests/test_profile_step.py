@@ -67,6 +67,16 @@ def test_step_profiler_traces_the_asked_steps_and_summarises_them(tmp_path):
     early.after_step(i, x)
   early.close(x)
   assert json.loads((tmp_path / "early" / "summary.json").read_text())["steps"] == [1, 2]
+  # a step that raises: abort() stops the trace unsummarised, and the process can trace again
+  failed = profiler.StepProfiler(str(tmp_path / "failed"), first=0, num_steps=10)
+  failed.before_step(1)
+  failed.abort()
+  assert not os.path.exists(tmp_path / "failed" / "summary.json")
+  again = profiler.StepProfiler(str(tmp_path / "again"), first=0, num_steps=1)
+  again.before_step(1)
+  x = step(x)
+  again.after_step(1, x)
+  assert json.loads((tmp_path / "again" / "summary.json").read_text())["steps"] == [1, 1]
   off = profiler.StepProfiler(str(tmp_path / "off"), first=0, num_steps=0)
   off.before_step(1)
   off.after_step(1, x)

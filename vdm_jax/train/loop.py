@@ -246,37 +246,41 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
                                         config.train.profile_steps, hlo_text=step_fn.as_text)
     pending = None  # (step, metrics, finite) of the previous step, checked one step late to keep dispatch async
     stopped = None
-    for step in range(start_step + 1, total + 1):
-      if preemption.requested:  # before the first step (during the restore or the compile): nothing new to save
-        stopped = RunStopped(step - 1, total, preemption.signal_name)
-        break
-      batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
-      profile.before_step(step)
-      state, metrics, finite = step_fn(state, batch, frozen)
-      profile.after_step(step, metrics)
-      if pending is not None:
-        _check_finite(*pending)
-      pending = (step, metrics, finite)
-      if every(config.train.log_every, step):
-        _check_finite(*pending)
-        writer.write(step, {**{k: v for k, v in jax.device_get(metrics).items() if k != "finite"},
-                            "data/unreadable": pipeline.unreadable_count()}, progress=True)
-      saved = every(config.train.checkpoint_every, step)
-      if saved:
-        _check_finite(*pending)
-        checkpointer.save(step, state, train_iter, config, force=True)
-      if every(config.train.eval_every, step):
-        evals = experiment.evaluate(state.ema_params, step)
-        if evals:
-          writer.write(step, {f"eval/{k}": v for k, v in evals.items()})
-      if every(config.train.sample_every, step):
-        experiment.write_samples(state.ema_params, step, os.path.join(workdir, "samples", f"step_{step:08d}"))
-      if preemption.requested and step < total:  # checked last, so a signal during the evals still saves
-        _check_finite(*pending)
-        if not saved:
+    try:
+      for step in range(start_step + 1, total + 1):
+        if preemption.requested:  # before the first step (during the restore or the compile): nothing new to save
+          stopped = RunStopped(step - 1, total, preemption.signal_name)
+          break
+        batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
+        profile.before_step(step)
+        state, metrics, finite = step_fn(state, batch, frozen)
+        profile.after_step(step, metrics)
+        if pending is not None:
+          _check_finite(*pending)
+        pending = (step, metrics, finite)
+        if every(config.train.log_every, step):
+          _check_finite(*pending)
+          writer.write(step, {**{k: v for k, v in jax.device_get(metrics).items() if k != "finite"},
+                              "data/unreadable": pipeline.unreadable_count()}, progress=True)
+        saved = every(config.train.checkpoint_every, step)
+        if saved:
+          _check_finite(*pending)
           checkpointer.save(step, state, train_iter, config, force=True)
-        stopped = RunStopped(step, total, preemption.signal_name)
-        break
+        if every(config.train.eval_every, step):
+          evals = experiment.evaluate(state.ema_params, step)
+          if evals:
+            writer.write(step, {f"eval/{k}": v for k, v in evals.items()})
+        if every(config.train.sample_every, step):
+          experiment.write_samples(state.ema_params, step, os.path.join(workdir, "samples", f"step_{step:08d}"))
+        if preemption.requested and step < total:  # checked last, so a signal during the evals still saves
+          _check_finite(*pending)
+          if not saved:
+            checkpointer.save(step, state, train_iter, config, force=True)
+          stopped = RunStopped(step, total, preemption.signal_name)
+          break
+    except BaseException:
+      profile.abort()  # a step that raised: stop the trace so the process can trace again
+      raise
     profile.close(pending[1] if pending is not None else None)
     if pending is not None:
       _check_finite(*pending)

@@ -107,6 +107,13 @@ class StepProfiler:
       jax.profiler.stop_trace()
       self._running = False
 
+  def abort(self) -> None:
+    """Stops a running trace without summarising it (the loop raised): a trace left running would make the
+    process's next `jax.profiler.start_trace` fail."""
+    if self._running:
+      jax.profiler.stop_trace()
+      self._running = False
+
   def _stop(self, outputs: Any) -> None:
     jax.block_until_ready(outputs)
     seconds = (time.perf_counter() - self._start) / self._recorded
