@@ -68,6 +68,8 @@ def _tiny(c):
   c.train.eval_every = 0
   c.train.sample_every = 0
   c.train.ema_decay = 0.995
+  # On a CPU, XLA's own reductions beat YNNPACK's for the DiT's sums over tokens (docs/cpu_profile.md).
+  c.train.cpu_ynn_reductions = False
   # scan_unroll: the 4 layers unrolled run faster on a CPU (the scan's per-layer slicing dominated). Cross-attention
   # (text as keys/values only: 80 video tokens in the self-attention instead of 80 + 40) scored higher than joint
   # attention on all three attributes and trains faster per step.

@@ -51,6 +51,8 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Weigh
 flags.DEFINE_string("torch_device", "auto", "Torch device: 'auto' (cuda when torch sees a GPU, else cpu), 'cpu', "
                     "'cuda'.")
 flags.DEFINE_string("remat", "none", "DiT remat policy for the training step.")
+flags.DEFINE_bool("ynn_reductions", False, "On a CPU, compile with YNNPACK's reductions (XLA's default; the t2v "
+                  "trainer's DiT turns them off: train.cpu_ynn_reductions).")
 flags.DEFINE_bool("skip_torch", False, "Only run JAX (diffusers weights are still created, in a subprocess).")
 flags.DEFINE_bool("skip_train", False, "Only time the forward pass.")
 flags.DEFINE_string("worker", "", "Internal: run as the 'torch' or 'jax' worker.")
@@ -150,6 +152,7 @@ def jax_worker() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from vdm_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   from vdm_jax.convert.cogvideox_transformer import load_transformer  # pylint: disable=g-import-not-at-top
 
   dtype = jnp.dtype(FLAGS.dtype)
@@ -162,7 +165,8 @@ def jax_worker() -> dict:
                                     remat_policy=FLAGS.remat)
   latents, t, text = (jnp.asarray(v) for v in _inputs())
   baseline = bench_common.peak_rss("GiB")
-  forward = jax.jit(lambda p, x, t, c: module.apply({"params": p}, x, t, c))
+  options = xla_cpu.compiler_options(ynn_reductions=FLAGS.ynn_reductions)  # None off the CPU
+  forward = jax.jit(lambda p, x, t, c: module.apply({"params": p}, x, t, c), compiler_options=options)
   start = time.perf_counter()
   out = forward(params, latents, t, text).block_until_ready()
   result = {"devices": str(jax.devices()), "dtype": FLAGS.dtype, "rss_before_gb": baseline,
@@ -186,7 +190,7 @@ def jax_worker() -> dict:
     def loss(p):
       return jnp.mean(jnp.square(module.apply({"params": p}, latents, t, text).astype(jnp.float32)))
 
-    grad = jax.jit(jax.grad(loss))
+    grad = jax.jit(jax.grad(loss), compiler_options=options)
     start = time.perf_counter()
     jax.block_until_ready(grad(params))
     result["train_compile_and_first_s"] = time.perf_counter() - start
@@ -203,7 +207,7 @@ def _run_worker(name: str, folder: str) -> dict:
   args = [f"--worker={name}", f"--folder={folder}"]
   args += [f"--{k}={getattr(FLAGS, k)}" for k in ("frames", "height", "width", "layers", "heads", "text_length",
                                                    "repeats", "backend", "dtype", "torch_device", "remat",
-                                                   "skip_torch", "skip_train")]
+                                                   "ynn_reductions", "skip_torch", "skip_train")]
   return bench_common.run_worker("experiments.bench_dit", args, name=name)
 
 

@@ -10,17 +10,21 @@ from vdm_jax import xla_cpu
 from vdm_jax.models.vae import Conv3d
 
 
-def _ynn_convolutions(hlo: str) -> int:
-  """How many YNN fusions in optimised HLO text have a convolution at their root."""
-  conv_roots, current = set(), None
+def _ynn_roots(hlo: str, opcode: str) -> int:
+  """How many YNN fusions in optimised HLO text have an `opcode` instruction at their root."""
+  roots, current = set(), None
   for line in hlo.splitlines():
     header = re.match(r"^%(\S+) .*\{$", line)
     if header:
       current = header.group(1)
-    elif line.strip().startswith("ROOT") and " convolution(" in line and current:
-      conv_roots.add(current)
+    elif line.strip().startswith("ROOT") and f" {opcode}(" in line and current:
+      roots.add(current)
   calls = [re.search(r"calls=%([^,\s]+)", line) for line in hlo.splitlines() if "__ynn_fusion" in line]
-  return sum(1 for call in calls if call and call.group(1) in conv_roots)
+  return sum(1 for call in calls if call and call.group(1) in roots)
+
+
+def _ynn_convolutions(hlo: str) -> int:
+  return _ynn_roots(hlo, "convolution")
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +72,19 @@ def test_has_amx_bf16_reads_the_cpu_flags(tmp_path):
   path.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_tile amx_bf16x\n")  # whole flags only
   assert not xla_cpu.has_amx_bf16(str(path))
   assert not xla_cpu.has_amx_bf16(str(tmp_path / "missing"))
+
+
+def test_cpu_options_without_ynn_reductions_keep_ynn_dots():
+  """train.cpu_ynn_reductions=False: a sum over tokens goes to XLA's own reduction, a matmul stays with YNNPACK,
+  and the values agree to float32 rounding (1e-4)."""
+  assert xla_cpu.compiler_options(ynn_reductions=False) == {xla_cpu.YNN_OPTION: xla_cpu.YNN_DOTS_ONLY}
+  rng = np.random.default_rng(0)
+  x, w = (jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in ((1, 1950, 256), (256, 256)))
+  fn = lambda w, x: (jnp.sum(x * jnp.tanh(x), axis=1), x[0] @ w)  # a bias gradient's sum over tokens, a matmul
+  with_reduce = jax.jit(fn, compiler_options=xla_cpu.compiler_options()).lower(w, x).compile()
+  dots_only = jax.jit(fn, compiler_options=xla_cpu.compiler_options(ynn_reductions=False)).lower(w, x).compile()
+  assert _ynn_roots(with_reduce.as_text(), "reduce") > 0  # the shape exercises YNN's reductions: the next can fail
+  assert _ynn_roots(dots_only.as_text(), "reduce") == 0
+  assert _ynn_roots(dots_only.as_text(), "dot") > 0
+  for a, b in zip(with_reduce(w, x), dots_only(w, x)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)

@@ -24,6 +24,9 @@ YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # jaxlib 0.10's default YNN fusion types are INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION and REDUCE; this drops the
 # convolutions (a compile option takes exact names, not XLA_FLAGS' "-name" form).
 YNN_WITHOUT_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+# Also without YNNPACK's reductions: faster for the DiT's token-axis sums, slower for the VAE's GroupNorms
+# (docs/cpu_profile.md), so a run chooses (train.cpu_ynn_reductions).
+YNN_DOTS_ONLY = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,12 +39,13 @@ def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
   return True
 
 
-def compiler_options() -> Optional[dict[str, str]]:
+def compiler_options(ynn_reductions: bool = True) -> Optional[dict[str, str]]:
   """The compile options for vdm_jax's computations on the default backend, or None for XLA's defaults (the backend
-  is not the CPU, XLA_FLAGS sets the option, or this jaxlib does not know it)."""
+  is not the CPU, XLA_FLAGS sets the option, or this jaxlib does not know it). `ynn_reductions=False` also takes
+  the reductions back from YNNPACK (dots only)."""
   if jax.default_backend() != "cpu" or YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
     return None
-  options = ((YNN_OPTION, YNN_WITHOUT_CONVOLUTIONS),)
+  options = ((YNN_OPTION, YNN_WITHOUT_CONVOLUTIONS if ynn_reductions else YNN_DOTS_ONLY),)
   return dict(options) if _accepted(options) else None
 
 

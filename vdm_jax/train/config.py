@@ -80,6 +80,7 @@ def generic_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 0  # 0: only at the end
   c.train.compute_dtype = "float32"
   c.train.param_dtype = "float32"
+  c.train.cpu_ynn_reductions = True  # on a CPU, the train step's reductions by YNNPACK (False: XLA's own)
   c.train.profile_steps = 0  # > 0: trace this many steps into <workdir>/profile (vdm_jax.train.profiler)
   c.train.profile_start = 10  # ... after this many steps of the invocation (compiled and warm)
   c.train.peak_tflops = 0.0  # per device, for MFU; 0: from the table in vdm_jax/train/flops.py (None on CPUs)

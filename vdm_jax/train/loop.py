@@ -147,7 +147,7 @@ def compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, s
   abstract_batch = checkpoint_lib.abstract_with_shardings(batch_shapes, batch_shardings)
   return step_fn.lower(checkpoint_lib.abstract_with_shardings(abstract_state, state_shardings), abstract_batch,
                        checkpoint_lib.abstract_with_shardings(abstract_frozen, frozen_shardings)).compile(
-                           compiler_options=xla_cpu.compiler_options())
+                           compiler_options=xla_cpu.compiler_options(config.train.cpu_ynn_reductions))
 
 
 def place_frozen(experiment, mesh, rules):
