@@ -5,8 +5,19 @@
     python -m experiments.sample --pretrained /path/CogVideoX-2b --prompt "..." --num_frames 49 --height 480 \\
         --width 720 --num_steps 50 --guidance_scale 6 --use_dynamic_cfg --out /tmp/cogvideox
 
+A t2v run trained with frame conditions (`diffusion.condition.mix`) also takes frames:
+    python -m experiments.sample --workdir W --prompt P --image first.png --out DIR              # image-to-video
+    python -m experiments.sample --workdir W --prompt P --video in.npy --task extend --num_frames N --out DIR
+    python -m experiments.sample --workdir W --prompt P --video in.mp4 --task v2v --strength 0.7 --out DIR # any run
+`--image` reads PNG or JPEG, `--video` mp4 or an exact .npy (uint8 [T, H, W, 3]), at the run's frame size; each is
+given once (for every prompt) or once per --prompt (paired in order). `extend` writes videos of `num_frames` frames
+that begin with the given ones (1 + r k of them; r: the VAE's temporal compression), generated window by window;
+`v2v` (SDEdit, any t2v run) re-generates videos of the run's length from the prompt, starting from their latents
+noised `strength` of the way.
+
 For each prompt and each of `num_samples` seeds (seed, seed + 1, ...) it writes `<out>/<prompt#>_<seed>.mp4`, the
-exact frames as `.npy` (uint8 [T, H, W, 3]) and one line in `<out>/samples.jsonl` with prompt, seed, mp4, npy.
+exact frames as `.npy` (uint8 [T, H, W, 3]) and one line in `<out>/samples.jsonl` with prompt, seed, mp4, npy, and
+with frames the task and the condition's file.
 `--out` is checked before any work: a file there, or any of the files to write already there, stops the command
 unless `--overwrite` (then `samples.jsonl` drops its lines for the replaced files), so `samples.jsonl` lists each
 file once, with the prompt and seed it was made from. Sampling a run stopped before its `train.steps` says so.
@@ -27,6 +38,8 @@ from vdm_jax.diffusion import samplers  # noqa: E402  pylint: disable=g-import-n
 from vdm_jax.pipelines import cogvideox, t2v  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.train import loop, metrics  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
+TASKS = ("extend", "v2v")
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained t2v workdir.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers CogVideoX folder (instead of --workdir).")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for several.")
@@ -43,14 +56,25 @@ _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the 
 _DYNAMIC = flags.DEFINE_bool("use_dynamic_cfg", None, "CogVideoX's dynamic CFG schedule.")
 _RESCALE = flags.DEFINE_float("guidance_rescale", None, "t2v workdirs: rescale of the guided output in [0, 1] (Lin et "
                               "al. 2023; default: the run's config).")
-_FRAMES = flags.DEFINE_integer("num_frames", 49, "CogVideoX: frames (4k + 1).")
+_FRAMES = flags.DEFINE_integer("num_frames", 49, "CogVideoX: frames (4k + 1); --task extend: the output's frames.")
 _HEIGHT = flags.DEFINE_integer("height", 480, "CogVideoX: height.")
 _WIDTH = flags.DEFINE_integer("width", 720, "CogVideoX: width.")
 _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the mp4s.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Videos generated at once (t2v workdirs).")
+_IMAGE = flags.DEFINE_multi_string("image", None, "t2v workdirs: the first frame (PNG or JPEG), once or once per "
+                                   "--prompt: image-to-video.")
+_VIDEO = flags.DEFINE_multi_string("video", None, "t2v workdirs: a video (mp4 or .npy) to go on from, once or once "
+                                   "per --prompt; with --task.")
+_TASK = flags.DEFINE_enum("task", None, list(TASKS), "What to do with --video: 'extend' it forward to --num_frames; "
+                          "'v2v': re-generate it from the prompt (SDEdit at --strength).")
+_STRENGTH = flags.DEFINE_float("strength", 0.7, "--task v2v: how far toward noise the video is taken before "
+                               "sampling, in (0, 1] (the share of the steps run).")
+_IMAGE_GUIDANCE = flags.DEFINE_float("image_guidance_scale", None, "With --image or --video: guide the frames "
+                                     "separately from the text at this scale (Open-Sora's two scales).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "CogVideoX: the weights' and computation's dtype (bfloat16 on accelerators).")
 flags.mark_flags_as_required(["prompt", "out"])
+FLAGS = flags.FLAGS
 
 
 class _ActionableLogs(logging.logging.Filter):
@@ -82,16 +106,63 @@ def _t2v_pipeline(workdir):
   return config, t2v.TextToVideoPipeline.from_config(config, params, workdir)
 
 
-def _generate_t2v(prompts, seeds):
+def _per_sample(paths, num_prompts):
+  """A flag's files, one per sample: given once (every prompt) or once per prompt; None when not given."""
+  if not paths:
+    return None
+  if len(paths) not in (1, num_prompts):
+    raise app.UsageError(f"Got {len(paths)} condition files for {num_prompts} prompts: give one (for every prompt) "
+                         "or one per --prompt.")
+  per_prompt = paths * num_prompts if len(paths) == 1 else paths
+  return [p for p in per_prompt for _ in range(_NUM_SAMPLES.value)]
+
+
+def _read_frames(paths, pipe):
+  """uint8 [N, F, H, W, 3] from the condition files, checked against the run's frame size (naming the file)."""
+  t, h, w, _ = pipe.latent_shape
+  size = (h * pipe.vae.spatial_compression, w * pipe.vae.spatial_compression)
+  frames = []
+  for path in paths:
+    try:
+      x = io.read_image(path)[None] if _IMAGE.value else io.read_video(path)
+    except (ValueError, FileNotFoundError) as e:
+      raise app.UsageError(str(e)) from None
+    if x.shape[1:3] != size:
+      raise app.UsageError(f"{path!r} is {x.shape[1]}x{x.shape[2]}; this run generates {size[0]}x{size[1]} frames.")
+    frames.append(x)
+  counts = sorted({len(x) for x in frames})
+  if len(counts) > 1:
+    raise app.UsageError(f"--video files have {counts} frames; one command extends videos of one length.")
+  return np.stack(frames)
+
+
+def _generate_t2v(prompts, seeds, conditions):
   config, pipe = _t2v_pipeline(_WORKDIR.value)
   sample = config.sample
   pick = lambda flag, default: default if flag.value is None else flag.value
-  return pipe.generate(prompts, seeds, sampler=pick(_SAMPLER, sample.sampler), num_steps=pick(_STEPS, sample.num_steps),
-                       guidance_scale=pick(_GUIDANCE, sample.guidance_scale),
-                       use_dynamic_cfg=pick(_DYNAMIC, sample.use_dynamic_cfg),
-                       guidance_rescale=pick(_RESCALE, sample.get("guidance_rescale", 0.0)),
-                       negative_prompt=_NEGATIVE.value,
-                       batch_size=_BATCH.value, progress=True)
+  kwargs = dict(sampler=pick(_SAMPLER, sample.sampler), num_steps=pick(_STEPS, sample.num_steps),
+                guidance_scale=pick(_GUIDANCE, sample.guidance_scale),
+                use_dynamic_cfg=pick(_DYNAMIC, sample.use_dynamic_cfg),
+                guidance_rescale=pick(_RESCALE, sample.get("guidance_rescale", 0.0)),
+                negative_prompt=_NEGATIVE.value, batch_size=_BATCH.value, progress=True)
+  if conditions is None:
+    return pipe.generate(prompts, seeds, **kwargs)
+  frames = _read_frames(conditions, pipe)
+  if _TASK.value == "v2v":
+    try:
+      return pipe.generate(prompts, seeds, videos=frames, strength=_STRENGTH.value, **kwargs)
+    except ValueError as e:
+      raise app.UsageError(f"{conditions[0]!r}: {e}") from None
+  if not pipe.conditioned:
+    raise app.UsageError(f"--workdir {_WORKDIR.value!r} was trained for text-to-video only (its "
+                         "diffusion.condition.mix is t2v): it takes no --image, and --video only with --task v2v.")
+  kwargs["image_guidance_scale"] = _IMAGE_GUIDANCE.value
+  try:
+    if _TASK.value == "extend":
+      return pipe.extend(prompts, seeds, frames, _FRAMES.value, **kwargs)
+    return pipe.generate(prompts, seeds, frames=frames, **kwargs)
+  except ValueError as e:
+    raise app.UsageError(f"{conditions[0]!r}: {e}") from None
 
 
 def _generate_cogvideox(prompts, seeds):
@@ -130,24 +201,50 @@ def _drop_lines(jsonl: str, replaced: set[str]) -> None:
   os.replace(jsonl + ".tmp", jsonl)
 
 
+def _conditions():
+  """(the condition file of each sample or None, the task name) from --image / --video / --task, checked."""
+  if _IMAGE.value and _VIDEO.value:
+    raise app.UsageError("Give --image (image-to-video) or --video (with --task), not both.")
+  if _VIDEO.value and not _TASK.value:
+    raise app.UsageError(f"--video needs --task; allowed: {list(TASKS)}.")
+  if _TASK.value and not _VIDEO.value:
+    raise app.UsageError(f"--task {_TASK.value} needs --video.")
+  if _TASK.value == "extend" and not FLAGS["num_frames"].present:
+    raise app.UsageError("--task extend needs --num_frames: the length of the extended videos.")
+  if _IMAGE_GUIDANCE.value is not None and not (_IMAGE.value or _TASK.value == "extend"):
+    raise app.UsageError("--image_guidance_scale guides the frames of --image or --video --task extend.")
+  if (_IMAGE.value or _VIDEO.value) and _PRETRAINED.value:
+    raise app.UsageError("--image and --video need --workdir (a t2v run trained with frame conditions); CogVideoX "
+                         "image-to-video folders are not supported by this command yet.")
+  conditions = _per_sample(_IMAGE.value or _VIDEO.value, len(_PROMPTS.value))
+  return conditions, ("i2v" if _IMAGE.value else _TASK.value)
+
+
 def main(argv):
   del argv
   _quiet_logs()
   if bool(_WORKDIR.value) == bool(_PRETRAINED.value):
     raise app.UsageError("Give exactly one of --workdir (a trained t2v run) and --pretrained (a CogVideoX folder).")
+  conditions, task = _conditions()
   prompts = [p for p in _PROMPTS.value for _ in range(_NUM_SAMPLES.value)]
   seeds = [_SEED.value + i for _ in _PROMPTS.value for i in range(_NUM_SAMPLES.value)]
   stems = [os.path.join(_OUT.value, f"{k // _NUM_SAMPLES.value:02d}_{seed}") for k, seed in enumerate(seeds)]
   _check_out(_OUT.value, stems)
-  videos = (_generate_t2v if _WORKDIR.value else _generate_cogvideox)(prompts, seeds)
+  if _WORKDIR.value:
+    videos = _generate_t2v(prompts, seeds, conditions)
+  else:
+    videos = _generate_cogvideox(prompts, seeds)
   os.makedirs(_OUT.value, exist_ok=True)
   jsonl = os.path.join(_OUT.value, "samples.jsonl")
   _drop_lines(jsonl, {os.path.basename(stem + ".mp4") for stem in stems})
   with open(jsonl, "a") as f:
-    for prompt, seed, stem, video in zip(prompts, seeds, stems, videos):
+    for i, (prompt, seed, stem, video) in enumerate(zip(prompts, seeds, stems, videos)):
       io.write_video(stem + ".mp4", video, fps=_FPS.value)
       io.write_video(stem + ".npy", np.asarray(video, np.uint8))
-      f.write(json.dumps({"prompt": prompt, "seed": seed, "mp4": stem + ".mp4", "npy": stem + ".npy"}) + "\n")
+      row = {"prompt": prompt, "seed": seed, "mp4": stem + ".mp4", "npy": stem + ".npy"}
+      if conditions is not None:
+        row.update(task=task, condition=conditions[i])
+      f.write(json.dumps(row) + "\n")
       f.flush()  # a line per finished sample, as its files are written
   logging.info("Wrote %d samples to %s", len(videos), _OUT.value)
 

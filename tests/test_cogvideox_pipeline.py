@@ -238,7 +238,7 @@ def test_seed_compile_once_and_argument_errors(pipe):
   call = dict(CALL, prompt=PROMPTS[0], num_inference_steps=2, progress=False)
   video = pipe(**call, seed=7)
   assert video.shape == (1, FRAMES, HEIGHT, WIDTH, 3)
-  step = samplers._discrete_step_fn(pipe._denoise, True, "v_prediction", "float32", False)  # pylint: disable=protected-access
+  step = samplers._discrete_step_fn(pipe._denoise, "text", "v_prediction", "float32", False)  # pylint: disable=protected-access
   compiled = [f._cache_size() for f in (step, pipe._encode, pipe._decode)]  # pylint: disable=protected-access
   np.testing.assert_array_equal(pipe(**call, seed=7), video)
   # another prompt, seed, step count and guidance schedule: no new compilation

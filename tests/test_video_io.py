@@ -280,3 +280,22 @@ def test_on_damage_is_checked(tmp_path):
     video_io.read_video(path, on_damage="ignore")
   with pytest.raises(ValueError, match="on_damage"):
     video_io.read_video_bytes(b"", on_damage="skip")
+
+
+def test_read_image_reads_png_and_jpeg_and_names_what_it_refuses(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vdm_jax.io import read_image  # pylint: disable=g-import-not-at-top
+  frame = np.random.default_rng(0).integers(0, 256, (6, 10, 3), np.uint8)
+  Image.fromarray(frame).save(tmp_path / "a.png")
+  np.testing.assert_array_equal(read_image(tmp_path / "a.png"), frame)  # PNG is exact
+  Image.fromarray(frame).convert("L").save(tmp_path / "grey.jpg", quality=95)
+  grey = read_image(tmp_path / "grey.jpg")
+  assert grey.shape == (6, 10, 3) and grey.dtype == np.uint8
+  Image.fromarray(frame).save(tmp_path / "a.gif")
+  with pytest.raises(ValueError, match=r"a\.gif' is a GIF image; allowed formats: \['PNG', 'JPEG'\]"):
+    read_image(tmp_path / "a.gif")
+  (tmp_path / "notes.png").write_text("not an image")
+  with pytest.raises(ValueError, match=r"notes\.png' is not an image file"):
+    read_image(tmp_path / "notes.png")
+  with pytest.raises(FileNotFoundError, match="no image file"):
+    read_image(tmp_path / "missing.png")

@@ -9,7 +9,12 @@ float32 scalars, so a whole sampling run compiles the model once; the Python loo
 plus `model_args` (params, text embeddings, ...) that enter the jitted step as arguments, never as constants, so
 the compiled step is reused across calls with the same `model_fn` and shapes. With guidance, the sampler calls it
 once on the doubled batch [x; x] and the caller's model_args must pair those with [uncond; cond] conditioning
-(CogVideoX's order).
+(CogVideoX's order); with a separate image-guidance scale, on [x; x; x] paired with [neither text nor frames;
+frames only; both].
+
+Frame conditions (`keep`, a `vdm_jax.diffusion.conditioning.Condition`): the kept latent frames are set to the
+condition's latents before the first step and after every step, inside the jitted step, so they come out
+bit-identical whatever the sampler (the model reads them, and the condition channels, through model_fn).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from vdm_jax.diffusion import objectives
+from vdm_jax.diffusion import conditioning, objectives
 from vdm_jax.diffusion.schedules import NoiseSchedule, inference_timesteps, prev_timestep
 
 DISCRETE_SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_sde")  # on a NoiseSchedule
@@ -140,41 +145,55 @@ def rescale_guidance(guided: jax.Array, cond: jax.Array, guidance_rescale) -> ja
 
 
 @functools.lru_cache(maxsize=32)
-def _flow_step_fn(model_fn: Callable, use_cfg: bool, dtype: str, use_rescale: bool = False):
+def _flow_step_fn(model_fn: Callable, guidance: str, dtype: str, use_rescale: bool = False):
   """The jitted Euler step for `model_fn` (cached: one compile per model function and shapes)."""
   @jax.jit
-  def flow_step(x, t, t_next, g, rescale, model_args):
-    v = _guided(model_fn, x, jnp.full((x.shape[0],), t * 1000.0, jnp.float32), g if use_cfg else None, model_args,
+  def flow_step(x, t, t_next, g, rescale, keep, model_args):
+    v = _guided(model_fn, x, jnp.full((x.shape[0],), t * 1000.0, jnp.float32), guidance, g, model_args,
                 rescale if use_rescale else None)
-    return euler_flow_step(x.astype(jnp.float32), v, t, t_next).astype(dtype)
+    return _kept(euler_flow_step(x.astype(jnp.float32), v, t, t_next).astype(dtype), keep)
   return flow_step
 
 
+def _kept(x: jax.Array, keep: conditioning.Condition | None) -> jax.Array:
+  return x if keep is None else conditioning.apply(x, keep)
+
+
 @functools.lru_cache(maxsize=32)
-def _discrete_step_fn(model_fn: Callable, use_cfg: bool, prediction_type: str, dtype: str, use_rescale: bool = False):
+def _discrete_step_fn(model_fn: Callable, guidance: str, prediction_type: str, dtype: str, use_rescale: bool = False):
   """The jitted DDIM / DPM++ step for `model_fn`: every sampler is `mult1 x - mult2 D + mult_noise z` with
   D = mult3 x0 - mult4 x0_old; coef float32 [7] = (sqrt abar, sqrt(1-abar), mult1, mult2, mult3, mult4, mult_noise).
   """
   @jax.jit
-  def step(x, old_x0, t, coef, g, rescale, noise, model_args):
-    out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), g if use_cfg else None, model_args,
+  def step(x, old_x0, t, coef, g, rescale, noise, keep, model_args):
+    out = _guided(model_fn, x, jnp.full((x.shape[0],), t, jnp.int32), guidance, g, model_args,
                   rescale if use_rescale else None)
     xf = x.astype(jnp.float32)
     x0 = objectives.x0_from_output(prediction_type, xf, out, coef[0], coef[1])
     d = coef[4] * x0 - coef[5] * old_x0
-    return (coef[2] * xf - coef[3] * d + coef[6] * noise).astype(dtype), x0
+    return _kept((coef[2] * xf - coef[3] * d + coef[6] * noise).astype(dtype), keep), x0
   return step
 
 
-def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: jax.Array | None, model_args,
+GUIDANCES = ("none", "text", "text_and_image")
+
+
+def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: str, scales: jax.Array, model_args,
             rescale: jax.Array | None = None) -> jax.Array:
-  """Model output with classifier-free guidance: one call on [x; x], then uncond + g (cond - uncond) in float32,
-  optionally with the guidance rescale."""
-  if guidance is None:
+  """Model output with classifier-free guidance in float32. 'text': one call on [x; x], uncond + g (cond - uncond)
+  with g = scales[0]; 'text_and_image': one call on [x; x; x] (neither; frames only; both),
+  uncond + s_img (frames - uncond) + g (both - frames) with s_img = scales[1] (Open-Sora's two scales).
+  Optionally with the guidance rescale (against the fully conditioned output)."""
+  if guidance == "none":
     return model_fn(x, t, *model_args).astype(jnp.float32)
-  out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), *model_args).astype(jnp.float32)
-  uncond, cond = jnp.split(out, 2)
-  guided = uncond + guidance * (cond - uncond)
+  n = 2 if guidance == "text" else 3
+  out = model_fn(jnp.concatenate([x] * n), jnp.concatenate([t] * n), *model_args).astype(jnp.float32)
+  if n == 2:
+    uncond, cond = jnp.split(out, 2)
+    guided = uncond + scales[0] * (cond - uncond)
+  else:
+    uncond, frames, cond = jnp.split(out, 3)
+    guided = uncond + scales[1] * (frames - uncond) + scales[0] * (cond - frames)
   return guided if rescale is None else rescale_guidance(guided, cond, rescale)
 
 
@@ -182,28 +201,47 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
            num_steps: int = 50, prediction_type: str = "v_prediction", guidance_scale: float = 1.0,
            use_dynamic_cfg: bool = False, guidance_rescale: float = 0.0, rng: jax.Array | None = None,
            timestep_spacing: str = "trailing", flow_shift: float = 1.0, progress: bool = True,
-           model_args: tuple = ()) -> jax.Array:
+           model_args: tuple = (), keep: conditioning.Condition | None = None,
+           image_guidance_scale: float | None = None, init_latents: jax.Array | None = None,
+           strength: float = 1.0) -> jax.Array:
   """Runs `sampler` from initial noise `latents` [B, ...] for `num_steps`; returns the final sample.
 
   guidance_scale > 1 turns on CFG (the model is called on the doubled batch); `use_dynamic_cfg` applies CogVideoX's
   schedule to it; `guidance_rescale` in [0, 1] rescales the guided output (`rescale_guidance`; 0: off).
+  `image_guidance_scale` (not None) guides the frame condition separately (the model is called on the tripled
+  batch; see `_guided`). `keep` holds the condition's kept frames at its latents throughout.
+  SDEdit (video-to-video): with `init_latents`, sampling starts from them noised with `latents` to the timestep
+  `strength` of the way to pure noise and runs the last round(strength * num_steps) steps (diffusers' img2img rule;
+  strength 1: from pure noise, the input ignored).
   `rng` is needed by `dpmpp_2m_sde` (two normal draws per step, like the reference).
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampler {sampler!r}; allowed: {list(SAMPLERS)}.")
   if not 0.0 <= guidance_rescale <= 1.0:
     raise ValueError(f"guidance_rescale={guidance_rescale}; allowed: [0, 1] (0: off).")
-  use_cfg = guidance_scale > 1.0
-  use_rescale = use_cfg and guidance_rescale > 0.0
+  guidance = "text_and_image" if image_guidance_scale is not None else ("text" if guidance_scale > 1.0 else "none")
+  if guidance == "text_and_image" and keep is None:
+    raise ValueError("image_guidance_scale guides a frame condition: pass keep (a conditioning.Condition).")
+  use_rescale = guidance != "none" and guidance_rescale > 0.0
   rescale = jnp.float32(guidance_rescale)
   dtype = latents.dtype
+  scales = lambda g: jnp.asarray([g, 1.0 if image_guidance_scale is None else image_guidance_scale], jnp.float32)
+  if not 0.0 < strength <= 1.0:
+    raise ValueError(f"strength={strength}; allowed: (0, 1] (the share of the steps that are run).")
+  first = num_steps - min(int(num_steps * strength), num_steps) if init_latents is not None else 0
+  if first == num_steps:
+    raise ValueError(f"strength={strength} runs none of the {num_steps} steps; raise it or num_steps.")
+  kept = lambda v: v if keep is None else conditioning.apply(v, keep)
+  x = kept(latents)
 
   if sampler == "euler":
     times = flow_timesteps(num_steps, flow_shift)
-    flow_step = _flow_step_fn(model_fn, use_cfg, jnp.dtype(dtype).name, use_rescale)
-    x = latents
-    for i in tqdm(range(num_steps), disable=not progress, desc="euler"):
-      x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), jnp.float32(guidance_scale), rescale,
+    flow_step = _flow_step_fn(model_fn, guidance, jnp.dtype(dtype).name, use_rescale)
+    if first:
+      x = kept(objectives.flow_interpolate(init_latents, latents, jnp.full(latents.shape[:1], times[first]))
+               .astype(dtype))
+    for i in tqdm(range(first, num_steps), disable=not progress, desc="euler"):
+      x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), scales(guidance_scale), rescale, keep,
                     model_args)
     return x
 
@@ -215,10 +253,14 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
   timesteps = inference_timesteps(num_steps, n_train, timestep_spacing)
   abar = schedule.alphas_cumprod
 
-  step = _discrete_step_fn(model_fn, use_cfg, prediction_type, jnp.dtype(dtype).name, use_rescale)
+  step = _discrete_step_fn(model_fn, guidance, prediction_type, jnp.dtype(dtype).name, use_rescale)
 
-  x, old_x0 = latents, jnp.zeros(latents.shape, jnp.float32)
-  for i in tqdm(range(num_steps), disable=not progress, desc=sampler):
+  old_x0 = jnp.zeros(latents.shape, jnp.float32)
+  if first:
+    abar_start = jnp.full(latents.shape[:1], abar[int(timesteps[first])], jnp.float32)
+    x = kept(objectives.add_noise(init_latents.astype(jnp.float32), latents.astype(jnp.float32), abar_start)
+             .astype(dtype))
+  for i in tqdm(range(first, num_steps), disable=not progress, desc=sampler):
     t = int(timesteps[i])
     t_prev = prev_timestep(t, num_steps, n_train)
     abar_t, abar_p = float(abar[t]), schedule.alpha_prev(t_prev)
@@ -229,7 +271,7 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
       mults = (a, -(np.sqrt(abar_p) - np.sqrt(abar_t) * a), 1.0, 0.0, 0.0)
       noise = jnp.zeros(latents.shape, jnp.float32)
     else:
-      back = float(abar[int(timesteps[i - 1])]) if i > 0 else None
+      back = float(abar[int(timesteps[i - 1])]) if i > first else None
       c = dpm_coefficients(abar_t, abar_p, back, stochastic=sampler == "dpmpp_2m_sde",
                            use_second_order=t_prev >= 0)
       mults = (c.mult1, c.mult2, c.mult3, c.mult4, c.mult_noise)
@@ -240,6 +282,6 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
       else:
         noise = jnp.zeros(latents.shape, jnp.float32)
     coef = jnp.asarray([np.sqrt(abar_t), np.sqrt(1.0 - abar_t), *mults], jnp.float32)
-    x, old_x0 = step(x, old_x0, jnp.int32(t), coef, jnp.float32(g), rescale, noise, model_args)
+    x, old_x0 = step(x, old_x0, jnp.int32(t), coef, scales(g), rescale, noise, keep, model_args)
   return x
 

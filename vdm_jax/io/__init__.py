@@ -1,4 +1,6 @@
-"""Video reading and writing (mp4, gif, npy), and pictures of videos (contact sheets, PNG, notebook HTML)."""
+"""Video and image reading and writing (mp4, gif, npy; PNG and JPEG prompts), and pictures of videos (contact sheets,
+PNG, notebook HTML)."""
+from vdm_jax.io.image import read_image
 from vdm_jax.io.video import VideoDamageWarning
 from vdm_jax.io.video import VideoReadError
 from vdm_jax.io.video import as_video

@@ -15,7 +15,7 @@ import numpy as np
 from vdm_jax import config as config_lib
 from vdm_jax import io, runs, xla_cpu
 from vdm_jax import text as text_lib
-from vdm_jax.diffusion import samplers
+from vdm_jax.diffusion import conditioning, samplers
 from vdm_jax.diffusion.schedules import NoiseSchedule
 from vdm_jax.models.dit import DiT
 from vdm_jax.pipelines import t2v_config
@@ -24,7 +24,8 @@ from vdm_jax.pipelines.latents import LatentSpace
 
 def build_dit(config, latent_shape: tuple[int, ...], text) -> DiT:
   """The DiT of a `t2v` config for latents [T', h, w, C] and a text encoder (`vdm_jax.text.TextEncoder`); fails on
-  `model.*` keys that are not DiT fields."""
+  `model.*` keys that are not DiT fields. A run with frame conditions takes them on extra input channels
+  (`vdm_jax.diffusion.conditioning.model_input`)."""
   t, h, w, c = latent_shape
   fields = {f.name for f in dataclasses.fields(DiT)}
   model = config.model.to_dict()
@@ -32,7 +33,8 @@ def build_dit(config, latent_shape: tuple[int, ...], text) -> DiT:
   if unknown:
     raise config_lib.ConfigError(f"Config keys {['model.' + k for k in unknown]} are not DiT fields; "
                                  f"allowed: {sorted(fields)}.")
-  kwargs = {**model, "in_channels": c, "text_dim": text.d_model, "max_text_length": text.max_length,
+  extra = conditioning.extra_channels(c) if t2v_config.is_conditioned(config) else 0
+  kwargs = {**model, "in_channels": c + extra, "out_channels": c, "text_dim": text.d_model, "max_text_length": text.max_length,
             "sample_frames": t, "sample_height": h, "sample_width": w,
             "dtype": jnp.dtype(config.train.compute_dtype)}
   return DiT(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
@@ -41,6 +43,11 @@ def build_dit(config, latent_shape: tuple[int, ...], text) -> DiT:
 def frozen_text_params(config, text) -> Any:
   """A frozen encoder's params: its weights, or the fixed random init a run with an untrained encoder used."""
   return text.init(jax.random.PRNGKey(config.seed + 1))
+
+
+def _padded(x: jax.Array, pad: int) -> jax.Array:
+  """x [n, ...] with its last row repeated `pad` times (a batch padded to the compiled size)."""
+  return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
 
 
 @dataclasses.dataclass(eq=False)
@@ -58,16 +65,46 @@ class TextToVideoPipeline:
   prediction_type: str = "v_prediction"
   flow_shift: float = 1.0
   latent_shift: Any = 0.0  # float, or float32 [C]
+  conditioned: bool = False  # the DiT takes frame conditions (vdm_jax.diffusion.conditioning)
 
   def __post_init__(self):
     self._decode = xla_cpu.jit(lambda p, z: self.vae.apply({"params": p}, z, method="decode"))
+    self._encode = xla_cpu.jit(lambda p, v: self.vae.apply({"params": p}, v, method="encode").mean)
 
   def denormalize(self, latents: jax.Array) -> jax.Array:
     """The DiT's latents -> VAE latents (the inverse of the training normalisation)."""
     return latents / jnp.asarray(self.scaling_factor, jnp.float32) + jnp.asarray(self.latent_shift, jnp.float32)
 
-  def _model_fn(self, x, t, dit_params, embeds):
+  def normalize(self, latents: jax.Array) -> jax.Array:
+    """VAE latents -> the DiT's latents."""
+    return (latents - jnp.asarray(self.latent_shift, jnp.float32)) * jnp.asarray(self.scaling_factor, jnp.float32)
+
+  def _model_fn(self, x, t, dit_params, embeds, condition=None):
+    if condition is not None:
+      x = conditioning.model_input(x, condition)
     return self.dit.apply({"params": dit_params}, x, t, embeds)
+
+  @property
+  def temporal_ratio(self) -> int:
+    return int(self.vae.temporal_compression_ratio)
+
+  def encode_frames(self, frames: np.ndarray, whole: bool = False) -> jax.Array:
+    """uint8 frames [N, F, H, W, 3] (F = 1 + r k, the first frames of a video) -> the DiT's latents of their
+    1 + k latent frames (posterior means), which are the first latent frames of any video that begins with them
+    (the causal VAE; `vdm_jax.diffusion.conditioning`). `whole`: also a whole video of the model's length."""
+    frames = np.asarray(frames)
+    t, h, w, _ = self.latent_shape
+    s = self.vae.spatial_compression
+    if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[2:] != (h * s, w * s, 3):
+      raise ValueError(f"frames {frames.dtype} {list(frames.shape)}: expected uint8 [N, F, {h * s}, {w * s}, 3] "
+                       "(this run's frame size).")
+    k = conditioning.latent_frames(frames.shape[1], self.temporal_ratio)
+    if k > t or (k == t and not whole):
+      raise ValueError(f"{frames.shape[1]} given frames fill all {t} latent frames of the video "
+                       f"({conditioning.pixel_frames(t, self.temporal_ratio)} frames): give at most "
+                       f"{conditioning.pixel_frames(t - 1, self.temporal_ratio)} so at least one is generated.")
+    video = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
+    return self.normalize(self._encode(self.vae_params, video))
 
   @classmethod
   def from_config(cls, config, params, workdir: str | None = None, *, space: LatentSpace | None = None,
@@ -85,7 +122,8 @@ class TextToVideoPipeline:
     return cls(dit=build_dit(config, space.latent_shape(), text), dit_params=params["dit"], text=text,
                text_params=text_params, vae=vae_module, vae_params=vae_params, scaling_factor=space.scaling_factor,
                latent_shift=space.latent_shift, latent_shape=space.latent_shape(),
-               schedule=t2v_config.make_schedule(d), prediction_type=d.prediction_type, flow_shift=d.flow_shift)
+               schedule=t2v_config.make_schedule(d), prediction_type=d.prediction_type, flow_shift=d.flow_shift,
+               conditioned=t2v_config.is_conditioned(config))
 
   @classmethod
   def from_workdir(cls, workdir: str) -> "TextToVideoPipeline":
@@ -100,12 +138,35 @@ class TextToVideoPipeline:
   def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, sampler: str = "ddim", num_steps: int = 25,
                guidance_scale: float = 4.0, use_dynamic_cfg: bool = False, guidance_rescale: float = 0.0,
                negative_prompt: str = "", batch_size: int = 16, progress: bool = False,
-               return_latents: bool = False) -> np.ndarray:
+               return_latents: bool = False, frames: np.ndarray | None = None,
+               image_guidance_scale: float | None = None, videos: np.ndarray | None = None,
+               strength: float = 0.7) -> np.ndarray:
     """uint8 videos [N, T, H, W, 3], video i from prompts[i] and the initial noise of seeds[i]. Batches are padded
     to `batch_size` so one compiled program serves all of them. `guidance_rescale`: see
-    `vdm_jax.diffusion.samplers.rescale_guidance`."""
+    `vdm_jax.diffusion.samplers.rescale_guidance`.
+
+    `frames` (a run trained with frame conditions): uint8 [N, F, H, W, 3], the first F = 1 + r k frames of video i
+    (F = 1: image-to-video; more: extension); their latent frames are kept through sampling. With
+    `image_guidance_scale`, the frames are guided separately from the text (`samplers._guided`).
+
+    `videos` (any run): uint8 [N, T, H, W, 3] of the model's length, edited by SDEdit: sampling starts from their
+    latents noised `strength` of the way to noise (`samplers.sample`'s `init_latents`)."""
     if len(prompts) != len(seeds):
       raise ValueError(f"Got {len(prompts)} prompts but {len(seeds)} seeds.")
+    if frames is not None and not self.conditioned:
+      raise ValueError("This run's DiT was trained without frame conditions (diffusion.condition.mix is t2v only): "
+                       "it cannot take frames.")
+    if frames is not None and len(frames) != len(prompts):
+      raise ValueError(f"Got {len(frames)} frame prompts for {len(prompts)} prompts.")
+    if image_guidance_scale is not None and frames is None:
+      raise ValueError("image_guidance_scale needs frames to guide.")
+    cond_latents = None if frames is None else self.encode_frames(frames)
+    if videos is not None and len(videos) != len(prompts):
+      raise ValueError(f"Got {len(videos)} videos to edit for {len(prompts)} prompts.")
+    if videos is not None and len(videos[0]) != conditioning.pixel_frames(self.latent_shape[0], self.temporal_ratio):
+      raise ValueError(f"videos to edit have {len(videos[0])} frames; this run generates "
+                       f"{conditioning.pixel_frames(self.latent_shape[0], self.temporal_ratio)}.")
+    init = None if videos is None else self.encode_frames(videos, whole=True)
     batch_size = max(1, min(batch_size, len(prompts)))
     outputs = []
     for start in range(0, len(prompts), batch_size):
@@ -115,19 +176,68 @@ class TextToVideoPipeline:
       chunk, chunk_seeds = chunk + chunk[-1:] * pad, chunk_seeds + chunk_seeds[-1:] * pad
       ids, mask = self.text.tokenize(chunk)
       embeds = jnp.asarray(self.text.encode_tokens(self.text_params, ids, mask), jnp.float32)
-      if guidance_scale > 1.0:
+      if guidance_scale > 1.0 or image_guidance_scale is not None:
         neg_ids, neg_mask = self.text.tokenize([negative_prompt] * len(chunk))
         uncond = jnp.asarray(self.text.encode_tokens(self.text_params, neg_ids, neg_mask), jnp.float32)
         embeds = jnp.concatenate([uncond, embeds])
       noise = jnp.stack([jax.random.normal(jax.random.PRNGKey(int(s)), self.latent_shape) for s in chunk_seeds])
+      keep, model_args = None, (self.dit_params, embeds)
+      if self.conditioned:
+        keep = conditioning.empty(noise.shape)
+        if cond_latents is not None:
+          given = _padded(cond_latents[start:start + batch_size], pad)
+          padded = jnp.zeros(noise.shape, jnp.float32).at[:, :given.shape[1]].set(given)
+          keep = conditioning.from_keep(padded, jnp.arange(noise.shape[1]) < given.shape[1])
+        branches = [keep]
+        if image_guidance_scale is not None:
+          branches = [conditioning.empty(noise.shape), keep, keep]
+          embeds = jnp.concatenate([embeds[:len(chunk)], embeds])  # [uncond; uncond; cond] text
+        elif guidance_scale > 1.0:
+          branches = [keep, keep]
+        model_args = (self.dit_params, embeds,
+                      jax.tree.map(lambda *xs: jnp.concatenate(xs), *branches))
       latents = samplers.sample(self._model_fn, noise, schedule=self.schedule, sampler=sampler, num_steps=num_steps,
                                 prediction_type=self.prediction_type, guidance_scale=guidance_scale,
-                                use_dynamic_cfg=use_dynamic_cfg, guidance_rescale=guidance_rescale, rng=jax.random.PRNGKey(int(chunk_seeds[0])),
-                                flow_shift=self.flow_shift, progress=progress,
-                                model_args=(self.dit_params, embeds))
+                                use_dynamic_cfg=use_dynamic_cfg, guidance_rescale=guidance_rescale,
+                                rng=jax.random.PRNGKey(int(chunk_seeds[0])), flow_shift=self.flow_shift,
+                                progress=progress, model_args=model_args, keep=keep,
+                                image_guidance_scale=image_guidance_scale, strength=strength,
+                                init_latents=None if init is None else _padded(init[start:start + batch_size], pad))
       if return_latents:
         outputs.append(np.asarray(latents)[:len(chunk) - pad])
         continue
       video = self._decode(self.vae_params, self.denormalize(latents))
       outputs.append(io.to_uint8(video)[:len(chunk) - pad])
     return np.concatenate(outputs)
+
+  def extend(self, prompts: Sequence[str], seeds: Sequence[int], videos: np.ndarray, num_frames: int, *,
+             context_frames: int | None = None, **generate_kwargs) -> np.ndarray:
+    """uint8 videos [N, num_frames, H, W, 3] that begin with `videos` (uint8 [N, F, H, W, 3], F = 1 + r j) and go
+    on from them, one window of the model's length at a time: each window keeps as its condition the last
+    1 + r (k - 1) frames so far (k = `context_frames` latent frames; default as many as the given video has, at
+    most all but one of a window's), encoded on their own (exact under the causal VAE), and adds the frames after
+    them. Memory does not grow with `num_frames` beyond the output itself. Window i > 0 draws its noise from seed
+    + 1000003 i. `generate_kwargs` go to `generate` (sampler, steps, guidance)."""
+    videos = np.asarray(videos)
+    if videos.ndim != 5 or len(videos) != len(prompts):
+      raise ValueError(f"videos {list(videos.shape)}: expected uint8 [N={len(prompts)}, F, H, W, 3], one per prompt.")
+    given, r, window = videos.shape[1], self.temporal_ratio, conditioning.pixel_frames(self.latent_shape[0],
+                                                                                      self.temporal_ratio)
+    if num_frames < given:
+      raise ValueError(f"num_frames={num_frames} is shorter than the {given} given frames.")
+    k = context_frames or min(conditioning.latent_frames(given, r), self.latent_shape[0] - 1)
+    if not 1 <= k < self.latent_shape[0]:
+      raise ValueError(f"context_frames={k}: must be in [1, {self.latent_shape[0] - 1}] (latent frames of a window "
+                       "kept as its condition; at least one is generated).")
+    context = conditioning.pixel_frames(k, r)
+    if given < context:
+      raise ValueError(f"{given} given frames are fewer than the {context} a context of {k} latent frames needs.")
+    out, tail = [videos], videos[:, -context:]
+    length, i = given, 0
+    while length < num_frames:
+      window_seeds = [int(s) + 1000003 * i for s in seeds]
+      new = self.generate(prompts, window_seeds, frames=tail, **generate_kwargs)[:, context:window]
+      out.append(new)
+      tail = np.concatenate([tail, new], axis=1)[:, -context:]
+      length, i = length + new.shape[1], i + 1
+    return np.concatenate(out, axis=1)[:, :num_frames]

@@ -10,7 +10,7 @@ import ml_collections
 
 from vdm_jax import config as config_lib
 from vdm_jax import text as text_lib
-from vdm_jax.diffusion import objectives, schedules, timesteps
+from vdm_jax.diffusion import conditioning, objectives, schedules, timesteps
 from vdm_jax.models import dit
 
 LATENT_NORMS = ("auto", "channel", "scaling_factor")
@@ -68,7 +68,25 @@ def diffusion_config() -> ml_collections.ConfigDict:
       "beta_end": 0.012, "num_train_timesteps": 1000, "snr_shift_scale": 1.0, "rescale_betas_zero_snr": True,
       "timestep_sampling": "uniform", "flow_shift": 1.0, "loss_weighting": "none", "text_dropout": 0.1,
       "image_fraction": 0.0,
+      "condition": condition_config(),
   })
+
+
+def condition_config() -> ml_collections.ConfigDict:
+  """The `diffusion.condition` section: the frame-condition tasks a run trains (`vdm_jax.diffusion.conditioning`).
+
+  Only t2v by default: the DiT then takes the latents alone, as every run before frame conditions did."""
+  return ml_collections.ConfigDict({
+      # {task: weight}, drawn per example (Open-Sora's condition_config); t2v doubles as condition dropout.
+      "mix": dict(conditioning.DEFAULT_MIX),
+      "extend_frames": 2,  # latent frames that extend_forward gives (1 + r (k - 1) pixel frames)
+      "noise_sigma": 0.0,  # std of the noise on the condition channels (SVD's cond_aug); kept frames stay clean
+  })
+
+
+def is_conditioned(config) -> bool:
+  """Whether the run's DiT takes frame conditions (its mix trains a task other than t2v)."""
+  return conditioning.is_conditioned(config.diffusion.condition.mix)
 
 
 def inference_defaults() -> ml_collections.ConfigDict:
@@ -92,6 +110,13 @@ def validate(config) -> None:
   config_lib.check(d.prediction_type != "flow" or d.timestep_sampling in ("uniform", "logit_normal"),
                    "diffusion.timestep_sampling", "must be 'uniform' or 'logit_normal' for flow.")
   config_lib.check_choice(config, "model.conditioning", dit.CONDITIONINGS)
+  cond = d.condition
+  try:
+    conditioning.mix_probabilities(cond.mix)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"Config key 'diffusion.condition.mix': {e}") from None
+  config_lib.check(cond.extend_frames >= 1, "diffusion.condition.extend_frames", "must be >= 1.")
+  config_lib.check(cond.noise_sigma >= 0, "diffusion.condition.noise_sigma", "must be >= 0.")
   text_lib.validate_config(config.text)
   if config.text.cached:
     config_lib.check(not config.text.trainable, "text.cached",

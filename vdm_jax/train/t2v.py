@@ -10,7 +10,9 @@ input pipeline, or a frozen encoder's embeddings are cached once per split (`tex
   t ~ timestep sampler; (x_t, target, weight) = objectives.noised(z, eps, t); loss = weight * MSE(DiT(x_t), target)
 
 A share `diffusion.image_fraction` of each batch trains as images (the first latent frame, which the causal VAE
-encodes from the first frame alone). Evals and samples: `vdm_jax.train.t2v_eval`.
+encodes from the first frame alone). With frame conditions (`diffusion.condition.mix`), each clip draws a task
+(image-to-video, extension, ...) whose given latent frames stay clean in x_t and out of the loss, and reach the DiT
+on extra channels (`vdm_jax.diffusion.conditioning`). Evals and samples: `vdm_jax.train.t2v_eval`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import ml_collections
 
 from vdm_jax import config as config_lib
 from vdm_jax import text as text_lib
-from vdm_jax.diffusion import objectives, samplers, timesteps
+from vdm_jax.diffusion import conditioning, objectives, samplers, timesteps
 from vdm_jax.models.dit import DiT
 from vdm_jax.pipelines import t2v as t2v_pipeline
 from vdm_jax.pipelines import t2v_config
@@ -74,6 +76,7 @@ class TextToVideo(registry.Experiment):
         self, split, directory))
     self._text_caches = {}
     self._frozen_text = None
+    self.conditioned = t2v_config.is_conditioned(config)
 
   # --- Inputs: the latent and text-embedding caches joined to the examples.
 
@@ -95,6 +98,7 @@ class TextToVideo(registry.Experiment):
     dit_rng, text_rng = jax.random.split(rng)
     t, h, w, c = self.space.latent_shape()
     b = 1
+    c += conditioning.extra_channels(c) if self.conditioned else 0
     params = {"dit": self.dit().init(dit_rng, jnp.zeros((b, t, h, w, c)), jnp.zeros((b,), jnp.int32),
                                      jnp.zeros((b, self.text.max_length, self.text.d_model)))["params"]}
     if self.text.trainable:
@@ -150,26 +154,50 @@ class TextToVideo(registry.Experiment):
       return timesteps.explicit_uniform(rng, b, d.num_train_timesteps, num_groups)
     return timesteps.uniform(rng, b, d.num_train_timesteps)
 
-  def mse_at(self, dit_params, z, noise, t, embeds) -> tuple[jax.Array, jax.Array]:
+  def mse_at(self, dit_params, z, noise, t, embeds, condition: conditioning.Condition | None = None,
+             channels: conditioning.Condition | None = None) -> tuple[jax.Array, jax.Array]:
     """(MSE [B] of the DiT against its target, the loss weight [B]) on latents z [B, T', h, w, C] noised with
-    `noise` at times t [B], with text embeddings [B, L, D]. Shared by the loss and the validation grid."""
+    `noise` at times t [B], with text embeddings [B, L, D]. Shared by the loss and the validation grid.
+
+    A conditioned run's DiT sees `condition`'s kept frames clean in x_t and `channels` (the condition, possibly
+    noise-augmented; default `condition`) on its condition channels, and the MSE skips the kept frames; no
+    condition: text-to-video."""
     d = self.config.diffusion
     x_t, model_t, target, weight = objectives.noised(d.prediction_type, z, noise, t, self._alphas_cumprod,
                                                      d.loss_weighting)
-    out = self.dit().apply({"params": dit_params}, x_t, model_t, embeds)
-    return objectives.mse_per_example(out, target), weight
+    if not self.conditioned:
+      out = self.dit().apply({"params": dit_params}, x_t, model_t, embeds)
+      return objectives.mse_per_example(out, target), weight
+    condition = condition if condition is not None else conditioning.empty(z.shape, z.dtype)
+    x_t = conditioning.apply(x_t, condition)
+    out = self.dit().apply({"params": dit_params}, conditioning.model_input(x_t, channels or condition), model_t,
+                           embeds)
+    return conditioning.masked_mse(out, target, conditioning.generated_fraction(condition.keep)), weight
 
-  def denoise_loss(self, dit_params, z, embeds, rng) -> jax.Array:
-    """Per-example weighted MSE [B] at noise and times drawn from `rng` (times by the configured sampler)."""
-    t_rng, n_rng = jax.random.split(rng)
+  def denoise_loss(self, dit_params, z, embeds, rng, condition: conditioning.Condition | None = None) -> jax.Array:
+    """Per-example weighted MSE [B] at noise and times drawn from `rng` (times by the configured sampler), with
+    the condition's channels noise-augmented by `diffusion.condition.noise_sigma`."""
+    t_rng, n_rng, a_rng = jax.random.split(rng, 3)
     noise = jax.random.normal(n_rng, z.shape)
     t = self._times(t_rng, z.shape[0], self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-    mse, weight = self.mse_at(dit_params, z, noise, t, embeds)
+    channels = None
+    if condition is not None:
+      channels = conditioning.augment(a_rng, condition, self.config.diffusion.condition.noise_sigma)
+    mse, weight = self.mse_at(dit_params, z, noise, t, embeds, condition, channels)
     return weight * mse
+
+  def draw_condition(self, z: jax.Array, rng: jax.Array) -> tuple[conditioning.Condition | None, jax.Array | None]:
+    """(A frame condition per clip of z [B, T', ...] drawn from the mix, the task index [B]); (None, None) for a
+    text-to-video run."""
+    if not self.conditioned:
+      return None, None
+    cond = self.config.diffusion.condition
+    tasks, probabilities = conditioning.mix_probabilities(cond.mix)
+    return conditioning.draw(rng, z, tasks, probabilities, cond.extend_frames)
 
   def loss(self, params, batch, rng, frozen, step):
     d = self.config.diffusion
-    z_rng, drop_rng, video_rng, image_rng = jax.random.split(rng, 4)
+    z_rng, drop_rng, video_rng, image_rng, cond_rng = jax.random.split(rng, 5)
     z = self.latents(batch["latent_moments"], z_rng)
     drop = jax.random.bernoulli(drop_rng, d.text_dropout, (z.shape[0], 1)) if d.text_dropout > 0 else None
     if self.config.text.cached:
@@ -187,12 +215,20 @@ class TextToVideo(registry.Experiment):
     losses = []
     if num_images:
       losses.append(self.denoise_loss(params["dit"], z[:num_images, :1], embeds[:num_images], image_rng))
+    task = None
     if num_images < z.shape[0]:
-      losses.append(self.denoise_loss(params["dit"], z[num_images:], embeds[num_images:], video_rng))
+      condition, task = self.draw_condition(z[num_images:], cond_rng)
+      losses.append(self.denoise_loss(params["dit"], z[num_images:], embeds[num_images:], video_rng, condition))
     loss = jnp.mean(jnp.concatenate(losses))
     metrics = {"diffusion_loss": loss}
     if num_images:
       metrics["image_loss"] = jnp.mean(losses[0])
+    if task is not None:
+      # Per-task losses (NaN-free: a task absent from the batch reports 0 with weight 0).
+      tasks = conditioning.mix_probabilities(d.condition.mix)[0]
+      for i, name in enumerate(tasks):
+        hit = (task == i).astype(jnp.float32)
+        metrics[f"loss_{name}"] = jnp.sum(hit * losses[-1]) / jnp.maximum(jnp.sum(hit), 1.0)
     return loss, metrics
 
   def batch_shapes(self, batch_size: int):
