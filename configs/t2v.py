@@ -20,6 +20,9 @@ this config's default recipe. Recipes at `size=tiny` (results in docs/recipes.md
 hardware (AMX; `vdm_jax.xla_cpu.has_amx_bf16`) its step is faster, so the `flow` recipe trains 5500 steps in the
 minutes of 4000 at float32 (the DiT is still learning at 4000).
 
+`conditions=all`: one model for text-to-video and image and video prompts (docs/conditioning.md): each clip draws
+a task of Open-Sora's kind of mix (image-to-video most often), extension gives 9 of the 17 frames.
+
 `runlocal` shrinks everything (the 32x32x9_tiny dataset, a 2-layer DiT, a few steps) for tests; it keeps the
 `v_prediction` recipe unless a recipe is named.
 """
@@ -28,10 +31,11 @@ from vdm_jax.train.config import ConfigError, base_config, parse_arg
 SIZES = ("tiny",)
 RECIPES = ("flow", "v_prediction")
 DTYPES = ("float32", "bfloat16")
+CONDITIONS = ("", "all")
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, size="tiny", recipe="", dtype="float32", runlocal=False)
+  args = parse_arg(arg, size="tiny", recipe="", dtype="float32", conditions="", runlocal=False)
   if args["size"] not in SIZES:
     raise ConfigError(f"Config argument size={args['size']!r}; allowed: {list(SIZES)}.")
   recipe = args["recipe"] or ("v_prediction" if args["runlocal"] else "flow")
@@ -39,6 +43,8 @@ def get_config(arg: str | None = None):
     raise ConfigError(f"Config argument recipe={recipe!r}; allowed: {list(RECIPES)}.")
   if args["dtype"] not in DTYPES:
     raise ConfigError(f"Config argument dtype={args['dtype']!r}; allowed: {list(DTYPES)}.")
+  if args["conditions"] not in CONDITIONS:
+    raise ConfigError(f"Config argument conditions={args['conditions']!r}; allowed: {list(CONDITIONS)}.")
   c = base_config("t2v")
   _tiny(c)
   if recipe == "flow":
@@ -46,7 +52,17 @@ def get_config(arg: str | None = None):
   c.train.compute_dtype = args["dtype"]
   if args["runlocal"]:
     _runlocal(c)
+  if args["conditions"] == "all":
+    _all_conditions(c)
   return c
+
+
+def _all_conditions(c):
+  # Open-Sora's mix (t2v 1, i2v_head 5, i2v_loop 1, i2v_tail 1) with its loop as interpolation and both extensions.
+  c.diffusion.condition.mix.update({"t2v": 1.0, "i2v_head": 3.0, "extend_forward": 1.0, "i2v_tail": 1.0,
+                                    "interpolate": 1.0, "extend_backward": 1.0})
+  c.diffusion.condition.extend_frames = 3  # 9 of the 17 frames at the VAE's 4x time compression
+  c.input.pp = c.input.pp.replace("keep('latent_moments'", "keep('latent_moments', 'hint_moments'")
 
 
 def _tiny(c):

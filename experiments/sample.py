@@ -7,11 +7,16 @@
 
 A t2v run trained with frame conditions (`diffusion.condition.mix`) also takes frames:
     python -m experiments.sample --workdir W --prompt P --image first.png --out DIR              # image-to-video
+    python -m experiments.sample --workdir W --prompt P --image first.png --last_image last.png --out DIR
+    python -m experiments.sample --workdir W --prompt P --image first.png --loop --out DIR
     python -m experiments.sample --workdir W --prompt P --video in.npy --task extend --num_frames N --out DIR
+    python -m experiments.sample --workdir W --prompt P --video in.npy --task extend_backward --num_frames N --out DIR
     python -m experiments.sample --workdir W --prompt P --video in.mp4 --task v2v --strength 0.7 --out DIR # any run
 `--image` reads PNG or JPEG, `--video` mp4 or an exact .npy (uint8 [T, H, W, 3]), at the run's frame size; each is
-given once (for every prompt) or once per --prompt (paired in order). `extend` writes videos of `num_frames` frames
-that begin with the given ones (1 + r k of them; r: the VAE's temporal compression), generated window by window;
+given once (for every prompt) or once per --prompt (paired in order). `--last_image` (interpolation) and `--loop`
+(the first image also last) end the video at an image. `extend` writes videos of `num_frames` frames that begin
+with the given ones (1 + r k of them; r: the VAE's temporal compression), generated window by window;
+`extend_backward` videos that end with them;
 `v2v` (SDEdit, any t2v run) re-generates videos of the run's length from the prompt, starting from their latents
 noised `strength` of the way.
 
@@ -38,7 +43,7 @@ from vdm_jax.diffusion import samplers  # noqa: E402  pylint: disable=g-import-n
 from vdm_jax.pipelines import cogvideox, t2v  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.train import loop, metrics  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-TASKS = ("extend", "v2v")
+TASKS = ("extend", "extend_backward", "v2v")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained t2v workdir.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers CogVideoX folder (instead of --workdir).")
@@ -63,10 +68,13 @@ _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the mp4s.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Videos generated at once (t2v workdirs).")
 _IMAGE = flags.DEFINE_multi_string("image", None, "t2v workdirs: the first frame (PNG or JPEG), once or once per "
                                    "--prompt: image-to-video.")
+_LAST_IMAGE = flags.DEFINE_multi_string("last_image", None, "With --image: the last frame (PNG or JPEG), once or "
+                                        "once per --prompt: interpolation.")
+_LOOP = flags.DEFINE_bool("loop", False, "With --image: end the video at its first image (a loop).")
 _VIDEO = flags.DEFINE_multi_string("video", None, "t2v workdirs: a video (mp4 or .npy) to go on from, once or once "
                                    "per --prompt; with --task.")
-_TASK = flags.DEFINE_enum("task", None, list(TASKS), "What to do with --video: 'extend' it forward to --num_frames; "
-                          "'v2v': re-generate it from the prompt (SDEdit at --strength).")
+_TASK = flags.DEFINE_enum("task", None, list(TASKS), "What to do with --video: 'extend' it forward to --num_frames "
+                          "(or 'extend_backward'); 'v2v': re-generate it from the prompt (SDEdit at --strength).")
 _STRENGTH = flags.DEFINE_float("strength", 0.7, "--task v2v: how far toward noise the video is taken before "
                                "sampling, in (0, 1] (the share of the steps run).")
 _IMAGE_GUIDANCE = flags.DEFINE_float("image_guidance_scale", None, "With --image or --video: guide the frames "
@@ -117,14 +125,15 @@ def _per_sample(paths, num_prompts):
   return [p for p in per_prompt for _ in range(_NUM_SAMPLES.value)]
 
 
-def _read_frames(paths, pipe):
-  """uint8 [N, F, H, W, 3] from the condition files, checked against the run's frame size (naming the file)."""
+def _read_frames(paths, pipe, images):
+  """uint8 [N, F, H, W, 3] from the condition files (`images`: PNG/JPEG, F = 1), checked against the run's frame
+  size (naming the file)."""
   t, h, w, _ = pipe.latent_shape
   size = (h * pipe.vae.spatial_compression, w * pipe.vae.spatial_compression)
   frames = []
   for path in paths:
     try:
-      x = io.read_image(path)[None] if _IMAGE.value else io.read_video(path)
+      x = io.read_image(path)[None] if images else io.read_video(path)
     except (ValueError, FileNotFoundError) as e:
       raise app.UsageError(str(e)) from None
     if x.shape[1:3] != size:
@@ -136,7 +145,7 @@ def _read_frames(paths, pipe):
   return np.stack(frames)
 
 
-def _generate_t2v(prompts, seeds, conditions):
+def _generate_t2v(prompts, seeds, conditions, last):
   config, pipe = _t2v_pipeline(_WORKDIR.value)
   sample = config.sample
   pick = lambda flag, default: default if flag.value is None else flag.value
@@ -147,7 +156,7 @@ def _generate_t2v(prompts, seeds, conditions):
                 negative_prompt=_NEGATIVE.value, batch_size=_BATCH.value, progress=True)
   if conditions is None:
     return pipe.generate(prompts, seeds, **kwargs)
-  frames = _read_frames(conditions, pipe)
+  frames = _read_frames(conditions, pipe, images=bool(_IMAGE.value))
   if _TASK.value == "v2v":
     try:
       return pipe.generate(prompts, seeds, videos=frames, strength=_STRENGTH.value, **kwargs)
@@ -158,9 +167,10 @@ def _generate_t2v(prompts, seeds, conditions):
                          "diffusion.condition.mix is t2v): it takes no --image, and --video only with --task v2v.")
   kwargs["image_guidance_scale"] = _IMAGE_GUIDANCE.value
   try:
-    if _TASK.value == "extend":
-      return pipe.extend(prompts, seeds, frames, _FRAMES.value, **kwargs)
-    return pipe.generate(prompts, seeds, frames=frames, **kwargs)
+    if _TASK.value in ("extend", "extend_backward"):
+      return pipe.extend(prompts, seeds, frames, _FRAMES.value, backward=_TASK.value == "extend_backward", **kwargs)
+    last_frames = _read_frames(last, pipe, images=True) if last else (frames if _LOOP.value else None)
+    return pipe.generate(prompts, seeds, frames=frames, last_frames=last_frames, **kwargs)
   except ValueError as e:
     raise app.UsageError(f"{conditions[0]!r}: {e}") from None
 
@@ -202,7 +212,8 @@ def _drop_lines(jsonl: str, replaced: set[str]) -> None:
 
 
 def _conditions():
-  """(the condition file of each sample or None, the task name) from --image / --video / --task, checked."""
+  """(the condition file of each sample or None, its last image or None, the task name) from --image /
+  --last_image / --loop / --video / --task, checked."""
   if _IMAGE.value and _VIDEO.value:
     raise app.UsageError("Give --image (image-to-video) or --video (with --task), not both.")
   if _VIDEO.value and not _TASK.value:
@@ -211,13 +222,21 @@ def _conditions():
     raise app.UsageError(f"--task {_TASK.value} needs --video.")
   if _TASK.value == "extend" and not FLAGS["num_frames"].present:
     raise app.UsageError("--task extend needs --num_frames: the length of the extended videos.")
-  if _IMAGE_GUIDANCE.value is not None and not (_IMAGE.value or _TASK.value == "extend"):
-    raise app.UsageError("--image_guidance_scale guides the frames of --image or --video --task extend.")
+  if _IMAGE_GUIDANCE.value is not None and not (_IMAGE.value or _TASK.value in ("extend", "extend_backward")):
+    raise app.UsageError("--image_guidance_scale guides the frames of --image or --video --task extend(_backward).")
+  if (_LAST_IMAGE.value or _LOOP.value) and not _IMAGE.value:
+    raise app.UsageError("--last_image and --loop end a video that --image begins: give --image.")
+  if _LAST_IMAGE.value and _LOOP.value:
+    raise app.UsageError("Give --last_image or --loop (the first image also last), not both.")
   if (_IMAGE.value or _VIDEO.value) and _PRETRAINED.value:
     raise app.UsageError("--image and --video need --workdir (a t2v run trained with frame conditions); CogVideoX "
                          "image-to-video folders are not supported by this command yet.")
   conditions = _per_sample(_IMAGE.value or _VIDEO.value, len(_PROMPTS.value))
-  return conditions, ("i2v" if _IMAGE.value else _TASK.value)
+  last = _per_sample(_LAST_IMAGE.value, len(_PROMPTS.value))
+  task = _TASK.value
+  if _IMAGE.value:
+    task = "interpolate" if last else ("loop" if _LOOP.value else "i2v")
+  return conditions, last, task
 
 
 def main(argv):
@@ -225,13 +244,13 @@ def main(argv):
   _quiet_logs()
   if bool(_WORKDIR.value) == bool(_PRETRAINED.value):
     raise app.UsageError("Give exactly one of --workdir (a trained t2v run) and --pretrained (a CogVideoX folder).")
-  conditions, task = _conditions()
+  conditions, last, task = _conditions()
   prompts = [p for p in _PROMPTS.value for _ in range(_NUM_SAMPLES.value)]
   seeds = [_SEED.value + i for _ in _PROMPTS.value for i in range(_NUM_SAMPLES.value)]
   stems = [os.path.join(_OUT.value, f"{k // _NUM_SAMPLES.value:02d}_{seed}") for k, seed in enumerate(seeds)]
   _check_out(_OUT.value, stems)
   if _WORKDIR.value:
-    videos = _generate_t2v(prompts, seeds, conditions)
+    videos = _generate_t2v(prompts, seeds, conditions, last)
   else:
     videos = _generate_cogvideox(prompts, seeds)
   os.makedirs(_OUT.value, exist_ok=True)
@@ -244,6 +263,8 @@ def main(argv):
       row = {"prompt": prompt, "seed": seed, "mp4": stem + ".mp4", "npy": stem + ".npy"}
       if conditions is not None:
         row.update(task=task, condition=conditions[i])
+        if last:
+          row["last_condition"] = last[i]
       f.write(json.dumps(row) + "\n")
       f.flush()  # a line per finished sample, as its files are written
   logging.info("Wrote %d samples to %s", len(videos), _OUT.value)

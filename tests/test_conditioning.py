@@ -13,6 +13,8 @@ def test_keep_masks_and_frame_counts():
   assert conditioning.keep_mask("t2v", 5).tolist() == [False] * 5
   assert conditioning.keep_mask("i2v_head", 5).tolist() == [True, False, False, False, False]
   assert conditioning.keep_mask("extend_forward", 5, 3).tolist() == [True, True, True, False, False]
+  assert conditioning.keep_mask("interpolate", 5).tolist() == [True, False, False, False, False]
+  assert not conditioning.keep_mask("i2v_tail", 5).any() and not conditioning.keep_mask("extend_backward", 5).any()
   assert conditioning.latent_frames(17, 4) == 5 and conditioning.pixel_frames(3, 4) == 9
   assert conditioning.latent_frames(1, 4) == 1
   with pytest.raises(ValueError, match=r"1 \+ 4 k frames"):
@@ -27,6 +29,11 @@ def test_keep_masks_and_frame_counts():
     conditioning.mix_probabilities({"t2v": 0.0})
   assert not conditioning.is_conditioned({"t2v": 1.0, "i2v_head": 0.0})
   assert conditioning.is_conditioned({"t2v": 1.0, "i2v_head": 0.5})
+  assert not conditioning.needs_hints({"t2v": 1.0, "i2v_head": 0.5, "i2v_tail": 0.0})
+  assert conditioning.needs_hints({"t2v": 1.0, "extend_backward": 0.5})
+  video = np.ones((2, 3, 4, 4, 3), np.float32)
+  np.testing.assert_array_equal(conditioning.hint_input(video, 4)[:, :4], 0.0)
+  np.testing.assert_array_equal(conditioning.hint_input(video, 4)[:, 4:], video)
 
 
 def test_draw_follows_the_mix_and_gives_the_clips_own_latents():
@@ -41,6 +48,35 @@ def test_draw_follows_the_mix_and_gives_the_clips_own_latents():
   np.testing.assert_array_equal(np.asarray(condition.given), np.asarray(condition.keep))
   keep = np.asarray(condition.keep)[:, :, None, None, None]
   np.testing.assert_array_equal(np.asarray(condition.latents), np.where(keep, np.asarray(latents), 0.0))
+
+
+def test_draw_places_the_hints_of_tail_tasks():
+  mix = {"t2v": 1.0, "i2v_head": 1.0, "extend_forward": 1.0, "i2v_tail": 1.0, "interpolate": 1.0,
+         "extend_backward": 1.0}
+  tasks, probabilities = conditioning.mix_probabilities(mix)
+  latents = jax.random.normal(jax.random.PRNGKey(1), (600, 5, 1, 1, 2))
+  hints = jax.random.normal(jax.random.PRNGKey(2), (600, 3, 1, 1, 2)) + 10.0  # tail, then k = 2 backward
+  condition, task = conditioning.draw(jax.random.PRNGKey(0), latents, tasks, probabilities, 2, hints)
+  z, h = np.asarray(latents), np.asarray(hints)
+  expect = {  # task: (keep, given, what the condition holds at each frame: 'z' clip, 't' tail, 'b<i>', '0')
+      "t2v": ([0, 0, 0, 0, 0], [0, 0, 0, 0, 0], "00000"),
+      "i2v_head": ([1, 0, 0, 0, 0], [1, 0, 0, 0, 0], "z0000"),
+      "extend_forward": ([1, 1, 0, 0, 0], [1, 1, 0, 0, 0], "zz000"),
+      "i2v_tail": ([0, 0, 0, 0, 0], [0, 0, 0, 0, 1], "0000t"),
+      "interpolate": ([1, 0, 0, 0, 0], [1, 0, 0, 0, 1], "z000t"),
+      "extend_backward": ([0, 0, 0, 0, 0], [0, 0, 0, 1, 1], "000bc"),
+  }
+  for i in range(600):
+    keep, given, holds = expect[tasks[int(task[i])]]
+    assert np.asarray(condition.keep[i]).tolist() == [bool(x) for x in keep]
+    assert np.asarray(condition.given[i]).tolist() == [bool(x) for x in given]
+    source = {"z": lambda f: z[i, f], "t": lambda f: h[i, 0], "b": lambda f: h[i, 1], "c": lambda f: h[i, 2],
+              "0": lambda f: np.zeros_like(z[i, f])}
+    for f, what in enumerate(holds):
+      np.testing.assert_array_equal(np.asarray(condition.latents[i, f]), source[what](f))
+  assert len(set(np.asarray(task).tolist())) == 6
+  with pytest.raises(ValueError, match=r"need the clips' hint latents"):
+    conditioning.draw(jax.random.PRNGKey(0), latents, tasks, probabilities, 2, None)
 
 
 def test_model_input_layout_and_augmentation():
@@ -145,10 +181,11 @@ def _conditioned_config(data_dir, vae_dir):
   import sys  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import t2v as t2v_recipes  # pylint: disable=g-import-not-at-top
-  c = t2v_recipes.get_config("runlocal")
+  c = t2v_recipes.get_config("runlocal,conditions=all")
+  assert conditioning.needs_hints(c.diffusion.condition.mix)
   c.input.data_dir, c.vae.workdir = data_dir, vae_dir
   c.train.update(steps=2, checkpoint_every=2, eval_every=0)
-  c.diffusion.condition.mix = {"t2v": 1.0, "i2v_head": 1.0, "extend_forward": 1.0}
+  c.diffusion.condition.mix = {task: 1.0 for task in conditioning.TASKS}
   c.diffusion.condition.extend_frames = 2
   c.diffusion.condition.noise_sigma = 0.05
   return c
@@ -196,7 +233,7 @@ def test_a_conditioned_run_trains_and_samples_from_frames(conditioned_run):
   workdir = conditioned_run
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   train_lines = [m for m in lines if "loss" in m and "step" in m]
-  assert train_lines and {"loss_t2v", "loss_i2v_head", "loss_extend_forward"} <= set(train_lines[-1])
+  assert train_lines and {f"loss_{task}" for task in conditioning.TASKS} <= set(train_lines[-1])
 
   pipe = TextToVideoPipeline.from_workdir(workdir)
   assert pipe.conditioned and pipe.dit.in_channels == 2 * pipe.latent_shape[-1] + 2
@@ -216,11 +253,24 @@ def test_a_conditioned_run_trains_and_samples_from_frames(conditioned_run):
   with pytest.raises(ValueError, match=r"expected uint8 \[N, F, "):
     pipe.generate(prompts[:1], seeds[:1], frames=np.zeros((1, 1, h * s + 1, w * s, 3), np.uint8))
 
-  # extension: any length, beginning with the given frames; SDEdit: the model's length
+  # hints: r zero frames then the given ones encode like a whole video of zeros ending with them (per-frame
+  # GroupNorm, causal convolutions: a zero prefix computes the same values whatever its length)
+  pixels = frames.astype(np.float32) / 127.5 - 1.0
+  whole = np.concatenate([np.zeros((2, conditioning.pixel_frames(t, r) - 3, h * s, w * s, 3), np.float32), pixels], 1)
+  np.testing.assert_allclose(np.asarray(pipe._encode(pipe.vae_params, jnp.asarray(conditioning.hint_input(pixels, r))))[:, 1:],  # pylint: disable=protected-access
+                             np.asarray(pipe._encode(pipe.vae_params, jnp.asarray(whole)))[:, -2:], atol=1e-5)  # pylint: disable=protected-access
+  # the last frames as hints: the kept head stays exact, the hints are the zero-prefixed encoding's last frames
+  for last in (frames[:, -1:], frames):
+    latents = pipe.generate(prompts, seeds, num_steps=2, return_latents=True, frames=frames[:, :1], last_frames=last)
+    np.testing.assert_array_equal(latents[:, :1], np.asarray(pipe.encode_frames(frames[:, :1])))
+  # extension: any length, beginning (or ending) with the given frames; SDEdit: the model's length
   window = conditioning.pixel_frames(t, r)
   longer = pipe.extend(prompts, seeds, frames, 2 * window + 1, num_steps=2)
   assert longer.shape == (2, 2 * window + 1, h * s, w * s, 3)
   np.testing.assert_array_equal(longer[:, :frames.shape[1]], frames)
+  earlier = pipe.extend(prompts, seeds, frames, window + 2, num_steps=2, backward=True)
+  assert earlier.shape == (2, window + 2, h * s, w * s, 3)
+  np.testing.assert_array_equal(earlier[:, -frames.shape[1]:], frames)
   edited = pipe.generate(prompts, seeds, num_steps=4, videos=longer[:, :window], strength=0.5)
   assert edited.shape == (2, window, h * s, w * s, 3)
   with pytest.raises(ValueError, match="shorter than the 3 given frames"):
@@ -239,8 +289,10 @@ def test_sample_command_takes_images_and_videos(conditioned_run, tmp_path):
   np.save(tmp_path / "clip.npy", frames)
   base = [sys.executable, "-m", "experiments.sample", f"--workdir={conditioned_run}", "--prompt", "a red circle",
           "--prompt", "a blue square", "--num_steps=2"]
-  runs = {"i2v": ["--image", str(tmp_path / "first.png")],
-          "extend": ["--video", str(tmp_path / "clip.npy"), "--task", "extend", "--num_frames", "13"]}
+  Image.fromarray(frames[-1]).save(tmp_path / "last.png")
+  runs = {"interpolate": ["--image", str(tmp_path / "first.png"), "--last_image", str(tmp_path / "last.png")],
+          "extend_backward": ["--video", str(tmp_path / "clip.npy"), "--task", "extend_backward", "--num_frames",
+                              "13"]}
   for task, extra in runs.items():
     out = str(tmp_path / task)
     result = subprocess.run(base + extra + [f"--out={out}"], cwd=repo, capture_output=True, text=True, timeout=600)
@@ -249,9 +301,48 @@ def test_sample_command_takes_images_and_videos(conditioned_run, tmp_path):
     assert [(r["prompt"], r["task"]) for r in rows] == [("a red circle", task), ("a blue square", task)]
     assert rows[0]["condition"] == extra[1]
     video = np.load(rows[1]["npy"], allow_pickle=False)
-    assert video.shape == ((13 if task == "extend" else 9), 32, 32, 3)
-    if task == "extend":
-      np.testing.assert_array_equal(video[:5], frames)
+    assert video.shape == ((13 if task == "extend_backward" else 9), 32, 32, 3)
+    if task == "extend_backward":
+      np.testing.assert_array_equal(video[-5:], frames)
+    else:
+      assert rows[0]["last_condition"] == extra[3]
   bad = subprocess.run(base + ["--video", str(tmp_path / "clip.npy"), f"--out={tmp_path / 'bad'}"], cwd=repo,
                        capture_output=True, text=True, timeout=600)
   assert bad.returncode != 0 and "--video needs --task" in bad.stderr
+
+
+def test_tasks_with_hints_need_hint_moments_kept():
+  import os  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import t2v as t2v_recipes  # pylint: disable=g-import-not-at-top
+  from vdm_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from vdm_jax.train import registry  # pylint: disable=g-import-not-at-top
+  c = t2v_recipes.get_config("runlocal,conditions=all")
+  c.vae.workdir = "/nowhere"
+  registry.get("t2v").validate_config(c)
+  c.input.pp = c.input.pp.replace("'hint_moments', ", "")
+  with pytest.raises(ConfigError, match="must keep 'hint_moments'"):
+    registry.get("t2v").validate_config(c)
+  c.diffusion.condition.mix.bogus = 1.0
+  with pytest.raises(ConfigError, match=r"diffusion.condition.mix.*Unknown condition tasks \['bogus'\]"):
+    registry.get("t2v").validate_config(c)
+
+
+def test_task_scores_find_the_object_and_run_every_task(conditioned_run):
+  from vdm_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from vdm_jax.eval import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax.pipelines.t2v import TextToVideoPipeline  # pylint: disable=g-import-not-at-top
+  clip = shapes.render_clip(7, 9, 32, 32, motion="right")
+  found = tasks_lib.centroids(clip["video"])
+  assert np.all(np.diff(found[:, 1]) > 0) and np.abs(np.diff(found[:, 0])).max() < 0.5  # moving right
+  np.testing.assert_array_equal(tasks_lib.centroid_errors(clip["video"], clip["video"], range(9)), 0.0)
+  empty = np.zeros_like(clip["video"])
+  assert np.isinf(tasks_lib.centroid_errors(empty, clip["video"], [0, 1])).all()
+  report = tasks_lib.evaluate_tasks(TextToVideoPipeline.from_workdir(conditioned_run), num=2, extend_frames=2,
+                                    num_steps=2)
+  assert set(report) == set(tasks_lib.TASKS)
+  assert {"first_frame_psnr_mean", "color", "shape", "motion"} <= set(report["i2v"])
+  for task in ("interpolate", "extend", "extend_backward"):
+    assert {"centroid_median_px", "centroid_missing", "color"} <= set(report[task])
+  assert all(r["num_videos"] == 2 for r in report.values())

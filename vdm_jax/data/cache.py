@@ -241,17 +241,20 @@ class Cache:
 
 
 class CachedSource:
-  """`source[i]` joined with `cache[i]` (a grain random-access source): the cached fields are added to the example.
+  """`source[i]` joined with `cache[i]` (a grain random-access source): the cached fields are added to the example
+  (under other keys with `rename`).
 
   Each example's caption is hashed and compared with the one the cache recorded (CacheMismatchError if they
   differ). A latent cache replaces the pixels unless `keep_video`.
   """
 
-  def __init__(self, source, cache: Cache, *, caption_key: str = "caption", keep_video: bool = False):
+  def __init__(self, source, cache: Cache, *, caption_key: str = "caption", keep_video: bool = False,
+               rename: Mapping[str, str] | None = None):
     if len(source) != len(cache):
       raise CacheMismatchError(f"The source has {len(source)} examples, the cache {cache.directory!r} has "
                                f"{len(cache)}: it was built for another split or dataset.")
     self.source, self.cache, self.caption_key, self.keep_video = source, cache, caption_key, keep_video
+    self.rename = dict(rename or {})  # cached field -> the example's key (two latent caches on one example)
 
   def __len__(self) -> int:
     return len(self.source)
@@ -265,7 +268,7 @@ class CachedSource:
                                f"{self.cache.directory!r}; the cache was built from other data or another order.")
     if self.cache.kind == "latents" and not self.keep_video:
       example.pop("video", None)
-    example.update(cached)
+    example.update({self.rename.get(k, k): v for k, v in cached.items()})
     return example
 
 

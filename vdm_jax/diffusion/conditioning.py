@@ -15,10 +15,22 @@ encodes pixel frame 0 alone into latent frame 0 and pixel frames r j - r + 1 .. 
 own give exactly the clip's first k + 1 latent frames: prefix conditions (the first frame, the first k latent
 frames) are kept frames taken from the clip's own latents, in training and in sampling alike.
 
-Tasks (`TASKS`), each a keep mask over the T' latent frames:
-  t2v             nothing given (also what a dropped condition trains)
-  i2v_head        the first frame: latent frame 0
-  extend_forward  the first `extend_frames` latent frames (r (k - 1) + 1 pixel frames)
+Frames at the end are not whole latent frames: the last pixel frame shares its latent frame with the r - 1 before
+it, and its latents depend on everything before it. They are given as *hints* (given, not kept: the latent frame is
+still generated and in the loss) made the way Open-Sora 2.0 and Wan encode masked videos, the given frames in place
+and zeros (mid grey) elsewhere. With per-frame statistics and causal convolutions, a run of zero frames before them
+computes the same values whatever its length, so the hint latents are those of `hint_input(frames)`: r zero frames
+then the given ones, encoded on their own, dropping the first (all-zero) latent frame. Training reads them from a
+condition cache written next to the latent cache; sampling encodes the given frames the same way.
+
+Tasks (`TASKS`) over the T' latent frames (k = `extend_frames`, P = 1 + r (k - 1) pixel frames):
+  t2v              nothing given (also what a dropped condition trains)
+  i2v_head         the first frame: latent frame 0 kept
+  extend_forward   the first P frames: the first k latent frames kept
+  i2v_tail         the last frame: a hint at latent frame T' - 1
+  interpolate      the first and the last frame: latent frame 0 kept, a hint at T' - 1 (a loop is this with the
+                   first image at both ends)
+  extend_backward  the last P frames: hints at the last k latent frames
 `draw` picks one per example inside the jitted step from the configured mix, so a batch mixes tasks without
 recompiling.
 """
@@ -30,9 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TASKS = ("t2v", "i2v_head", "extend_forward")
+TASKS = ("t2v", "i2v_head", "extend_forward", "i2v_tail", "interpolate", "extend_backward")
+TAIL_TASKS = ("i2v_tail", "interpolate")  # a hint of the last frame at latent frame T' - 1
+BACKWARD_TASKS = ("extend_backward",)  # hints of the last P frames at the last k latent frames
 EXTRA_MASKS = 2  # given, keep
-DEFAULT_MIX = {"t2v": 1.0, "i2v_head": 0.0, "extend_forward": 0.0}
+DEFAULT_MIX = {task: (1.0 if task == "t2v" else 0.0) for task in TASKS}
 
 
 def extra_channels(latent_channels: int) -> int:
@@ -55,19 +69,35 @@ def pixel_frames(num_latent_frames: int, temporal_ratio: int) -> int:
 
 def keep_mask(task: str, num_latent_frames: int, extend_frames: int = 1) -> np.ndarray:
   """bool [T']: the latent frames `task` gives exactly (TASKS)."""
+  if task not in TASKS:
+    raise ValueError(f"Unknown condition task {task!r}; allowed: {list(TASKS)}.")
+  check_extend_frames(extend_frames, num_latent_frames)
   mask = np.zeros((num_latent_frames,), bool)
-  if task == "t2v":
-    return mask
-  if task == "i2v_head":
+  if task in ("i2v_head", "interpolate"):
     mask[0] = True
-    return mask
-  if task == "extend_forward":
-    if not 1 <= extend_frames < num_latent_frames:
-      raise ValueError(f"extend_frames={extend_frames}: must be in [1, {num_latent_frames - 1}] for clips of "
-                       f"{num_latent_frames} latent frames (at least one frame is generated).")
+  elif task == "extend_forward":
     mask[:extend_frames] = True
-    return mask
-  raise ValueError(f"Unknown condition task {task!r}; allowed: {list(TASKS)}.")
+  return mask
+
+
+def check_extend_frames(extend_frames: int, num_latent_frames: int) -> None:
+  if not 1 <= extend_frames < num_latent_frames:
+    raise ValueError(f"extend_frames={extend_frames}: must be in [1, {num_latent_frames - 1}] for clips of "
+                     f"{num_latent_frames} latent frames (at least one frame is generated).")
+
+
+def needs_hints(mix: Mapping[str, float]) -> bool:
+  """Whether a mix trains a task with hints (its clips need the condition cache)."""
+  return any(t in TAIL_TASKS + BACKWARD_TASKS for t in mix_probabilities(mix)[0])
+
+
+def hint_input(frames, temporal_ratio: int):
+  """The video whose encoding gives the hints of `frames` [B, F, H, W, 3] (pixels in [-1, 1], F = 1 + r j, the
+  last frames of a video): r zero frames, then the frames. Its first latent frame (zeros only) is dropped:
+  latents[:, 1:] are the hints of the video's last 1 + j latent frames."""
+  b, _, h, w, c = frames.shape
+  zeros = np.zeros((b, temporal_ratio, h, w, c), np.asarray(frames).dtype)
+  return np.concatenate([zeros, np.asarray(frames)], axis=1)
 
 
 def mix_probabilities(mix: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
@@ -108,14 +138,41 @@ def from_keep(latents: jax.Array, keep: jax.Array) -> Condition:
   return Condition(jnp.where(_frames(keep, latents), latents, 0).astype(latents.dtype), keep, keep)
 
 
+def with_hints(condition: Condition, hints: jax.Array, at: jax.Array) -> Condition:
+  """`condition` with `hints` [B, T', ...] given (not kept) at the frames of `at` [B, T'] that it does not keep."""
+  at = jnp.logical_and(jnp.broadcast_to(jnp.asarray(at, bool), condition.keep.shape), ~condition.keep)
+  latents = jnp.where(_frames(at, hints), hints.astype(condition.latents.dtype), condition.latents)
+  return Condition(latents, condition.keep, jnp.logical_or(condition.given, at))
+
+
+def at_end(hints: jax.Array, num_latent_frames: int) -> tuple[jax.Array, jax.Array]:
+  """(hints [B, n, ...] placed at the last n of `num_latent_frames` frames, zeros before: [B, T', ...]; where they
+  are: bool [T'])."""
+  b, n = hints.shape[:2]
+  pad = jnp.zeros((b, num_latent_frames - n) + hints.shape[2:], hints.dtype)
+  return jnp.concatenate([pad, hints], axis=1), jnp.arange(num_latent_frames) >= num_latent_frames - n
+
+
 def draw(rng: jax.Array, latents: jax.Array, tasks: Sequence[str], probabilities: np.ndarray,
-         extend_frames: int = 1) -> tuple[Condition, jax.Array]:
+         extend_frames: int = 1, hints: jax.Array | None = None) -> tuple[Condition, jax.Array]:
   """A task per example drawn from `probabilities` [K] over `tasks`, and its condition on the clip's own latents
-  [B, T', h, w, C] (prefix tasks are exact: see the module docstring). Returns (condition, task index int32 [B])."""
+  [B, T', h, w, C] (prefix tasks are exact: see the module docstring) and, for tasks with hints, the clip's hint
+  latents `hints` [B, 1 + k, h, w, C] (the tail hint, then the k backward hints; k = extend_frames). Returns
+  (condition, task index int32 [B])."""
   b, t = latents.shape[:2]
   table = jnp.asarray(np.stack([keep_mask(task, t, extend_frames) for task in tasks]))  # [K, T']
   index = jax.random.categorical(rng, jnp.log(jnp.asarray(probabilities, jnp.float32)), shape=(b,))
-  return from_keep(latents, table[index]), index
+  condition = from_keep(latents, table[index])
+  if not any(task in TAIL_TASKS + BACKWARD_TASKS for task in tasks):
+    return condition, index
+  if hints is None or hints.shape[1] != 1 + extend_frames:
+    raise ValueError(f"Tasks {list(tasks)} need the clips' hint latents [B, 1 + extend_frames = "
+                     f"{1 + extend_frames}, ...]; got {None if hints is None else list(hints.shape)}.")
+  for kind, part in ((TAIL_TASKS, hints[:, :1]), (BACKWARD_TASKS, hints[:, 1:])):
+    placed, at = at_end(part, t)
+    chosen = jnp.asarray([task in kind for task in tasks])[index][:, None]  # [B, 1]
+    condition = with_hints(condition, placed, jnp.logical_and(chosen, at[None]))
+  return condition, index
 
 
 def _frames(mask: jax.Array, like: jax.Array) -> jax.Array:

@@ -88,16 +88,21 @@ class TextToVideoPipeline:
   def temporal_ratio(self) -> int:
     return int(self.vae.temporal_compression_ratio)
 
-  def encode_frames(self, frames: np.ndarray, whole: bool = False) -> jax.Array:
-    """uint8 frames [N, F, H, W, 3] (F = 1 + r k, the first frames of a video) -> the DiT's latents of their
-    1 + k latent frames (posterior means), which are the first latent frames of any video that begins with them
-    (the causal VAE; `vdm_jax.diffusion.conditioning`). `whole`: also a whole video of the model's length."""
+  def _checked(self, frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
-    t, h, w, _ = self.latent_shape
+    _, h, w, _ = self.latent_shape
     s = self.vae.spatial_compression
     if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[2:] != (h * s, w * s, 3):
       raise ValueError(f"frames {frames.dtype} {list(frames.shape)}: expected uint8 [N, F, {h * s}, {w * s}, 3] "
                        "(this run's frame size).")
+    return frames
+
+  def encode_frames(self, frames: np.ndarray, whole: bool = False) -> jax.Array:
+    """uint8 frames [N, F, H, W, 3] (F = 1 + r k, the first frames of a video) -> the DiT's latents of their
+    1 + k latent frames (posterior means), which are the first latent frames of any video that begins with them
+    (the causal VAE; `vdm_jax.diffusion.conditioning`). `whole`: also a whole video of the model's length."""
+    frames = self._checked(frames)
+    t = self.latent_shape[0]
     k = conditioning.latent_frames(frames.shape[1], self.temporal_ratio)
     if k > t or (k == t and not whole):
       raise ValueError(f"{frames.shape[1]} given frames fill all {t} latent frames of the video "
@@ -105,6 +110,28 @@ class TextToVideoPipeline:
                        f"{conditioning.pixel_frames(t - 1, self.temporal_ratio)} so at least one is generated.")
     video = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
     return self.normalize(self._encode(self.vae_params, video))
+
+  def encode_hints(self, last_frames: np.ndarray) -> jax.Array:
+    """uint8 last frames [N, P, H, W, 3] (P = 1 + r (k - 1); P = 1: a last image) -> the DiT's hint latents of the
+    video's last k latent frames [N, k, h, w, C] (`conditioning.hint_input`, as the condition cache has them)."""
+    last_frames = self._checked(last_frames)
+    t = self.latent_shape[0]
+    if conditioning.latent_frames(last_frames.shape[1], self.temporal_ratio) >= t:
+      raise ValueError(f"{last_frames.shape[1]} last frames cover all {t} latent frames: give at most "
+                       f"{conditioning.pixel_frames(t - 1, self.temporal_ratio)}.")
+    video = conditioning.hint_input(np.asarray(last_frames, np.float32) / 127.5 - 1.0, self.temporal_ratio)
+    return self.normalize(self._encode(self.vae_params, jnp.asarray(video)))[:, 1:]
+
+  def _condition(self, shape, head: jax.Array | None, tail: jax.Array | None) -> conditioning.Condition:
+    """The condition of a batch of latents `shape`: `head` [B, k, ...] kept at the first frames, `tail`
+    [B, k', ...] given as hints at the last ones (either may be None)."""
+    condition = conditioning.empty(shape)
+    if head is not None:
+      padded = jnp.zeros(shape, jnp.float32).at[:, :head.shape[1]].set(head)
+      condition = conditioning.from_keep(padded, jnp.arange(shape[1]) < head.shape[1])
+    if tail is not None:
+      condition = conditioning.with_hints(condition, *conditioning.at_end(tail, shape[1]))
+    return condition
 
   @classmethod
   def from_config(cls, config, params, workdir: str | None = None, *, space: LatentSpace | None = None,
@@ -140,27 +167,31 @@ class TextToVideoPipeline:
                negative_prompt: str = "", batch_size: int = 16, progress: bool = False,
                return_latents: bool = False, frames: np.ndarray | None = None,
                image_guidance_scale: float | None = None, videos: np.ndarray | None = None,
-               strength: float = 0.7) -> np.ndarray:
+               strength: float = 0.7, last_frames: np.ndarray | None = None) -> np.ndarray:
     """uint8 videos [N, T, H, W, 3], video i from prompts[i] and the initial noise of seeds[i]. Batches are padded
     to `batch_size` so one compiled program serves all of them. `guidance_rescale`: see
     `vdm_jax.diffusion.samplers.rescale_guidance`.
 
     `frames` (a run trained with frame conditions): uint8 [N, F, H, W, 3], the first F = 1 + r k frames of video i
-    (F = 1: image-to-video; more: extension); their latent frames are kept through sampling. With
-    `image_guidance_scale`, the frames are guided separately from the text (`samplers._guided`).
+    (F = 1: image-to-video; more: extension); their latent frames are kept through sampling. `last_frames`: uint8
+    [N, P, H, W, 3], the last P = 1 + r (k - 1) frames it should end with (P = 1: a last image; with `frames`:
+    interpolation, or a loop with the same image), given as hints (`encode_hints`). With `image_guidance_scale`,
+    the frames are guided separately from the text (`samplers._guided`).
 
     `videos` (any run): uint8 [N, T, H, W, 3] of the model's length, edited by SDEdit: sampling starts from their
     latents noised `strength` of the way to noise (`samplers.sample`'s `init_latents`)."""
     if len(prompts) != len(seeds):
       raise ValueError(f"Got {len(prompts)} prompts but {len(seeds)} seeds.")
-    if frames is not None and not self.conditioned:
-      raise ValueError("This run's DiT was trained without frame conditions (diffusion.condition.mix is t2v only): "
-                       "it cannot take frames.")
-    if frames is not None and len(frames) != len(prompts):
-      raise ValueError(f"Got {len(frames)} frame prompts for {len(prompts)} prompts.")
-    if image_guidance_scale is not None and frames is None:
-      raise ValueError("image_guidance_scale needs frames to guide.")
+    for name, given in (("frames", frames), ("last_frames", last_frames)):
+      if given is not None and not self.conditioned:
+        raise ValueError(f"This run's DiT was trained without frame conditions (diffusion.condition.mix is t2v "
+                         f"only): it cannot take {name}.")
+      if given is not None and len(given) != len(prompts):
+        raise ValueError(f"Got {len(given)} {name} for {len(prompts)} prompts.")
+    if image_guidance_scale is not None and frames is None and last_frames is None:
+      raise ValueError("image_guidance_scale needs frames or last_frames to guide.")
     cond_latents = None if frames is None else self.encode_frames(frames)
+    hint_latents = None if last_frames is None else self.encode_hints(last_frames)
     if videos is not None and len(videos) != len(prompts):
       raise ValueError(f"Got {len(videos)} videos to edit for {len(prompts)} prompts.")
     if videos is not None and len(videos[0]) != conditioning.pixel_frames(self.latent_shape[0], self.temporal_ratio):
@@ -183,11 +214,8 @@ class TextToVideoPipeline:
       noise = jnp.stack([jax.random.normal(jax.random.PRNGKey(int(s)), self.latent_shape) for s in chunk_seeds])
       keep, model_args = None, (self.dit_params, embeds)
       if self.conditioned:
-        keep = conditioning.empty(noise.shape)
-        if cond_latents is not None:
-          given = _padded(cond_latents[start:start + batch_size], pad)
-          padded = jnp.zeros(noise.shape, jnp.float32).at[:, :given.shape[1]].set(given)
-          keep = conditioning.from_keep(padded, jnp.arange(noise.shape[1]) < given.shape[1])
+        part = lambda x: None if x is None else _padded(x[start:start + batch_size], pad)
+        keep = self._condition(noise.shape, part(cond_latents), part(hint_latents))
         branches = [keep]
         if image_guidance_scale is not None:
           branches = [conditioning.empty(noise.shape), keep, keep]
@@ -211,13 +239,15 @@ class TextToVideoPipeline:
     return np.concatenate(outputs)
 
   def extend(self, prompts: Sequence[str], seeds: Sequence[int], videos: np.ndarray, num_frames: int, *,
-             context_frames: int | None = None, **generate_kwargs) -> np.ndarray:
+             context_frames: int | None = None, backward: bool = False, **generate_kwargs) -> np.ndarray:
     """uint8 videos [N, num_frames, H, W, 3] that begin with `videos` (uint8 [N, F, H, W, 3], F = 1 + r j) and go
     on from them, one window of the model's length at a time: each window keeps as its condition the last
     1 + r (k - 1) frames so far (k = `context_frames` latent frames; default as many as the given video has, at
     most all but one of a window's), encoded on their own (exact under the causal VAE), and adds the frames after
-    them. Memory does not grow with `num_frames` beyond the output itself. Window i > 0 draws its noise from seed
-    + 1000003 i. `generate_kwargs` go to `generate` (sampler, steps, guidance)."""
+    them. `backward`: videos that end with `videos`, each window ending with the first 1 + r (k - 1) frames so far
+    (given as hints: `generate`'s `last_frames`) and adding the frames before them. Memory does not grow with
+    `num_frames` beyond the output itself. Window i > 0 draws its noise from seed + 1000003 i. `generate_kwargs`
+    go to `generate` (sampler, steps, guidance)."""
     videos = np.asarray(videos)
     if videos.ndim != 5 or len(videos) != len(prompts):
       raise ValueError(f"videos {list(videos.shape)}: expected uint8 [N={len(prompts)}, F, H, W, 3], one per prompt.")
@@ -232,12 +262,18 @@ class TextToVideoPipeline:
     context = conditioning.pixel_frames(k, r)
     if given < context:
       raise ValueError(f"{given} given frames are fewer than the {context} a context of {k} latent frames needs.")
-    out, tail = [videos], videos[:, -context:]
+    out, edge = [videos], (videos[:, :context] if backward else videos[:, -context:])
     length, i = given, 0
     while length < num_frames:
       window_seeds = [int(s) + 1000003 * i for s in seeds]
-      new = self.generate(prompts, window_seeds, frames=tail, **generate_kwargs)[:, context:window]
+      if backward:
+        new = self.generate(prompts, window_seeds, last_frames=edge, **generate_kwargs)[:, :window - context]
+        edge = np.concatenate([new, edge], axis=1)[:, :context]
+      else:
+        new = self.generate(prompts, window_seeds, frames=edge, **generate_kwargs)[:, context:window]
+        edge = np.concatenate([edge, new], axis=1)[:, -context:]
       out.append(new)
-      tail = np.concatenate([tail, new], axis=1)[:, -context:]
       length, i = length + new.shape[1], i + 1
+    if backward:
+      return np.concatenate(out[::-1], axis=1)[:, -num_frames:]
     return np.concatenate(out, axis=1)[:, :num_frames]

@@ -79,7 +79,7 @@ def condition_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       # {task: weight}, drawn per example (Open-Sora's condition_config); t2v doubles as condition dropout.
       "mix": dict(conditioning.DEFAULT_MIX),
-      "extend_frames": 2,  # latent frames that extend_forward gives (1 + r (k - 1) pixel frames)
+      "extend_frames": 2,  # k: latent frames extend_forward keeps and extend_backward hints (1 + r (k - 1) pixels)
       "noise_sigma": 0.0,  # std of the noise on the condition channels (SVD's cond_aug); kept frames stay clean
   })
 

@@ -62,6 +62,11 @@ class TextToVideo(registry.Experiment):
       config_lib.check(f"tokenize({config.text.max_length}" in config.input.pp.replace(" ", ""), "input.pp",
                        f"tokenizes to another length than text.max_length={config.text.max_length}; use "
                        f"tokenize({config.text.max_length}).")
+    if conditioning.needs_hints(config.diffusion.condition.mix):
+      config_lib.check("'hint_moments'" in config.input.pp or '"hint_moments"' in config.input.pp, "input.pp",
+                       "must keep 'hint_moments' (the condition cache's hint latents) when diffusion.condition.mix "
+                       f"has a task with hints ({list(conditioning.TAIL_TASKS + conditioning.BACKWARD_TASKS)}), "
+                       "e.g. keep('latent_moments', 'hint_moments', 'tokens', 'caption').")
     if config.text.cached:
       config_lib.check("'text_embeds'" in config.input.pp or '"text_embeds"' in config.input.pp, "input.pp",
                        "must keep 'text_embeds' when text.cached=True, e.g. "
@@ -186,14 +191,16 @@ class TextToVideo(registry.Experiment):
     mse, weight = self.mse_at(dit_params, z, noise, t, embeds, condition, channels)
     return weight * mse
 
-  def draw_condition(self, z: jax.Array, rng: jax.Array) -> tuple[conditioning.Condition | None, jax.Array | None]:
+  def draw_condition(self, z: jax.Array, rng: jax.Array, hint_moments: jax.Array | None = None
+                     ) -> tuple[conditioning.Condition | None, jax.Array | None]:
     """(A frame condition per clip of z [B, T', ...] drawn from the mix, the task index [B]); (None, None) for a
-    text-to-video run."""
+    text-to-video run. Tasks with hints read them from `hint_moments` [B, 1 + k, h, w, 2C] (their means)."""
     if not self.conditioned:
       return None, None
     cond = self.config.diffusion.condition
     tasks, probabilities = conditioning.mix_probabilities(cond.mix)
-    return conditioning.draw(rng, z, tasks, probabilities, cond.extend_frames)
+    hints = None if hint_moments is None else self.latents(hint_moments, None)
+    return conditioning.draw(rng, z, tasks, probabilities, cond.extend_frames, hints)
 
   def loss(self, params, batch, rng, frozen, step):
     d = self.config.diffusion
@@ -218,7 +225,8 @@ class TextToVideo(registry.Experiment):
       losses.append(self.denoise_loss(params["dit"], z[:num_images, :1], embeds[:num_images], image_rng))
     task = None
     if num_images < z.shape[0]:
-      condition, task = self.draw_condition(z[num_images:], cond_rng)
+      hints = batch["hint_moments"][num_images:] if "hint_moments" in batch else None
+      condition, task = self.draw_condition(z[num_images:], cond_rng, hints)
       losses.append(self.denoise_loss(params["dit"], z[num_images:], embeds[num_images:], video_rng, condition))
     loss = jnp.mean(jnp.concatenate(losses))
     metrics = {"diffusion_loss": loss}
@@ -235,6 +243,9 @@ class TextToVideo(registry.Experiment):
   def batch_shapes(self, batch_size: int):
     t, h, w, c = self.space.latent_shape()
     shapes = {"latent_moments": jax.ShapeDtypeStruct((batch_size, t, h, w, 2 * c), jnp.float32)}
+    if conditioning.needs_hints(self.config.diffusion.condition.mix):
+      k = self.config.diffusion.condition.extend_frames
+      shapes["hint_moments"] = jax.ShapeDtypeStruct((batch_size, 1 + k, h, w, 2 * c), jnp.float32)
     if self.config.text.cached:
       shapes["text_embeds"] = jax.ShapeDtypeStruct((batch_size, self.text.max_length, self.text.d_model),
                                                    self.text.module.dtype)

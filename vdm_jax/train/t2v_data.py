@@ -16,6 +16,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from vdm_jax import runs, xla_cpu
+from vdm_jax.diffusion import conditioning
 from vdm_jax.data import cache as cache_lib
 from vdm_jax.data import pipeline
 from vdm_jax.parallel import mesh as mesh_lib
@@ -105,6 +106,42 @@ def write_latent_cache(experiment, split: str, directory: str, check_vae: bool =
              stale=stale)
 
 
+def condition_cache_dir(experiment, split: str) -> str:
+  return experiment.space.split_dir(experiment.config.vae.cache_dir, "condition_cache", split)
+
+
+def write_condition_cache(experiment, split: str, directory: str) -> None:
+  """Writes the split's condition cache if it is missing or stale: per clip, the hint latents (posterior moments
+  [1 + k, h, w, 2C]) of its last frame and of its last 1 + r (k - 1) frames (`conditioning.hint_input`), which the
+  tasks with hints give at the end of the clip. It records the VAE and k; another of either rebuilds it."""
+  config, space = experiment.config, experiment.space
+  k = config.diffusion.condition.extend_frames
+  fingerprint = lambda: {**space.vae_identity().to_json(), "hints": "tail+backward", "extend_frames": k}
+
+  def write():
+    module, params = space.vae()
+    r = int(module.temporal_compression_ratio)
+    encode = xla_cpu.jit(lambda p, video: jnp.concatenate(
+        [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1)[:, 1:])
+
+    def hints(video):
+      tail = encode(params, conditioning.hint_input(video[:, -1:], r))
+      backward = encode(params, conditioning.hint_input(video[:, -conditioning.pixel_frames(k, r):], r))
+      return np.concatenate([np.asarray(tail), np.asarray(backward)], axis=1)
+
+    logging.info("Writing the %s condition cache to %s.", split, directory)
+    cache_lib.write_latents(directory, pipeline.data_source(config.input, split), hints,
+                            batch_size=config.vae.encode_batch_size, fingerprint=fingerprint())
+
+  def stale():
+    with open(os.path.join(directory, cache_lib.META_FILE)) as f:
+      recorded = json.load(f).get("vae")
+    return recorded != json.loads(json.dumps(fingerprint()))
+
+  write_once(os.path.join(directory, cache_lib.META_FILE), f"condition_cache_{split}", write, prepare=space.vae,
+             stale=stale)
+
+
 def text_cache_dir(experiment, split: str) -> str:
   return experiment.space.split_dir(experiment.config.text.cache_dir, "text_cache", split)
 
@@ -130,13 +167,18 @@ def text_cache(experiment, split: str) -> cache_lib.Cache:
 
 
 def joined_source(experiment, split: str):
-  """The split's examples with their cached `latent_moments` (and `text_embeds`, `text_mask` with text.cached)."""
+  """The split's examples with their cached `latent_moments` (and `hint_moments` when the condition mix has tasks
+  with hints; `text_embeds`, `text_mask` with text.cached)."""
   config, space = experiment.config, experiment.space
   # Checked here, where the run builds its input (outside any trace or mesh), rather than wherever the latent cache
   # is first opened: a cache another VAE wrote is rebuilt before its latents or statistics are used.
   write_latent_cache(experiment, split, space.cache_dir(split), check_vae=True)
   space.reopen(split)
   source = cache_lib.CachedSource(pipeline.data_source(config.input, split), space.cache(split))
+  if conditioning.needs_hints(config.diffusion.condition.mix):
+    directory = condition_cache_dir(experiment, split)
+    write_condition_cache(experiment, split, directory)
+    source = cache_lib.CachedSource(source, cache_lib.Cache(directory), rename={"latent_moments": "hint_moments"})
   if config.text.cached:
     source = cache_lib.CachedSource(source, experiment.text_cache(split))
   return source
