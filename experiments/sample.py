@@ -175,14 +175,27 @@ def _generate_t2v(prompts, seeds, conditions, last):
     raise app.UsageError(f"{conditions[0]!r}: {e}") from None
 
 
-def _generate_cogvideox(prompts, seeds):
+def _generate_cogvideox(prompts, seeds, conditions):
   pipe = cogvideox.load(_PRETRAINED.value, dtype=jnp.dtype(_DTYPE.value))
+  if pipe.image_to_video != bool(conditions):
+    raise app.UsageError(f"--pretrained {_PRETRAINED.value!r} is an image-to-video folder: give --image." if
+                         pipe.image_to_video else f"--pretrained {_PRETRAINED.value!r} is text-to-video: it takes "
+                         "no --image.")
   videos = []
-  for prompt, seed in zip(prompts, seeds):
+  for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+    image = None
+    if conditions:
+      try:
+        image = io.read_image(conditions[i])
+      except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
+      if image.shape[:2] != (_HEIGHT.value, _WIDTH.value):
+        raise app.UsageError(f"{conditions[i]!r} is {image.shape[0]}x{image.shape[1]}; the videos are "
+                             f"{_HEIGHT.value}x{_WIDTH.value} (--height, --width).")
     video = pipe(prompt=prompt, negative_prompt=_NEGATIVE.value, num_frames=_FRAMES.value, height=_HEIGHT.value,
                  width=_WIDTH.value, num_inference_steps=_STEPS.value or 50,
                  guidance_scale=6.0 if _GUIDANCE.value is None else _GUIDANCE.value,
-                 use_dynamic_cfg=bool(_DYNAMIC.value), seed=seed, sampler=_SAMPLER.value)
+                 use_dynamic_cfg=bool(_DYNAMIC.value), seed=seed, sampler=_SAMPLER.value, image=image)
     videos.append(np.clip(np.round(np.asarray(video[0]) * 255.0), 0, 255).astype(np.uint8))
   return np.stack(videos)
 
@@ -228,9 +241,11 @@ def _conditions():
     raise app.UsageError("--last_image and --loop end a video that --image begins: give --image.")
   if _LAST_IMAGE.value and _LOOP.value:
     raise app.UsageError("Give --last_image or --loop (the first image also last), not both.")
-  if (_IMAGE.value or _VIDEO.value) and _PRETRAINED.value:
-    raise app.UsageError("--image and --video need --workdir (a t2v run trained with frame conditions); CogVideoX "
-                         "image-to-video folders are not supported by this command yet.")
+  if _IMAGE_GUIDANCE.value is not None and _PRETRAINED.value:
+    raise app.UsageError("--image_guidance_scale is for t2v workdirs; CogVideoX folders guide the text only.")
+  if (_VIDEO.value or _LAST_IMAGE.value or _LOOP.value) and _PRETRAINED.value:
+    raise app.UsageError("--video, --last_image and --loop need --workdir (a t2v run trained with frame "
+                         "conditions); a CogVideoX image-to-video folder (--pretrained) takes --image only.")
   conditions = _per_sample(_IMAGE.value or _VIDEO.value, len(_PROMPTS.value))
   last = _per_sample(_LAST_IMAGE.value, len(_PROMPTS.value))
   task = _TASK.value
@@ -252,7 +267,7 @@ def main(argv):
   if _WORKDIR.value:
     videos = _generate_t2v(prompts, seeds, conditions, last)
   else:
-    videos = _generate_cogvideox(prompts, seeds)
+    videos = _generate_cogvideox(prompts, seeds, conditions)
   os.makedirs(_OUT.value, exist_ok=True)
   jsonl = os.path.join(_OUT.value, "samples.jsonl")
   _drop_lines(jsonl, {os.path.basename(stem + ".mp4") for stem in stems})

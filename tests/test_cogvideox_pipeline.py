@@ -5,7 +5,8 @@ sentencepiece model trained here; CogVideoX-2b's DDIM scheduler config).
 Parity: the same initial latents, 2 prompts, 9 frames at 16x32 (latents 3x2x4), 3 DDIM steps with CFG 6 (static,
 dynamic, and with negative prompts): max |ours - diffusers| over the [0, 1] video <= 1e-3 (fp32); the same for a
 CogVideoX 1.5 transformer (patch_size_t 2, RoPE: latent frames padded 3 -> 4, the leading one dropped before
-decoding). The DPM scheduler path runs (no parity: its noise is drawn differently), bfloat16 runs near float32,
+decoding); and against CogVideoXImageToVideoPipeline for the 5b-I2V layout (the image's latents from the same
+posterior noise, concatenated on channels; 1.5-I2V is refused until it matches). The DPM scheduler path runs (no parity: its noise is drawn differently), bfloat16 runs near float32,
 scheduler configs map onto the samplers, the denoiser/T5/VAE compile once per shape, a folder with a missing part
 fails naming it, and `python -m experiments.sample --pretrained` writes samples.jsonl / .npy / .mp4.
 """
@@ -41,6 +42,10 @@ TRANSFORMER = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, 
                    text_embed_dim=32, num_layers=2, sample_frames=FRAMES, sample_height=HEIGHT // 8,
                    sample_width=WIDTH // 8, patch_size=2, max_text_seq_length=226)
 TRANSFORMER_15 = dict(TRANSFORMER, patch_size_t=2, use_rotary_positional_embeddings=True, patch_bias=False)
+# The image-to-video layouts: 5b-I2V (RoPE and learned positions) and 1.5-I2V (patch_size_t 2, ofs).
+TRANSFORMER_I2V = dict(TRANSFORMER, in_channels=8, use_rotary_positional_embeddings=True,
+                       use_learned_positional_embeddings=True)
+TRANSFORMER_15_I2V = dict(TRANSFORMER_15, in_channels=8, ofs_embed_dim=16)
 CORPUS = ["a red circle moving left", "a blue square moving up and a green triangle moving right",
           "the quick brown fox jumps over the lazy dog"]
 
@@ -78,14 +83,19 @@ def write_folder(root):
   return root
 
 
-def variant(src, root, transformer_config=None, scheduler=None):
-  """A folder at `root` with src's parts (symlinked) except a new transformer and/or scheduler."""
+def variant(src, root, transformer_config=None, scheduler=None, vae_config=None):
+  """A folder at `root` with src's parts (symlinked) except a new transformer, scheduler and/or VAE config (the
+  same weights)."""
   os.makedirs(root)
   os.symlink(os.path.join(src, "model_index.json"), os.path.join(root, "model_index.json"))  # for diffusers
   for part in cogvideox.PARTS:
     if part == "transformer" and transformer_config:
       perturb(diffusers.CogVideoXTransformer3DModel(**transformer_config), 2, 0.1).save_pretrained(
           os.path.join(root, part))
+    elif part == "vae" and vae_config:
+      vae = diffusers.AutoencoderKLCogVideoX.from_pretrained(os.path.join(src, part))
+      vae.register_to_config(**vae_config)
+      vae.save_pretrained(os.path.join(root, part))
     elif part == "scheduler" and scheduler:
       scheduler.save_pretrained(os.path.join(root, part))
     else:
@@ -152,6 +162,55 @@ def test_cogvideox15_pads_and_drops_latent_frames(folder, tmp_path):
   assert float(np.abs(got - want).max()) <= 1e-3
   with pytest.raises(ValueError, match=r"\(1, 4, 2, 4, 4\)"):  # unpadded latents are refused
     pipe(**call, latents=latents[:, 1:], progress=False)
+
+
+def test_cogvideox15_image_to_video_is_refused_until_it_matches(folder, tmp_path):
+  root = variant(folder, str(tmp_path / "15_i2v"), transformer_config=TRANSFORMER_15_I2V,
+                 vae_config={"invert_scale_latents": True})
+  with pytest.raises(ValueError, match="1.5 image-to-video folders"):
+    cogvideox.load(root)
+
+
+@pytest.mark.parametrize("layout", ["5b_i2v"])
+def test_image_to_video_parity(folder, tmp_path, layout):
+  """CogVideoXImageToVideoPipeline and ours from the same latents and image noise: 3 DDIM steps with CFG 6, fp32.
+  1.5: the image latents divided by the scaling factor (invert_scale_latents), ofs, the padded frame."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  config = TRANSFORMER_I2V if layout == "5b_i2v" else TRANSFORMER_15_I2V
+  vae_config = {"invert_scale_latents": True} if layout == "15_i2v" else None
+  root = variant(folder, str(tmp_path / layout), transformer_config=config, vae_config=vae_config)
+  pipe = cogvideox.load(root)
+  assert pipe.image_to_video and pipe.invert_scale_latents == (layout == "15_i2v")
+  shape = pipe.latent_shape(1, FRAMES, HEIGHT, WIDTH)
+  latents = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+  image = np.random.default_rng(3).integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8)
+  generator = torch.Generator().manual_seed(0)
+  noise = torch.randn((1, 4, 1, HEIGHT // 8, WIDTH // 8), generator=generator)  # the posterior sample's draw
+  call = dict(CALL, prompt=PROMPTS[:1])
+  reference_pipe = diffusers.CogVideoXImageToVideoPipeline.from_pretrained(root)
+  reference_pipe.set_progress_bar_config(disable=True)
+  with torch.no_grad():
+    want = reference_pipe(image=Image.fromarray(image), latents=torch.from_numpy(
+        np.ascontiguousarray(latents.transpose(0, 1, 4, 2, 3))), generator=torch.Generator().manual_seed(0),
+        output_type="np", **call).frames
+  got = pipe(**call, latents=latents, image=image, image_noise=noise.numpy().transpose(0, 2, 3, 4, 1),
+             progress=False)
+  assert got.shape == want.shape == (1, FRAMES, HEIGHT, WIDTH, 3)
+  assert float(np.abs(got - want).max()) <= 1e-3
+  assert np.mean((want > 0) & (want < 1)) > 0.5
+  # the image matters, and the layouts' arguments are checked
+  other = pipe(**call, latents=latents, image=255 - image, image_noise=noise.numpy().transpose(0, 2, 3, 4, 1),
+               progress=False)
+  assert float(np.abs(other - got).max()) > 1e-2
+  with pytest.raises(ValueError, match="image-to-video folder: give image="):
+    pipe(**call, latents=latents, progress=False)
+  with pytest.raises(ValueError, match=r"image float64 with values in \[2.0, 2.0\]"):
+    pipe(**call, latents=latents, image=np.full((HEIGHT, WIDTH, 3), 2.0), progress=False)
+
+
+def test_text_to_video_folders_take_no_image(pipe):
+  with pytest.raises(ValueError, match="image= needs an image-to-video folder"):
+    pipe(**dict(CALL, prompt=PROMPTS[:1]), image=np.zeros((HEIGHT, WIDTH, 3), np.uint8), progress=False)
 
 
 def test_dpm_scheduler_runs(folder, tmp_path):

@@ -44,8 +44,9 @@ def module_from_config(config: dict[str, Any], dtype=jnp.float32, **overrides) -
   for key in ("use_quant_conv", "use_post_quant_conv"):
     if config.get(key, False):
       raise ValueError(f"config {key}=True is not supported (CogVideoX VAEs have no quant convs).")
-  if config.get("invert_scale_latents", False) or config.get("shift_factor") is not None:
-    raise ValueError("config invert_scale_latents / shift_factor are not supported; scale latents yourself.")
+  # invert_scale_latents (CogVideoX 1.5) only changes how the I2V pipeline scales the image's latents (there).
+  if config.get("shift_factor") is not None:
+    raise ValueError("config shift_factor is not supported; shift latents yourself.")
   channels = tuple(config["block_out_channels"])
   if len(config.get("down_block_types", channels)) != len(channels):
     raise ValueError(f"config has {len(config['down_block_types'])} down blocks but block_out_channels={channels}.")

@@ -103,7 +103,8 @@ def _write(directory: str, kind: str, records: Iterable[tuple[np.ndarray, dict[s
 
 def write_latents(directory: str, source, encode_fn: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 32,
                   video_key: str = "video", caption_key: str = "caption",
-                  fingerprint: Mapping[str, Any] | None = None, progress: bool = True) -> "Cache":
+                  fingerprint: Mapping[str, Any] | None = None, progress: bool = True,
+                  desc: str = "latent cache") -> "Cache":
   """Encodes every example of `source` (uint8 [T, H, W, 3] under `video_key`) with `encode_fn`: float32 video in
   [-1, 1] [B, T, H, W, 3] -> moments [B, T', h, w, 2C]. Batches are padded to `batch_size` (one compiled shape).
   `cache.json` also holds the per-channel mean and std of the posterior means (a data-derived normalisation) and,
@@ -113,7 +114,7 @@ def write_latents(directory: str, source, encode_fn: Callable[[np.ndarray], np.n
 
   def records():
     total = len(source)
-    for start in tqdm(range(0, total, batch_size), disable=not progress, desc="latent cache"):
+    for start in tqdm(range(0, total, batch_size), disable=not progress, desc=desc):
       examples = [source[i] for i in range(start, min(start + batch_size, total))]
       video = np.stack([np.asarray(e[video_key]) for e in examples]).astype(np.float32) / 127.5 - 1.0
       padded = np.concatenate([video, np.repeat(video[-1:], batch_size - len(video), axis=0)])

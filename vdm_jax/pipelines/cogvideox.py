@@ -1,4 +1,5 @@
-"""CogVideoX text -> video from a diffusers folder, reproducing diffusers' `CogVideoXPipeline`.
+"""CogVideoX text -> video (and image -> video) from a diffusers folder, reproducing diffusers' `CogVideoXPipeline`
+(and `CogVideoXImageToVideoPipeline`: `image=`, see `CogVideoXPipeline.image_latents`).
 
     from vdm_jax.pipelines import cogvideox
     pipe = cogvideox.load("/path/CogVideoX-2b", dtype=jnp.bfloat16,
@@ -50,82 +51,30 @@ from absl import logging
 from vdm_jax import xla_cpu
 from vdm_jax.convert import cogvideox, cogvideox_transformer, cogvideox_vae, t5
 from vdm_jax.convert import safetensors_io as st
-from vdm_jax.diffusion import samplers, schedules
+from vdm_jax.diffusion import samplers
 from vdm_jax.parallel import sharding
+# The folder's parts and scheduler (re-exported: callers name them here).
+from vdm_jax.pipelines.cogvideox_folder import (BETA_SCHEDULES, PARTS, SCHEDULER_CLASSES,  # noqa: F401
+                                                 SchedulerSettings, check_folder, scheduler_settings)
 from vdm_jax.text import T5Tokenizer
 
-PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-SCHEDULER_CLASSES = {"CogVideoXDDIMScheduler": "ddim", "CogVideoXDPMScheduler": "dpmpp_2m_sde"}
-# diffusers beta_schedule names -> vdm_jax.diffusion.schedules names
-BETA_SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear", "squaredcos_cap_v2": "cosine"}
-# Samplers for a discrete-time (DDPM-trained) model; 'euler' is for rectified flow models.
+
 # Both CogVideoX schedulers start from unit-variance noise (diffusers' `init_noise_sigma`).
 INIT_NOISE_SIGMA = 1.0
 OUTPUT_TYPES = ("np", "latent")
 
 
-@dataclasses.dataclass(frozen=True)
-class SchedulerSettings:
-  """What `vdm_jax.diffusion.samplers.sample` needs from a diffusers scheduler config."""
-  sampler: str
-  schedule: schedules.NoiseSchedule
-  prediction_type: str
-  timestep_spacing: str
-
-
-def scheduler_settings(config: dict[str, Any]) -> SchedulerSettings:
-  """A diffusers CogVideoX scheduler config (`scheduler_config.json`) -> SchedulerSettings; fails naming the key
-  whose value the samplers do not support."""
-  name = config.get("_class_name")
-  if name not in SCHEDULER_CLASSES:
-    raise ValueError(f"scheduler_config.json: _class_name={name!r}; supported: {sorted(SCHEDULER_CLASSES)}.")
-  beta_schedule = config.get("beta_schedule", "scaled_linear")
-  if beta_schedule not in BETA_SCHEDULES:
-    raise ValueError(f"scheduler_config.json: beta_schedule={beta_schedule!r}; supported: {sorted(BETA_SCHEDULES)}.")
-  if config.get("trained_betas") is not None:
-    raise ValueError("scheduler_config.json: trained_betas is not supported; give beta_schedule/beta_start/beta_end.")
-  spacing = config.get("timestep_spacing", "leading")
-  if spacing not in schedules.TIMESTEP_SPACINGS:
-    raise ValueError(f"scheduler_config.json: timestep_spacing={spacing!r}; supported: "
-                     f"{list(schedules.TIMESTEP_SPACINGS)}.")
-  # diffusers adds steps_offset to 'leading' timesteps only; the samplers have no offset.
-  if spacing == "leading" and config.get("steps_offset", 0):
-    raise ValueError(f"scheduler_config.json: timestep_spacing='leading' with steps_offset="
-                     f"{config['steps_offset']} is not supported by vdm_jax.diffusion.samplers (steps_offset 0 is; "
-                     "'trailing' and 'linspace' ignore steps_offset).")
-  prediction_type = config.get("prediction_type", "epsilon")
-  if prediction_type not in ("epsilon", "v_prediction", "sample"):
-    raise ValueError(f"scheduler_config.json: prediction_type={prediction_type!r}; supported: "
-                     "['epsilon', 'v_prediction', 'sample'].")
-  schedule = schedules.make_schedule(
-      BETA_SCHEDULES[beta_schedule], num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
-      beta_start=float(config.get("beta_start", 0.00085)), beta_end=float(config.get("beta_end", 0.012)),
-      snr_shift_scale=float(config.get("snr_shift_scale", 3.0)),
-      rescale_betas_zero_snr=bool(config.get("rescale_betas_zero_snr", False)),
-      set_alpha_to_one=bool(config.get("set_alpha_to_one", True)))
-  return SchedulerSettings(SCHEDULER_CLASSES[name], schedule, prediction_type, spacing)
-
-
-def check_folder(path: str) -> None:
-  """Fails naming every part of a diffusers CogVideoX folder that is missing (before anything is loaded)."""
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path!r} is not a folder; expected a diffusers CogVideoX folder with {list(PARTS)}.")
-  missing = [part for part in PARTS if not os.path.isdir(os.path.join(path, part))]
-  if missing:
-    raise FileNotFoundError(f"{path!r} is not a complete diffusers CogVideoX folder: missing {missing} "
-                            f"(a CogVideoX folder has {list(PARTS)}).")
-
-
-def check_text_to_video(in_channels: int, latent_channels: int) -> None:
-  """Fails for an image-to-video transformer (it takes the image latents too: in_channels = 2 x latent_channels)."""
-  if in_channels != latent_channels:
+def check_channels(in_channels: int, latent_channels: int) -> None:
+  """Fails unless the transformer takes the latents (text-to-video) or the latents and the image's latents on
+  channels (image-to-video: in_channels = 2 x latent_channels)."""
+  if in_channels not in (latent_channels, 2 * latent_channels):
     raise ValueError(f"transformer in_channels={in_channels} but the VAE has latent_channels={latent_channels}: "
-                     "an image-to-video folder; this pipeline is text-to-video only.")
+                     f"expected {latent_channels} (text-to-video) or {2 * latent_channels} (image-to-video).")
 
 
 def load(path: str, dtype=jnp.float32, *, transformer_kwargs: dict[str, Any] | None = None,
          vae_kwargs: dict[str, Any] | None = None) -> "CogVideoXPipeline":
-  """A diffusers CogVideoX text-to-video folder -> CogVideoXPipeline.
+  """A diffusers CogVideoX folder (text-to-video, or image-to-video: 5b-I2V, 1.5-5B-I2V) -> CogVideoXPipeline.
 
   `dtype`: parameters and compute dtype of all three models (jnp.bfloat16 on accelerators; norms, modulation,
   RoPE stay float32 inside them; T5's `wo` stays float32). `transformer_kwargs` / `vae_kwargs`: module fields
@@ -135,16 +84,17 @@ def load(path: str, dtype=jnp.float32, *, transformer_kwargs: dict[str, Any] | N
   check_folder(path)
   part = lambda name: os.path.join(path, name)
   scheduler = scheduler_settings(st.read_config(part("scheduler"), "scheduler_config.json"))
-  # Refuse an image-to-video folder before reading gigabytes of weights.
-  check_text_to_video(st.read_config(part("transformer")).get("in_channels", 16),
-                      st.read_config(part("vae")).get("latent_channels", 16))
+  # Refuse a transformer that fits neither layout before reading gigabytes of weights.
+  vae_config = st.read_config(part("vae"))
+  check_channels(st.read_config(part("transformer")).get("in_channels", 16), vae_config.get("latent_channels", 16))
   tokenizer = T5Tokenizer.from_pretrained(part("tokenizer"))
   transformer, transformer_params = cogvideox.load_transformer(part("transformer"), dtype, **(transformer_kwargs or {}))
   vae, vae_params = cogvideox.load_vae(part("vae"), dtype, **(vae_kwargs or {}))
   text_encoder, text_params = t5.load_encoder(part("text_encoder"), dtype)
   return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, text_params=text_params,
                            transformer=transformer, transformer_params=transformer_params, vae=vae,
-                           vae_params=vae_params, scheduler=scheduler, dtype=dtype)
+                           vae_params=vae_params, scheduler=scheduler, dtype=dtype,
+                           invert_scale_latents=bool(vae_config.get("invert_scale_latents", False)))
 
 
 # The model functions are cached per module configuration (linen modules compare by their fields), so pipelines
@@ -153,11 +103,23 @@ def load(path: str, dtype=jnp.float32, *, transformer_kwargs: dict[str, Any] | N
 
 @functools.lru_cache(maxsize=8)
 def _denoiser(transformer):
-  """The samplers' model_fn(latents [B', T', H', W', C], timesteps [B'], params, text_embeds [B', L, D]); the
+  """The samplers' model_fn(latents [B', T', H', W', C], timesteps [B'], params, text_embeds [B', L, D][, image
+  latents [B', T', H', W', C]]); image-to-video transformers read the image latents concatenated on channels. The
   samplers cache their jitted step on this function object."""
-  def denoise(latents, timesteps, params, text_embeds):
+  def denoise(latents, timesteps, params, text_embeds, image_latents=None):
+    if image_latents is not None:
+      latents = jnp.concatenate([latents, image_latents.astype(latents.dtype)], axis=-1)
     return transformer.apply({"params": params}, latents, timesteps, text_embeds)
   return denoise
+
+
+@functools.lru_cache(maxsize=8)
+def _image_encoder(vae):
+  """jitted (params, frames [B, 1, H, W, 3] in [-1, 1]) -> the posterior's (mean, std) [B, 1, H', W', C]."""
+  def encode(params, frames):
+    posterior = vae.apply({"params": params}, frames, method="encode")
+    return posterior.mean, jnp.exp(0.5 * posterior.logvar)
+  return jax.jit(encode)
 
 
 @functools.lru_cache(maxsize=8)
@@ -190,15 +152,22 @@ class CogVideoXPipeline:
   vae_params: Any
   scheduler: SchedulerSettings
   dtype: Any = jnp.float32
+  # CogVideoX 1.5 I2V: the image latents are divided by the scaling factor, not multiplied (as it was trained).
+  invert_scale_latents: bool = False
 
   def __post_init__(self):
-    check_text_to_video(self.transformer.in_channels, self.vae.latent_channels)
+    check_channels(self.transformer.in_channels, self.vae.latent_channels)
+    if self.image_to_video and self.transformer.patch_size_t > 1:
+      # Measured 0.63 max difference from CogVideoXImageToVideoPipeline on a tiny 1.5-I2V folder: not yet right.
+      raise ValueError("CogVideoX 1.5 image-to-video folders (patch_size_t > 1) do not match diffusers yet; only "
+                       "the 5b-I2V layout is supported.")
     if self.transformer.text_dim != self.text_encoder.d_model:
       raise ValueError(f"transformer text_embed_dim={self.transformer.text_dim} but the text encoder's d_model is "
                        f"{self.text_encoder.d_model}.")
     self._denoise = _denoiser(self.transformer)
     self._encode = _text_encoder(self.text_encoder, jnp.dtype(self.dtype).name)
     self._decode = _decoder(self.vae, jnp.dtype(self.dtype).name)
+    self._encode_image = _image_encoder(self.vae)
 
   # --- Sizes (diffusers' names).
 
@@ -212,7 +181,12 @@ class CogVideoXPipeline:
 
   @property
   def latent_channels(self) -> int:
-    return self.transformer.in_channels
+    return self.vae.latent_channels
+
+  @property
+  def image_to_video(self) -> bool:
+    """Whether the transformer takes the image's latents on channels (the I2V layouts)."""
+    return self.transformer.in_channels == 2 * self.vae.latent_channels
 
   def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
     """[B, T', H', W', C] of the initial latents, T' padded to a multiple of patch_size_t (CogVideoX 1.5)."""
@@ -265,6 +239,41 @@ class CogVideoXPipeline:
     ids = self.tokenizer(list(prompts), max_length=max_sequence_length)
     return self._encode(self.text_params, jnp.asarray(ids))
 
+  def image_latents(self, image, batch_size: int, num_frames: int, noise: Any = None,
+                    key: jax.Array | None = None) -> jax.Array:
+    """The image-to-video condition (diffusers' `prepare_latents`): `image` uint8 or float in [0, 1], [H, W, 3] (for
+    every video) or [B, H, W, 3] at the video's size -> its VAE posterior sample mean + std * noise (`noise`
+    [B, 1, H', W', C], else drawn from `key`), times the scaling factor (divided by it with `invert_scale_latents`),
+    zero-padded to the video's (num_frames - 1) / 4 + 1 latent frames, and with as many of its first frames
+    repeated in front as patch_size_t pads (1.5): [B, T', H', W', C] in the pipeline dtype."""
+    s = self.vae_scale_factor_spatial
+    image = np.asarray(image)
+    image = image[None] if image.ndim == 3 else image
+    if image.ndim != 4 or image.shape[-1] != 3 or len(image) not in (1, batch_size):
+      raise ValueError(f"image {image.dtype} {list(image.shape)}: expected [H, W, 3] or [{batch_size}, H, W, 3], "
+                       "uint8 or float in [0, 1].")
+    if image.dtype == np.uint8:
+      pixels = image.astype(np.float32) / 255.0
+    elif np.issubdtype(image.dtype, np.floating) and image.min() >= 0.0 and image.max() <= 1.0:
+      pixels = image.astype(np.float32)
+    else:
+      raise ValueError(f"image {image.dtype} with values in [{image.min()}, {image.max()}]: give uint8, or float "
+                       "in [0, 1].")
+    _, frames, h, w, c = self.latent_shape(batch_size, num_frames, image.shape[1], image.shape[2])
+    if (h * s, w * s) != image.shape[1:3]:
+      raise ValueError(f"image {list(image.shape)}: its height and width must be multiples of {s}.")
+    pixels = np.broadcast_to(pixels, (batch_size,) + pixels.shape[1:])
+    mean, std = self._encode_image(self.vae_params, jnp.asarray(2.0 * pixels - 1.0, self.dtype)[:, None])
+    noise = jax.random.normal(key, mean.shape, mean.dtype) if noise is None else jnp.asarray(noise, mean.dtype)
+    if noise.shape != mean.shape:
+      raise ValueError(f"image_noise has shape {tuple(noise.shape)}; expected {tuple(mean.shape)} [B, 1, H', W', C].")
+    latents = (mean + std * noise).astype(self.dtype)
+    scale = self.vae.scaling_factor
+    latents = latents / scale if self.invert_scale_latents else latents * scale
+    unpadded = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+    latents = jnp.concatenate([latents, jnp.zeros((batch_size, unpadded - 1, h, w, c), latents.dtype)], axis=1)
+    return jnp.concatenate([latents[:, :frames - unpadded], latents], axis=1)
+
   def decode_latents(self, latents: jax.Array) -> np.ndarray:
     """Scaled latents [B, T', H', W', C] -> float32 video [B, T, H, W, 3] in [0, 1]."""
     return np.asarray(self._decode(self.vae_params, latents), np.float32)
@@ -273,8 +282,13 @@ class CogVideoXPipeline:
                num_frames: int | None = None, height: int | None = None, width: int | None = None,
                num_inference_steps: int = 50, guidance_scale: float = 6.0, use_dynamic_cfg: bool = False,
                seed: int = 0, latents: Any = None, sampler: str | None = None, max_sequence_length: int = 226,
-               output_type: str = "np", progress: bool = True) -> np.ndarray:
+               output_type: str = "np", progress: bool = True, image: Any = None,
+               image_noise: Any = None) -> np.ndarray:
     """Videos float32 [B, T, H, W, 3] in [0, 1] for `prompt` (one per prompt).
+
+    Image-to-video folders need `image` (see `image_latents`: one for every prompt or one per prompt, at the
+    video's size; the posterior noise of its encoding is `image_noise` or drawn from `seed`), which the videos
+    start from; text-to-video folders take none.
 
     num_frames / height / width default to the transformer's sample size (49 x 480 x 720 for CogVideoX 1.0).
     `latents` [B, T', H', W', C] (see `latent_shape`) replace the initial noise drawn from `seed`; `seed` also
@@ -301,6 +315,10 @@ class CogVideoXPipeline:
     num_frames = num_frames or (t.sample_frames - 1) * self.vae_scale_factor_temporal + 1
     self.check_size(num_frames, height, width)
 
+    if self.image_to_video != (image is not None):
+      raise ValueError("This is an image-to-video folder: give image=." if self.image_to_video else
+                       "image= needs an image-to-video folder (transformer in_channels = 2 x the VAE's latent "
+                       "channels); this one is text-to-video.")
     use_cfg = guidance_scale > 1.0
     embeds = self.encode_prompt((negatives + prompts) if use_cfg else prompts, max_sequence_length)
 
@@ -313,12 +331,17 @@ class CogVideoXPipeline:
                        f"frames of {height}x{width} they must be {shape} [B, T', H', W', C] (T' padded to a "
                        f"multiple of patch_size_t={t.patch_size_t}).")
     latents = (jnp.asarray(latents, jnp.float32) * INIT_NOISE_SIGMA).astype(self.dtype)
+    model_args = (self.transformer_params, embeds)
+    if image is not None:
+      condition = self.image_latents(image, len(prompts), num_frames, image_noise,
+                                     jax.random.fold_in(jax.random.PRNGKey(seed), 2))
+      model_args += (jnp.concatenate([condition, condition]) if use_cfg else condition,)
 
     latents = samplers.sample(
         self._denoise, latents, schedule=self.scheduler.schedule, sampler=sampler, num_steps=num_inference_steps,
         prediction_type=self.scheduler.prediction_type, guidance_scale=guidance_scale,
         use_dynamic_cfg=use_dynamic_cfg, rng=sampler_key, timestep_spacing=self.scheduler.timestep_spacing,
-        progress=progress, model_args=(self.transformer_params, embeds))
+        progress=progress, model_args=model_args)
     if output_type == "latent":
       return np.asarray(latents)
     # CogVideoX 1.5: the padding frames are the leading ones.

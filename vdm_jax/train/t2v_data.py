@@ -131,7 +131,8 @@ def write_condition_cache(experiment, split: str, directory: str) -> None:
 
     logging.info("Writing the %s condition cache to %s.", split, directory)
     cache_lib.write_latents(directory, pipeline.data_source(config.input, split), hints,
-                            batch_size=config.vae.encode_batch_size, fingerprint=fingerprint())
+                            batch_size=config.vae.encode_batch_size, fingerprint=fingerprint(),
+                            desc="condition cache")
 
   def stale():
     with open(os.path.join(directory, cache_lib.META_FILE)) as f:
