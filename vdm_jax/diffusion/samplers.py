@@ -175,9 +175,6 @@ def _discrete_step_fn(model_fn: Callable, guidance: str, prediction_type: str, d
   return step
 
 
-GUIDANCES = ("none", "text", "text_and_image")
-
-
 def _guided(model_fn: Callable, x: jax.Array, t: jax.Array, guidance: str, scales: jax.Array, model_args,
             rescale: jax.Array | None = None) -> jax.Array:
   """Model output with classifier-free guidance in float32. 'text': one call on [x; x], uncond + g (cond - uncond)
@@ -231,15 +228,14 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
   first = num_steps - min(int(num_steps * strength), num_steps) if init_latents is not None else 0
   if first == num_steps:
     raise ValueError(f"strength={strength} runs none of the {num_steps} steps; raise it or num_steps.")
-  kept = lambda v: v if keep is None else conditioning.apply(v, keep)
-  x = kept(latents)
+  x = _kept(latents, keep)
 
   if sampler == "euler":
     times = flow_timesteps(num_steps, flow_shift)
     flow_step = _flow_step_fn(model_fn, guidance, jnp.dtype(dtype).name, use_rescale)
     if first:
-      x = kept(objectives.flow_interpolate(init_latents, latents, jnp.full(latents.shape[:1], times[first]))
-               .astype(dtype))
+      x = _kept(objectives.flow_interpolate(init_latents, latents, jnp.full(latents.shape[:1], times[first]))
+                .astype(dtype), keep)
     for i in tqdm(range(first, num_steps), disable=not progress, desc="euler"):
       x = flow_step(x, jnp.float32(times[i]), jnp.float32(times[i + 1]), scales(guidance_scale), rescale, keep,
                     model_args)
@@ -258,8 +254,8 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
   old_x0 = jnp.zeros(latents.shape, jnp.float32)
   if first:
     abar_start = jnp.full(latents.shape[:1], abar[int(timesteps[first])], jnp.float32)
-    x = kept(objectives.add_noise(init_latents.astype(jnp.float32), latents.astype(jnp.float32), abar_start)
-             .astype(dtype))
+    x = _kept(objectives.add_noise(init_latents.astype(jnp.float32), latents.astype(jnp.float32), abar_start)
+              .astype(dtype), keep)
   for i in tqdm(range(first, num_steps), disable=not progress, desc=sampler):
     t = int(timesteps[i])
     t_prev = prev_timestep(t, num_steps, n_train)

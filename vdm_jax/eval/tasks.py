@@ -55,8 +55,8 @@ def render(num: int, seed_base: int, num_frames: int, height: int, width: int, m
                              **({"motion": MOVING[i % 4]} if moving else {})) for i in range(num)]
 
 
-def _attributes(scores: dict[str, float], prefix: str = "") -> dict[str, float]:
-  return {f"{prefix}{k}": v for k, v in scores.items() if k != "num_videos"}
+def _attributes(scores: dict[str, float]) -> dict[str, float]:
+  return {k: v for k, v in scores.items() if k != "num_videos"}
 
 
 def _centroid_report(videos, clips, frames) -> dict[str, float]:

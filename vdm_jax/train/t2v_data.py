@@ -81,6 +81,12 @@ def record_inputs(experiment) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _moments_encoder(module):
+  """jitted (params, video [B, T, H, W, 3] in [-1, 1]) -> posterior moments [B, T', h, w, 2C] (mean | logvar)."""
+  return xla_cpu.jit(lambda p, video: jnp.concatenate(
+      [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1))
+
+
 def write_latent_cache(experiment, split: str, directory: str, check_vae: bool = False) -> None:
   """Writes the split's latent cache with the frozen VAE if it is missing, or with `check_vae` also if another VAE
   wrote it (then the run's `inputs.json` is checked first: `record_inputs`)."""
@@ -88,8 +94,7 @@ def write_latent_cache(experiment, split: str, directory: str, check_vae: bool =
 
   def write():
     module, params = space.vae()
-    encode = xla_cpu.jit(lambda p, video: jnp.concatenate(
-        [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1))
+    encode = _moments_encoder(module)
     logging.info("Writing the %s latent cache to %s.", split, directory)
     cache_lib.write_latents(directory, pipeline.data_source(config.input, split),
                             lambda video: np.asarray(encode(params, video)),
@@ -121,12 +126,11 @@ def write_condition_cache(experiment, split: str, directory: str) -> None:
   def write():
     module, params = space.vae()
     r = int(module.temporal_compression_ratio)
-    encode = xla_cpu.jit(lambda p, video: jnp.concatenate(
-        [(posterior := module.apply({"params": p}, video, method="encode")).mean, posterior.logvar], -1)[:, 1:])
+    encode = _moments_encoder(module)
 
-    def hints(video):
-      tail = encode(params, conditioning.hint_input(video[:, -1:], r))
-      backward = encode(params, conditioning.hint_input(video[:, -conditioning.pixel_frames(k, r):], r))
+    def hints(video):  # the hint_input's first latent frame (zeros only) dropped
+      tail = encode(params, conditioning.hint_input(video[:, -1:], r))[:, 1:]
+      backward = encode(params, conditioning.hint_input(video[:, -conditioning.pixel_frames(k, r):], r))[:, 1:]
       return np.concatenate([np.asarray(tail), np.asarray(backward)], axis=1)
 
     logging.info("Writing the %s condition cache to %s.", split, directory)
