@@ -53,15 +53,16 @@ def get_config(arg: str | None = None):
   if args["runlocal"]:
     _runlocal(c)
   if args["conditions"] == "all":
-    _all_conditions(c)
+    _all_conditions(c, runlocal=args["runlocal"])
   return c
 
 
-def _all_conditions(c):
+def _all_conditions(c, runlocal: bool):
   # Open-Sora's mix (t2v 1, i2v_head 5, i2v_loop 1, i2v_tail 1) with its loop as interpolation and both extensions.
   c.diffusion.condition.mix.update({"t2v": 1.0, "i2v_head": 3.0, "extend_forward": 1.0, "i2v_tail": 1.0,
                                     "interpolate": 1.0, "extend_backward": 1.0})
-  c.diffusion.condition.extend_frames = 3  # 9 of the 17 frames at the VAE's 4x time compression
+  # 9 of the 17 frames at the VAE's 4x time compression (runlocal: 5 of 9, leaving one latent frame to generate)
+  c.diffusion.condition.extend_frames = 2 if runlocal else 3
   c.input.pp = c.input.pp.replace("keep('latent_moments'", "keep('latent_moments', 'hint_moments'")
 
 

@@ -3,10 +3,13 @@
     python -m experiments.quickstart --workdir /tmp/quickstart
 
 1. trains the tiny VAE on Captioned Shapes 64x64x17 (`configs/vae.py` in `W/vae`; reused if it has finished),
-2. trains the tiny text-to-video model on its latents (`configs/t2v.py`, or `configs/t2v.py:dtype=bfloat16` on a
-   CPU with AMX; in `W/t2v`, resumed if interrupted),
-3. samples prompts it never sampled during training (new seeds), scores them with the probe,
-4. writes `W/videos/*.mp4`, `W/contact_sheet.png`, `W/loss_curves.png` and `W/report.json`.
+2. trains the tiny text-to-video model on its latents with the frame-condition mix, so the same model also takes
+   image and video prompts (`configs/t2v.py:conditions=all`, with `dtype=bfloat16` on a CPU with AMX; in `W/t2v`,
+   resumed if interrupted; `--conditions=none` trains text-to-video only),
+3. samples prompts it never sampled during training (new seeds), scores them with the probe, and scores each image
+   and video prompt task on clips rendered from new seeds (`vdm_jax.eval.tasks`),
+4. writes `W/videos/*.mp4`, `W/contact_sheet.png`, `W/tasks_contact_sheet.png`, `W/loss_curves.png` and
+   `W/report.json`.
 `--profile` also traces a few steps of each training stage and puts where their time goes in the report.
 
 The recipes, budgets and dtypes are the configs' defaults (docs/recipes.md has their results); this file only runs
@@ -27,6 +30,7 @@ from experiments import job_clock
 from vdm_jax import io, xla_cpu
 from vdm_jax import runs as runs_lib
 from vdm_jax.eval import probe
+from vdm_jax.eval import tasks as tasks_lib
 from vdm_jax.pipelines import t2v_config as t2v_inference
 from vdm_jax.pipelines.latents import LatentSpace
 from vdm_jax.pipelines.t2v import TextToVideoPipeline
@@ -45,10 +49,18 @@ _DIT_DTYPE = flags.DEFINE_enum(
 _PROFILE = flags.DEFINE_bool(
     "profile", False, "Trace 5 steps of each training stage (after 20 warm ones) into W/<stage>/profile and add "
     "their breakdown by XLA operation to report.json (docs/cpu_profile.md reads them).")
+_CONDITIONS = flags.DEFINE_enum(
+    "conditions", "all", ["all", "none"], "'all': the DiT trains with the frame-condition mix "
+    "(configs/t2v.py:conditions=all) and the report scores every image and video prompt task; 'none': "
+    "text-to-video only.")
+_NUM_TASK_VIDEOS = flags.DEFINE_integer("num_task_videos", None, "Videos per image/video prompt task in the report "
+                                        "(default 16; runlocal 2).")
 flags.mark_flags_as_required(["workdir"])
 
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
 NUM_PROBE = {"default": 96, "runlocal": 4}
+NUM_TASK_VIDEOS = {"default": 16, "runlocal": 2}
+TASKS = ("i2v", "interpolate", "extend", "extend_backward", "v2v")  # text-to-video is the probe set's
 
 
 def vae_config(preset: str, data_dir: str = "", steps: int | None = None):
@@ -60,9 +72,12 @@ def vae_config(preset: str, data_dir: str = "", steps: int | None = None):
   return c
 
 
-def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps: int | None = None):
-  """The text-to-video stage's config: configs/t2v.py's default recipe at the DiT's compute dtype, on `vae_dir`."""
-  c = t2v_configs.get_config(("runlocal," if preset == "runlocal" else "") + f"dtype={dtype}")
+def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps: int | None = None,
+               conditions: str = "all"):
+  """The text-to-video stage's config: configs/t2v.py's default recipe at the DiT's compute dtype, on `vae_dir`,
+  with the frame-condition mix unless `conditions` is 'none'."""
+  arg = ("runlocal," if preset == "runlocal" else "") + f"dtype={dtype}"
+  c = t2v_configs.get_config(arg + (",conditions=all" if conditions == "all" else ""))
   if steps:
     c.train.steps = steps
   c.input.data_dir = data_dir
@@ -111,7 +126,8 @@ def sample_kwargs(config) -> dict:
 
 
 def clock_for(vae_steps: int, t2v_steps: int, num_probe: int) -> job_clock.JobClock:
-  """The job's clock, with the stage times expected on this kind of CPU (with AMX bfloat16 tiles or without)."""
+  """The job's clock, with the stage times expected on this kind of CPU (with AMX bfloat16 tiles or without);
+  `num_probe`: every video the last stage generates."""
   amx = jax.default_backend() == "cpu" and xla_cpu.has_amx_bf16()
   return job_clock.JobClock({"vae": vae_steps, "t2v": t2v_steps, "sample": num_probe}, "amx" if amx else "no_amx")
 
@@ -122,7 +138,7 @@ def _vae_config():
 
 def _t2v_config(vae_dir):
   dtype = dit_dtype(_DIT_DTYPE.value, _PRESET.value)
-  return t2v_config(_PRESET.value, dtype, vae_dir, _DATA_DIR.value, _T2V_STEPS.value)
+  return t2v_config(_PRESET.value, dtype, vae_dir, _DATA_DIR.value, _T2V_STEPS.value, _CONDITIONS.value)
 
 
 def load_pipeline(t2v_dir: str):
@@ -131,6 +147,20 @@ def load_pipeline(t2v_dir: str):
   params, step = runs_lib.load_params(t2v_dir)
   space = LatentSpace(config, t2v_dir)
   return TextToVideoPipeline.from_config(config, params, t2v_dir, space=space), step, space.vae_identity()
+
+
+def task_report(pipe, config, num: int, workdir: str) -> dict:
+  """Scores of every image and video prompt task on `num` new clips each, and `W/tasks_contact_sheet.png` with two
+  videos per task."""
+  samples = {}
+  report = tasks_lib.evaluate_tasks(pipe, num=num, tasks=TASKS, samples=samples,
+                                    extend_frames=config.diffusion.condition.extend_frames, **sample_kwargs(config))
+  videos, captions = [], []
+  for task, (prompts, out) in samples.items():
+    videos += list(out[:2])
+    captions += [f"{task}: {p}" for p in prompts[:2]]
+  io.write_image(os.path.join(workdir, "tasks_contact_sheet.png"), io.contact_sheet(videos, captions=captions))
+  return report
 
 
 def plot_losses(runs: dict[str, str], path: str) -> None:
@@ -163,7 +193,9 @@ def main(argv):
   if _PROFILE.value:
     vae_cfg, t2v_config = profile(vae_cfg, _PRESET.value), profile(t2v_config, _PRESET.value)
   num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
-  clock = clock_for(vae_cfg.train.steps, t2v_config.train.steps, num_probe)
+  num_task_videos = _NUM_TASK_VIDEOS.value or NUM_TASK_VIDEOS[_PRESET.value]
+  num_videos = num_probe + (len(TASKS) * num_task_videos if _CONDITIONS.value == "all" else 0)
+  clock = clock_for(vae_cfg.train.steps, t2v_config.train.steps, num_videos)
   logging.info("Expected from an empty workdir on this kind of CPU: about %s (the progress lines' 'job' "
                "estimate follows the actual pace).", metrics.duration(clock.total()))
 
@@ -190,6 +222,9 @@ def main(argv):
   prompts, seeds = probe_set(num_probe)
   videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))
   scores = probe.score(videos, prompts)
+  tasks = None
+  if pipe.conditioned:
+    tasks = task_report(pipe, t2v_config, num_task_videos, workdir)
   minutes["sample_and_score"] = (time.time() - start) / 60 - minutes["vae"] - minutes["t2v"]
 
   os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
@@ -199,6 +234,7 @@ def main(argv):
   plot_losses({"vae": vae_dir, "t2v": t2v_dir}, os.path.join(workdir, "loss_curves.png"))
   vae_evals = [json.loads(line) for line in open(os.path.join(vae_dir, "metrics.jsonl")) if "eval/psnr" in line]
   report = {"probe": scores, "probe_diagnosis": probe.diagnose(videos, prompts),  # where the score is lost
+            "tasks": tasks,
             "num_videos": num_probe, "probe_seeds": [seeds[0], seeds[-1]],
             "vae_psnr": vae_evals[-1]["eval/psnr"] if vae_evals else None,
             "vae": {"step": vae_identity.step, "weights_sha256": vae_identity.weights_sha256},

@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run in a subprocess: importing experiments.quickstart here would define its absl flags next to those of other
 # entry points the tests import (experiments.evaluate's --workdir), which absl refuses.
 # The configs come from the quickstart's own builders, with its flags parsed as for `--workdir=/unused`, and are
-# compared with the config files' defaults plus the two keys docs/recipes.md says the quickstart sets.
+# compared with the config files' defaults (with the frame-condition mix) plus the two keys docs/recipes.md says the quickstart sets.
 _CHECK_CONFIGS = """
 from configs import t2v, vae
 from experiments import quickstart as q
@@ -27,7 +27,7 @@ out = [v.model.patch_size]
 for dtype in ("float32", "bfloat16"):  # what --dit_dtype=auto picks depends on the CPU
   q.flags.FLAGS.dit_dtype = dtype
   t = config.validate(q._t2v_config("/unused/vae"))
-  expected = t2v.get_config(f"dtype={dtype}")
+  expected = t2v.get_config(f"dtype={dtype},conditions=all")
   expected.vae.workdir, expected.eval.probe_prompts = "/unused/vae", 0
   assert t.to_json_best_effort(sort_keys=True) == expected.to_json_best_effort(sort_keys=True), dtype
   out += [t.diffusion.prediction_type, t.sample.sampler, t.train.compute_dtype, t.train.steps]
@@ -60,7 +60,11 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
   diagnosis = report["probe_diagnosis"]
   readable = 4 - sum(diagnosis["unreadable"].values())
   assert sum(sum(row.values()) for row in diagnosis["confusion"]["color"].values()) == readable
-  for name in ("contact_sheet.png", "loss_curves.png"):
+  # the DiT trained the frame-condition mix: every image and video prompt task is scored on 2 new clips
+  assert set(report["tasks"]) == {"i2v", "interpolate", "extend", "extend_backward", "v2v"}
+  assert all(scores["num_videos"] == 2 for scores in report["tasks"].values())
+  assert report["tasks"]["i2v"]["first_frame_psnr_mean"] > 0
+  for name in ("contact_sheet.png", "loss_curves.png", "tasks_contact_sheet.png"):
     assert os.path.getsize(tmp_path / name) > 1000
   assert len(os.listdir(tmp_path / "videos")) == 4
   # the report names the checkpoints it sampled, and the DiT's latents came from that same (final) VAE

@@ -65,9 +65,12 @@ def _centroid_report(videos, clips, frames) -> dict[str, float]:
 
 
 def evaluate_tasks(pipe, num: int = 64, seed_base: int = 5_000_000_000, tasks: Sequence[str] = TASKS,
-                   extend_frames: int = 3, strength: float = 0.7, **generate_kwargs) -> dict[str, dict[str, float]]:
+                   extend_frames: int = 3, strength: float = 0.7, samples: dict | None = None,
+                   **generate_kwargs) -> dict[str, dict[str, float]]:
   """Runs `tasks` on `num` new clips each with `pipe` (a conditioned `TextToVideoPipeline`) and scores them.
-  `generate_kwargs` (sampler, num_steps, guidance_scale, ...) go to every call; seeds are the clips' own."""
+  `generate_kwargs` (sampler, num_steps, guidance_scale, ...) go to every call; seeds are the clips' own.
+  `samples`: if given, receives each task's (prompts, generated uint8 videos [num, T, H, W, 3]), for contact
+  sheets."""
   unknown = sorted(set(tasks) - set(TASKS))
   if unknown:
     raise ValueError(f"Unknown tasks {unknown}; allowed: {list(TASKS)}.")
@@ -105,5 +108,8 @@ def evaluate_tasks(pipe, num: int = 64, seed_base: int = 5_000_000_000, tasks: S
       new_prompts = [shapes.caption_for(x["color"], x["shape"], x["motion"]) for x in targets]
       out = pipe.generate(new_prompts, seeds, videos=video, strength=strength, **generate_kwargs)
       report[task] = _attributes(probe.score(out, targets))
+      prompts = new_prompts
     report[task]["num_videos"] = num
+    if samples is not None:
+      samples[task] = (prompts, out)
   return report
