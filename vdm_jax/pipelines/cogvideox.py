@@ -157,10 +157,6 @@ class CogVideoXPipeline:
 
   def __post_init__(self):
     check_channels(self.transformer.in_channels, self.vae.latent_channels)
-    if self.image_to_video and self.transformer.patch_size_t > 1:
-      # Measured 0.63 max difference from CogVideoXImageToVideoPipeline on a tiny 1.5-I2V folder: not yet right.
-      raise ValueError("CogVideoX 1.5 image-to-video folders (patch_size_t > 1) do not match diffusers yet; only "
-                       "the 5b-I2V layout is supported.")
     if self.transformer.text_dim != self.text_encoder.d_model:
       raise ValueError(f"transformer text_embed_dim={self.transformer.text_dim} but the text encoder's d_model is "
                        f"{self.text_encoder.d_model}.")
@@ -244,8 +240,9 @@ class CogVideoXPipeline:
     """The image-to-video condition (diffusers' `prepare_latents`): `image` uint8 or float in [0, 1], [H, W, 3] (for
     every video) or [B, H, W, 3] at the video's size -> its VAE posterior sample mean + std * noise (`noise`
     [B, 1, H', W', C], else drawn from `key`), times the scaling factor (divided by it with `invert_scale_latents`),
-    zero-padded to the video's (num_frames - 1) / 4 + 1 latent frames, and with as many of its first frames
-    repeated in front as patch_size_t pads (1.5): [B, T', H', W', C] in the pipeline dtype."""
+    then zeros to the video's latent frames T' (1.5: already padded to a multiple of patch_size_t, so the image
+    sits on the leading padding frame that decoding drops, as diffusers pads it): [B, T', H', W', C] in the
+    pipeline dtype."""
     s = self.vae_scale_factor_spatial
     image = np.asarray(image)
     image = image[None] if image.ndim == 3 else image
@@ -270,9 +267,7 @@ class CogVideoXPipeline:
     latents = (mean + std * noise).astype(self.dtype)
     scale = self.vae.scaling_factor
     latents = latents / scale if self.invert_scale_latents else latents * scale
-    unpadded = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-    latents = jnp.concatenate([latents, jnp.zeros((batch_size, unpadded - 1, h, w, c), latents.dtype)], axis=1)
-    return jnp.concatenate([latents[:, :frames - unpadded], latents], axis=1)
+    return jnp.concatenate([latents, jnp.zeros((batch_size, frames - 1, h, w, c), latents.dtype)], axis=1)
 
   def decode_latents(self, latents: jax.Array) -> np.ndarray:
     """Scaled latents [B, T', H', W', C] -> float32 video [B, T, H, W, 3] in [0, 1]."""
