@@ -233,8 +233,8 @@ def _conditions():
     raise app.UsageError(f"--video needs --task; allowed: {list(TASKS)}.")
   if _TASK.value and not _VIDEO.value:
     raise app.UsageError(f"--task {_TASK.value} needs --video.")
-  if _TASK.value == "extend" and not FLAGS["num_frames"].present:
-    raise app.UsageError("--task extend needs --num_frames: the length of the extended videos.")
+  if _TASK.value in ("extend", "extend_backward") and not FLAGS["num_frames"].present:
+    raise app.UsageError(f"--task {_TASK.value} needs --num_frames: the length of the extended videos.")
   if _IMAGE_GUIDANCE.value is not None and not (_IMAGE.value or _TASK.value in ("extend", "extend_backward")):
     raise app.UsageError("--image_guidance_scale guides the frames of --image or --video --task extend(_backward).")
   if (_LAST_IMAGE.value or _LOOP.value) and not _IMAGE.value:

@@ -309,6 +309,9 @@ def test_sample_command_takes_images_and_videos(conditioned_run, tmp_path):
   bad = subprocess.run(base + ["--video", str(tmp_path / "clip.npy"), f"--out={tmp_path / 'bad'}"], cwd=repo,
                        capture_output=True, text=True, timeout=600)
   assert bad.returncode != 0 and "--video needs --task" in bad.stderr
+  bad = subprocess.run(base + ["--video", str(tmp_path / "clip.npy"), "--task", "extend_backward",
+                               f"--out={tmp_path / 'bad'}"], cwd=repo, capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "--task extend_backward needs --num_frames" in bad.stderr
 
 
 def test_tasks_with_hints_need_hint_moments_kept():
@@ -346,3 +349,29 @@ def test_task_scores_find_the_object_and_run_every_task(conditioned_run):
   for task in ("interpolate", "extend", "extend_backward"):
     assert {"centroid_median_px", "centroid_missing", "color"} <= set(report[task])
   assert all(r["num_videos"] == 2 for r in report.values())
+
+
+def test_eval_tasks_runs_each_task_through_the_sample_command(conditioned_run, one_device_env, tmp_path):
+  """`experiments.eval_tasks --through=cli`: the given frames go to files, one sample command per task generates
+  from them, and its videos are the ones scored (an extension backward ends with the frames it was given)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "tasks.json"
+  cmd = [sys.executable, "-m", "experiments.eval_tasks", f"--workdir={conditioned_run}", "--num=2",
+         "--tasks=interpolate,extend_backward,v2v", f"--out={out}"]
+  result = subprocess.run(cmd, cwd=repo, env=one_device_env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.load(open(out))
+  assert report["through"] == "cli" and set(report["tasks"]) == {"interpolate", "extend_backward", "v2v"}
+  assert all(r["num_videos"] == 2 for r in report["tasks"].values())
+  folder = os.path.join(conditioned_run, "eval", "tasks")
+  assert sorted(os.listdir(os.path.join(folder, "interpolate", "inputs"))) == [
+      "000_first.png", "000_last.png", "001_first.png", "001_last.png"]
+  given = np.load(os.path.join(folder, "extend_backward", "inputs", "001.npy"))
+  rows = [json.loads(line) for line in open(os.path.join(folder, "extend_backward", "videos", "samples.jsonl"))]
+  video = np.load(rows[1]["npy"])
+  assert rows[1]["task"] == "extend_backward" and video.shape[1:] == given.shape[1:]
+  np.testing.assert_array_equal(video[-len(given):], given)
