@@ -45,6 +45,20 @@ def frozen_text_params(config, text) -> Any:
   return text.init(jax.random.PRNGKey(config.seed + 1))
 
 
+def _guidance_branches(keep, embeds, shape, guidance_scale: float, image_guidance_scale: float | None):
+  """(text embeddings, condition) of every guidance branch, stacked on the batch as `samplers._guided` splits
+  them: one branch unguided; [keep; keep] under text guidance ([uncond; cond] text); [no frames; keep; keep] under
+  image guidance ([uncond; uncond; cond] text). `embeds` holds [uncond; cond] when guided, `shape` the latents'."""
+  if image_guidance_scale is not None:
+    branches = [conditioning.empty(shape), keep, keep]
+    embeds = jnp.concatenate([embeds[:shape[0]], embeds])
+  elif guidance_scale > 1.0:
+    branches = [keep, keep]
+  else:
+    branches = [keep]
+  return embeds, jax.tree.map(lambda *xs: jnp.concatenate(xs), *branches)
+
+
 def _padded(x: jax.Array, pad: int) -> jax.Array:
   """x [n, ...] with its last row repeated `pad` times (a batch padded to the compiled size)."""
   return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
@@ -216,14 +230,8 @@ class TextToVideoPipeline:
       if self.conditioned:
         part = lambda x: None if x is None else _padded(x[start:start + batch_size], pad)
         keep = self._condition(noise.shape, part(cond_latents), part(hint_latents))
-        branches = [keep]
-        if image_guidance_scale is not None:
-          branches = [conditioning.empty(noise.shape), keep, keep]
-          embeds = jnp.concatenate([embeds[:len(chunk)], embeds])  # [uncond; uncond; cond] text
-        elif guidance_scale > 1.0:
-          branches = [keep, keep]
-        model_args = (self.dit_params, embeds,
-                      jax.tree.map(lambda *xs: jnp.concatenate(xs), *branches))
+        embeds, branches = _guidance_branches(keep, embeds, noise.shape, guidance_scale, image_guidance_scale)
+        model_args = (self.dit_params, embeds, branches)
       latents = samplers.sample(self._model_fn, noise, schedule=self.schedule, sampler=sampler, num_steps=num_steps,
                                 prediction_type=self.prediction_type, guidance_scale=guidance_scale,
                                 use_dynamic_cfg=use_dynamic_cfg, guidance_rescale=guidance_rescale,
