@@ -114,9 +114,17 @@ def test_quickstart_then_vae_explorer_on_its_vae(kernel, shapes_data_dir, tmp_pa
   """The quickstart trains both runlocal models, samples the typed prompts and scores probe videos; the VAE explorer
   then reconstructs a clip with the VAE workdir it trained."""
   workdir = tmp_path / "quickstart"
-  nb = run("quickstart", {"TINY": True, "WORKDIR": str(workdir), "DATA_DIR": shapes_data_dir, "NUM_PROBE": 4},
+  # an "uploaded" image and clip at other sizes than the model's: resized, then animated and extended
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(tmp_path / "upload.png")
+  np.save(tmp_path / "upload.npy", rng.integers(0, 256, (12, 64, 64, 3), np.uint8))
+  nb = run("quickstart", {"TINY": True, "WORKDIR": str(workdir), "DATA_DIR": shapes_data_dir, "NUM_PROBE": 4,
+                          "IMAGE_PATH": str(tmp_path / "upload.png"), "CLIP_PATH": str(tmp_path / "upload.npy")},
            kernel, tmp_path)
-  check_shows_video_and_image(nb, min_videos=6 + 4 + 4, min_images=2)  # data, prompts, probe; two plots
+  # data, prompts, the image and the clip prompts, probe; two plots
+  check_shows_video_and_image(nb, min_videos=6 + 4 + 2 + 4, min_images=2)
+  assert "image-to-video: " in json.dumps(nb) and " frames extended to 17" in json.dumps(nb)
   line = next(line for line in stream(nb).splitlines() if line.startswith('{"probe"'))
   scores = json.loads(line)["probe"]
   assert scores["num_videos"] == 4 and all(0.0 <= scores[k] <= 1.0 for k in ("color", "shape", "motion", "all"))
