@@ -1,0 +1,151 @@
+"""Curates a folder of videos into scored clips: `OUT/clips.jsonl` and `OUT/report.json` (the contract in
+docs/curation.md).
+
+    report = curate_folder(input_dir, output_dir, config)   # config: configs/curate.py's ConfigDict
+
+Each video file under `input_dir` (by extension, `VIDEO_EXTENSIONS`) is decoded with PyAV, cut into shots
+(`cuts.detect_cuts`), each shot split into clips (`clips.split_shot`; a shot too short for any gets one line, not
+kept), each clip scored (`motion`, `quality`) and kept or rejected by the config's thresholds. A file that cannot be
+decoded (empty, truncated, not a video, a folder with a video's name) is listed in the report's `unreadable` with
+its error and the run goes on.
+
+Every source's result is written on its own (`OUT/.parts/`, renamed into place when complete), so a rerun after an
+interruption skips the sources already done, and `clips.jsonl` and `report.json` are rebuilt from all of them in
+the order of the sources' paths: the output does not depend on where a run was stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from vdm_jax import io
+from vdm_jax.data.curation import captions, clips, cuts, motion, quality
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
+
+
+def find_videos(input_dir: str) -> list[str]:
+  """Paths (relative to `input_dir`, sorted) of every entry whose name ends with a video extension: folders with
+  such a name are listed too, so that they are reported as unreadable rather than silently skipped."""
+  found = []
+  for root, dirs, files in os.walk(input_dir):
+    dirs.sort()
+    for name in files + [d for d in dirs if d.lower().endswith(VIDEO_EXTENSIONS)]:
+      if name.lower().endswith(VIDEO_EXTENSIONS):
+        found.append(os.path.relpath(os.path.join(root, name), input_dir))
+  return sorted(found)
+
+
+def frame_rate(path: str) -> float:
+  """Frames per second of the video at `path`: its stream's average rate (GIF: from the frame durations)."""
+  if path.lower().endswith(".gif"):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(path) as im:
+      durations = []
+      for i in range(getattr(im, "n_frames", 1)):
+        im.seek(i)
+        durations.append(im.info.get("duration", 100))
+    return 1000.0 / max(float(np.mean(durations)), 1.0)
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(path) as container:
+    rate = container.streams.video[0].average_rate
+  return float(rate) if rate else 0.0
+
+
+def score_clip(frames: np.ndarray, config) -> dict[str, float]:
+  """Every score of a clip's frames [T, H, W, 3] that the thresholds read."""
+  c = config.scores
+  return {**motion.motion_scores(frames, num_pairs=c.motion_pairs, short_side=c.motion_short_side),
+          **quality.quality_scores(frames, num_frames=c.quality_frames, short_side=c.quality_short_side)}
+
+
+def curate_source(input_dir: str, source: str, caption: str | None, config) -> list[dict[str, Any]]:
+  """The clips.jsonl lines of one video (raises on a file that cannot be decoded)."""
+  path = os.path.join(input_dir, source)
+  if not os.path.isfile(path):
+    raise io.VideoReadError(f"{source!r} is not a file")
+  frames = io.read_video(path)
+  fps = frame_rate(path)
+  shots = cuts.shots_between(cuts.detect_cuts(frames), len(frames))
+  lines = []
+  for index, (shot_start, shot_end) in enumerate(shots):
+    base = {"source": source, "shot": index, "shot_start": shot_start, "shot_end": shot_end, "fps": fps,
+            "caption": caption}
+    pieces = clips.split_shot(shot_start, shot_end, config.clip.min_frames, config.clip.max_frames)
+    if not pieces:
+      lines.append({**base, "start": shot_start, "end": shot_end, "motion": None, "kept": False,
+                    "reasons": ["shot_too_short"]})
+      continue
+    for start, end in pieces:
+      scores = score_clip(frames[start:end], config)
+      kept, reasons = clips.decide(scores, config.thresholds)
+      if config.require_caption and not caption:
+        kept, reasons = False, reasons + ["no_caption"]
+      lines.append({**base, "start": start, "end": end, **{k: round(v, 6) for k, v in scores.items()},
+                    "kept": kept, "reasons": reasons})
+  return lines
+
+
+def _part_path(output_dir: str, source: str) -> str:
+  return os.path.join(output_dir, ".parts", hashlib.sha1(source.encode()).hexdigest() + ".json")
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def curate_folder(input_dir: str, output_dir: str, config, manifest: str | None = None,
+                  on_source: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Curates every video under `input_dir` into `output_dir` (see the module docstring) and returns the report.
+  `manifest`: a CSV/JSONL of captions (else sidecars); `on_source(source)` is called before each source is done."""
+  clips.check_lengths(config.clip.min_frames, config.clip.max_frames)
+  if not os.path.isdir(input_dir):
+    raise FileNotFoundError(f"--input {input_dir!r} is not a folder.")
+  start_time = time.time()
+  os.makedirs(os.path.join(output_dir, ".parts"), exist_ok=True)
+  listed = captions.read_manifest(manifest) if manifest else None
+  sources = find_videos(input_dir)
+  for source in sources:
+    part = _part_path(output_dir, source)
+    if os.path.exists(part):
+      continue  # done by an earlier run
+    if on_source is not None:
+      on_source(source)
+    began = time.time()
+    try:
+      caption = (listed.get(os.path.normpath(source)) if listed is not None
+                 else captions.sidecar_caption(os.path.join(input_dir, source)))
+      result = {"source": source, "clips": curate_source(input_dir, source, caption, config)}
+    except (io.VideoReadError, FileNotFoundError, ValueError) as e:
+      result = {"source": source, "error": f"{type(e).__name__}: {e}"}
+    result["seconds"] = time.time() - began
+    _write_atomic(part, json.dumps(result))
+  return _assemble(output_dir, sources, time.time() - start_time)
+
+
+def _assemble(output_dir: str, sources: list[str], seconds: float) -> dict[str, Any]:
+  """clips.jsonl and report.json from the parts of `sources`, in their order."""
+  lines, unreadable, spent = [], [], 0.0
+  for source in sources:
+    with open(_part_path(output_dir, source), encoding="utf-8") as f:
+      part = json.load(f)
+    spent += part["seconds"]
+    if "error" in part:
+      unreadable.append({"source": source, "error": part["error"]})
+    else:
+      lines += part["clips"]
+  _write_atomic(os.path.join(output_dir, "clips.jsonl"), "".join(json.dumps(line) + "\n" for line in lines))
+  report = {"files": len(sources), "unreadable": unreadable,
+            "shots": len({(line["source"], line["shot"]) for line in lines}), "clips": len(lines),
+            "kept": sum(line["kept"] for line in lines), "seconds": round(spent, 3),
+            "seconds_this_run": round(seconds, 3)}
+  _write_atomic(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1))
+  return report
