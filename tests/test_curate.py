@@ -66,6 +66,9 @@ def test_a_folder_of_real_and_broken_files(tmp_path):
   assert report["kept"] == sum(line["kept"] for line in lines) >= 5
   for line in lines:  # reasons are given exactly for the rejected clips
     assert line["kept"] == (not line["reasons"])
+  page = (tmp_path / "out" / "report.html").read_text()
+  assert page.count("<figure>") == 7 and "shot_too_short" in page and "notes.mp4" in page
+  assert page.count("data:image/png;base64,") == 8  # the histograms and one thumbnail per clip
 
 
 def test_an_interrupted_run_continues_to_the_same_output(tmp_path):

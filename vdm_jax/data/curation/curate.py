@@ -1,5 +1,5 @@
-"""Curates a folder of videos into scored clips: `OUT/clips.jsonl` and `OUT/report.json` (the contract in
-docs/curation.md).
+"""Curates a folder of videos into scored clips: `OUT/clips.jsonl`, `OUT/report.json` (the contract in
+docs/curation.md) and `OUT/report.html`.
 
     report = curate_folder(input_dir, output_dir, config)   # config: configs/curate.py's ConfigDict
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from vdm_jax import io
 from vdm_jax.data.curation import captions, clips, cuts, motion, quality
+from vdm_jax.data.curation import report as report_lib
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 
@@ -64,15 +65,17 @@ def score_clip(frames: np.ndarray, config) -> dict[str, float]:
           **quality.quality_scores(frames, num_frames=c.quality_frames, short_side=c.quality_short_side)}
 
 
-def curate_source(input_dir: str, source: str, caption: str | None, config) -> list[dict[str, Any]]:
-  """The clips.jsonl lines of one video (raises on a file that cannot be decoded)."""
+def curate_source(input_dir: str, source: str, caption: str | None, config
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+  """The clips.jsonl lines of one video and a thumbnail of each line's middle frame (raises on a file that
+  cannot be decoded)."""
   path = os.path.join(input_dir, source)
   if not os.path.isfile(path):
     raise io.VideoReadError(f"{source!r} is not a file")
   frames = io.read_video(path)
   fps = frame_rate(path)
   shots = cuts.shots_between(cuts.detect_cuts(frames), len(frames))
-  lines = []
+  lines, thumbnails = [], []
   for index, (shot_start, shot_end) in enumerate(shots):
     base = {"source": source, "shot": index, "shot_start": shot_start, "shot_end": shot_end, "fps": fps,
             "caption": caption}
@@ -80,6 +83,7 @@ def curate_source(input_dir: str, source: str, caption: str | None, config) -> l
     if not pieces:
       lines.append({**base, "start": shot_start, "end": shot_end, "motion": None, "kept": False,
                     "reasons": ["shot_too_short"]})
+      thumbnails.append(report_lib.thumbnail(frames[(shot_start + shot_end) // 2]))
       continue
     for start, end in pieces:
       scores = score_clip(frames[start:end], config)
@@ -88,7 +92,8 @@ def curate_source(input_dir: str, source: str, caption: str | None, config) -> l
         kept, reasons = False, reasons + ["no_caption"]
       lines.append({**base, "start": start, "end": end, **{k: round(v, 6) for k, v in scores.items()},
                     "kept": kept, "reasons": reasons})
-  return lines
+      thumbnails.append(report_lib.thumbnail(frames[(start + end) // 2]))
+  return lines, thumbnails
 
 
 def _part_path(output_dir: str, source: str) -> str:
@@ -123,17 +128,18 @@ def curate_folder(input_dir: str, output_dir: str, config, manifest: str | None 
     try:
       caption = (listed.get(os.path.normpath(source)) if listed is not None
                  else captions.sidecar_caption(os.path.join(input_dir, source)))
-      result = {"source": source, "clips": curate_source(input_dir, source, caption, config)}
+      lines, thumbnails = curate_source(input_dir, source, caption, config)
+      result = {"source": source, "clips": lines, "thumbnails": thumbnails}
     except (io.VideoReadError, FileNotFoundError, ValueError) as e:
       result = {"source": source, "error": f"{type(e).__name__}: {e}"}
     result["seconds"] = time.time() - began
     _write_atomic(part, json.dumps(result))
-  return _assemble(output_dir, sources, time.time() - start_time)
+  return _assemble(output_dir, sources, time.time() - start_time, config.thresholds)
 
 
-def _assemble(output_dir: str, sources: list[str], seconds: float) -> dict[str, Any]:
-  """clips.jsonl and report.json from the parts of `sources`, in their order."""
-  lines, unreadable, spent = [], [], 0.0
+def _assemble(output_dir: str, sources: list[str], seconds: float, thresholds) -> dict[str, Any]:
+  """clips.jsonl, report.json and report.html from the parts of `sources`, in their order."""
+  lines, thumbnails, unreadable, spent = [], [], [], 0.0
   for source in sources:
     with open(_part_path(output_dir, source), encoding="utf-8") as f:
       part = json.load(f)
@@ -142,10 +148,13 @@ def _assemble(output_dir: str, sources: list[str], seconds: float) -> dict[str, 
       unreadable.append({"source": source, "error": part["error"]})
     else:
       lines += part["clips"]
+      thumbnails += part["thumbnails"]
   _write_atomic(os.path.join(output_dir, "clips.jsonl"), "".join(json.dumps(line) + "\n" for line in lines))
   report = {"files": len(sources), "unreadable": unreadable,
             "shots": len({(line["source"], line["shot"]) for line in lines}), "clips": len(lines),
             "kept": sum(line["kept"] for line in lines), "seconds": round(spent, 3),
             "seconds_this_run": round(seconds, 3)}
   _write_atomic(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1))
+  _write_atomic(os.path.join(output_dir, "report.html"),
+                report_lib.report_html(report, lines, thumbnails, thresholds))
   return report
