@@ -124,3 +124,7 @@ def test_shots_split_into_clips_and_thresholds_decide():
   assert clips.decide(dict(scores, motion=2.0, sharpness=100.0, brightness=120.0), t) == (True, [])
   with pytest.raises(ConfigError, match="allowed: '' or 'strict'"):
     curate_configs.get_config("bogus")
+  c = curate_configs.get_config()
+  del c.thresholds["min_contrast"]
+  with pytest.raises(ConfigError, match="config.thresholds.min_contrast is missing"):
+    curate.validate(c)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vdm_jax import io
+from vdm_jax.config import ConfigError
 from vdm_jax.data.curation import captions, clips, cuts, motion, quality
 from vdm_jax.data.curation import report as report_lib
 
@@ -107,11 +108,24 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def validate(config) -> None:
+  """Fails with a ConfigError naming the key unless `config` has configs/curate.py's sections and sane values."""
+  for section, keys in (("clip", ("min_frames", "max_frames")), ("scores", ("motion_pairs", "motion_short_side",
+                        "quality_frames", "quality_short_side")), ("thresholds", [b for _, b, _ in clips.RULES])):
+    for key in keys:
+      if key not in config.get(section, {}):
+        raise ConfigError(f"config.{section}.{key} is missing (configs/curate.py has every key).")
+  clips.check_lengths(config.clip.min_frames, config.clip.max_frames)
+  for key in ("motion_pairs", "motion_short_side", "quality_frames", "quality_short_side"):
+    if config.scores[key] < 1:
+      raise ConfigError(f"config.scores.{key}={config.scores[key]}: must be >= 1.")
+
+
 def curate_folder(input_dir: str, output_dir: str, config, manifest: str | None = None,
                   on_source: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Curates every video under `input_dir` into `output_dir` (see the module docstring) and returns the report.
   `manifest`: a CSV/JSONL of captions (else sidecars); `on_source(source)` is called before each source is done."""
-  clips.check_lengths(config.clip.min_frames, config.clip.max_frames)
+  validate(config)
   if not os.path.isdir(input_dir):
     raise FileNotFoundError(f"--input {input_dir!r} is not a folder.")
   start_time = time.time()
