@@ -22,7 +22,7 @@ import numpy as np
 
 from vdm_jax import io
 from vdm_jax.eval import tasks as tasks_lib
-from vdm_jax.pipelines import t2v
+from vdm_jax.pipelines import t2v, t2v_config
 from vdm_jax.train import loop, metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A t2v run trained with frame conditions.")
@@ -95,22 +95,15 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--tasks {unknown}: allowed {list(tasks_lib.TASKS)}.")
   extend_frames = _EXTEND.value or config.diffusion.condition.extend_frames
-  frames, height, width, context = tasks_lib.sizes(pipe, extend_frames)
-  s = config.sample
-  generate_kwargs = dict(sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
-                         use_dynamic_cfg=s.use_dynamic_cfg, guidance_rescale=s.get("guidance_rescale", 0.0),
-                         batch_size=_BATCH.value)
-  report = {}
-  for index, task in enumerate(_TASKS.value):
-    inputs = tasks_lib.task_set(task, _NUM.value, tasks_lib.task_seed_base(_SEED_BASE.value, index), frames, height,
-                                width, context)
-    if _THROUGH.value == "cli":
-      out = run_cli(workdir, inputs, os.path.join(workdir, "eval", "tasks", task), frames, _STRENGTH.value,
-                    _BATCH.value, _SEED.value)
-    else:
-      out = tasks_lib.generate_task(pipe, inputs, frames, _STRENGTH.value, **generate_kwargs)
-    report[task] = tasks_lib.score_task(inputs, out, context)
-    logging.info("%s: %s", task, " ".join(f"{k}={v:.4g}" for k, v in report[task].items()))
+  through_cli = None
+  if _THROUGH.value == "cli":
+    through_cli = lambda inputs, frames: run_cli(workdir, inputs, os.path.join(workdir, "eval", "tasks", inputs.task),
+                                                 frames, _STRENGTH.value, _BATCH.value, _SEED.value)
+  report = tasks_lib.evaluate_tasks(pipe, num=_NUM.value, seed_base=_SEED_BASE.value, tasks=_TASKS.value,
+                                    extend_frames=extend_frames, strength=_STRENGTH.value, generate=through_cli,
+                                    **t2v_config.sample_kwargs(config, batch_size=_BATCH.value))
+  for task, scores in report.items():
+    logging.info("%s: %s", task, " ".join(f"{k}={v:.4g}" for k, v in scores.items()))
   out = _OUT.value or os.path.join(workdir, "eval", "tasks.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:

@@ -118,11 +118,7 @@ def probe_set(n: int) -> tuple[list[str], list[int]]:
   return t2v_eval.probe_prompts(n), [PROBE_SEED + i for i in range(n)]
 
 
-def sample_kwargs(config) -> dict:
-  """TextToVideoPipeline.generate's sampling arguments from a t2v config's `sample` section."""
-  s = config.sample
-  return dict(sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
-              use_dynamic_cfg=s.use_dynamic_cfg, guidance_rescale=s.guidance_rescale, batch_size=s.batch_size)
+sample_kwargs = t2v_inference.sample_kwargs  # the notebook samples with the quickstart's settings through this name
 
 
 def clock_for(vae_steps: int, t2v_steps: int, num_probe: int) -> job_clock.JobClock:

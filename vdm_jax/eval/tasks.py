@@ -15,7 +15,7 @@ Tasks and their scores (the probe reads color, shape and motion; `centroids` fin
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -134,11 +134,13 @@ def generate_task(pipe, inputs: TaskSet, num_frames: int, strength: float = 0.7,
 
 def evaluate_tasks(pipe, num: int = 64, seed_base: int = 5_000_000_000, tasks: Sequence[str] = TASKS,
                    extend_frames: int = 3, strength: float = 0.7, samples: dict | None = None,
+                   generate: Callable[[TaskSet, int], np.ndarray] | None = None,
                    **generate_kwargs) -> dict[str, dict[str, float]]:
   """Runs `tasks` on `num` new clips each with `pipe` (a conditioned `TextToVideoPipeline`) and scores them.
   `generate_kwargs` (sampler, num_steps, guidance_scale, ...) go to every call; seeds are the clips' own; task i
   renders its clips from seeds seed_base + 1e6 i + j. `samples`: if given, receives each task's (prompts,
-  generated uint8 videos [num, T, H, W, 3]), for contact sheets."""
+  generated uint8 videos [num, T, H, W, 3]), for contact sheets. `generate(inputs, num_frames)`: makes the videos
+  another way than `generate_task` in this process (experiments.eval_tasks runs the sample command)."""
   unknown = sorted(set(tasks) - set(TASKS))
   if unknown:
     raise ValueError(f"Unknown tasks {unknown}; allowed: {list(TASKS)}.")
@@ -146,7 +148,10 @@ def evaluate_tasks(pipe, num: int = 64, seed_base: int = 5_000_000_000, tasks: S
   report = {}
   for index, task in enumerate(tasks):
     inputs = task_set(task, num, task_seed_base(seed_base, index), frames, height, width, context)
-    out = generate_task(pipe, inputs, frames, strength, **generate_kwargs)
+    if generate is None:
+      out = generate_task(pipe, inputs, frames, strength, **generate_kwargs)
+    else:
+      out = generate(inputs, frames)
     report[task] = score_task(inputs, out, context)
     if samples is not None:
       samples[task] = (inputs.prompts, out)

@@ -128,3 +128,13 @@ def make_schedule(diffusion: ml_collections.ConfigDict) -> schedules.NoiseSchedu
   return schedules.make_schedule(diffusion.beta_schedule, diffusion.num_train_timesteps, diffusion.beta_start,
                                  diffusion.beta_end, diffusion.snr_shift_scale, diffusion.rescale_betas_zero_snr)
 
+
+
+def sample_kwargs(config: ml_collections.ConfigDict, **overrides) -> dict:
+  """TextToVideoPipeline.generate's sampling arguments from a t2v config's `sample` section (runs written before
+  `guidance_rescale` existed sample without it), with `overrides` on top."""
+  s = config.sample
+  kwargs = dict(sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
+                use_dynamic_cfg=s.use_dynamic_cfg, guidance_rescale=s.get("guidance_rescale", 0.0),
+                batch_size=s.batch_size)
+  return {**kwargs, **overrides}
