@@ -38,7 +38,8 @@ def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
 
 
 def pair_indices(num_frames: int, num_pairs: int, gap: int = 1) -> list[int]:
-  """First frames of `num_pairs` pairs (t, t + gap) spread evenly over a clip of `num_frames` frames."""
+  """First frames of `num_pairs` pairs (t, t + gap) spread evenly over a clip of `num_frames` frames (gap 0:
+  `num_pairs` frames spread over it)."""
   last = num_frames - 1 - gap
   if last < 0:
     return []

@@ -20,7 +20,7 @@ def quality_scores(frames: np.ndarray, num_frames: int = 4, short_side: int = 25
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
     raise ValueError(f"frames {frames.dtype} {list(frames.shape)}: expected uint8 [T, H, W, 3], T >= 1.")
   cv2 = motion.cv2_module()
-  picks = sorted({int(round(x)) for x in np.linspace(0, len(frames) - 1, min(num_frames, len(frames)))})
+  picks = motion.pair_indices(len(frames), num_frames, gap=0)  # frames spread over the clip, as motion's pairs
   totals = {"sharpness": 0.0, "brightness": 0.0, "contrast": 0.0}
   for t in picks:
     luma = cv2.cvtColor(motion.resize_short_side(frames[t], short_side), cv2.COLOR_RGB2GRAY)
