@@ -23,10 +23,14 @@ minutes of 4000 at float32 (the DiT is still learning at 4000).
 `conditions=all`: one model for text-to-video and image and video prompts (docs/conditioning.md): each clip draws
 a task of Open-Sora's kind of mix (image-to-video most often), extension gives 9 of the 17 frames.
 
+`data=folder`: the kept clips of a curated folder of real videos (`experiments.curate`'s output), at 64x64x17:
+`configs/t2v.py:data=folder,folder=OUT` or `--config.input.folder=OUT`, with a VAE trained the same way
+(`configs/vae.py:data=folder`); the probe, which reads Captioned Shapes, is skipped.
+
 `runlocal` shrinks everything (the 32x32x9_tiny dataset, a 2-layer DiT, a few steps) for tests; it keeps the
 `v_prediction` recipe unless a recipe is named.
 """
-from vdm_jax.train.config import ConfigError, base_config, parse_arg
+from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder
 
 SIZES = ("tiny",)
 RECIPES = ("flow", "v_prediction")
@@ -35,7 +39,7 @@ CONDITIONS = ("", "all")
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, size="tiny", recipe="", dtype="float32", conditions="", runlocal=False)
+  args = parse_arg(arg, size="tiny", recipe="", dtype="float32", conditions="", runlocal=False, data="", folder="")
   if args["size"] not in SIZES:
     raise ConfigError(f"Config argument size={args['size']!r}; allowed: {list(SIZES)}.")
   recipe = args["recipe"] or ("v_prediction" if args["runlocal"] else "flow")
@@ -54,6 +58,7 @@ def get_config(arg: str | None = None):
     _runlocal(c)
   if args["conditions"] == "all":
     _all_conditions(c, runlocal=args["runlocal"])
+  use_folder(c, args)
   return c
 
 

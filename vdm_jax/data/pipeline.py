@@ -39,10 +39,36 @@ def data_source(input_config, split: str | None = None):
   if input_config.dataset == "captioned_shapes":
     from vdm_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     return captioned_shapes.load_data_source(input_config.builder_config, split, data_dir=data_dir)
+  if input_config.dataset == "video_folder":
+    from vdm_jax.data import video_folder  # pylint: disable=g-import-not-at-top
+    return video_folder.load_data_source(_folder(input_config), input_config.builder_config, split,
+                                         data_dir=data_dir, **_folder_options(input_config))
   name = input_config.dataset
   if input_config.builder_config:
     name = f"{name}/{input_config.builder_config}"
   return tfds_source(name, split, data_dir)
+
+
+def _folder(input_config) -> str:
+  if not input_config.get("folder"):
+    raise ValueError("input.dataset='video_folder' needs input.folder: the output folder of `python -m "
+                     "experiments.curate` (e.g. --config.input.folder=/data/curated).")
+  return input_config.folder
+
+
+def _folder_options(input_config) -> dict[str, Any]:
+  return {key: input_config[key] for key in ("videos", "validation_fraction", "max_windows") if key in input_config}
+
+
+def dataset_key(input_config) -> str:
+  """A folder name for what is cached from this input (latents, text embeddings): the builder config for
+  Captioned Shapes (as before), the size and the clips' digest for a curated folder."""
+  if input_config.dataset == "video_folder":
+    from vdm_jax.data import video_folder  # pylint: disable=g-import-not-at-top
+    config = video_folder.make_config(_folder(input_config), input_config.builder_config,
+                                      **_folder_options(input_config))
+    return f"video_folder_{config.name}"
+  return input_config.get("builder_config") or input_config.dataset
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None):
@@ -136,7 +162,18 @@ def make_dataset(input_config, *, split: str | None = None, pp: str | None = Non
 
 
 def eval_batches(input_config, *, split: str, batch_size: int, num_examples: int, source=None):
-  """The first batches of `split` in order (no shuffle, no repeat) until at least `num_examples` are served."""
+  """The first batches of `split` in order (no shuffle, no repeat) until at least `num_examples` are served. A split
+  smaller than one batch (a small curated folder's validation) is served in one batch of as many examples as divide
+  over the devices."""
+  source = data_source(input_config, split) if source is None else source
+  if len(source) < batch_size:
+    fitting = len(source) // jax.device_count() * jax.device_count()
+    if not fitting:
+      raise ValueError(f"Split {split!r} of {_name(input_config, split)} has {len(source)} examples, fewer than the "
+                       f"{jax.device_count()} devices an evaluation batch is split over.")
+    logging.info("Evaluating %s in one batch of %d (the split is smaller than the batch size %d).",
+                 _name(input_config, split), fitting, batch_size)
+    batch_size = fitting
   ds = make_dataset(input_config, split=split, batch_size=batch_size, shuffle=False, repeat=False, source=source)
   seen = 0
   for batch in ds:

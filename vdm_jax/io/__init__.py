@@ -5,6 +5,7 @@ from vdm_jax.io.video import VideoDamageWarning
 from vdm_jax.io.video import VideoReadError
 from vdm_jax.io.video import as_video
 from vdm_jax.io.video import encode_video
+from vdm_jax.io.video import iter_video
 from vdm_jax.io.video import read_video
 from vdm_jax.io.video import read_video_bytes
 from vdm_jax.io.video import to_uint8

@@ -193,6 +193,20 @@ def read_video(path, on_damage="raise"):
   return _read_av(path, path, on_damage)
 
 
+def iter_video(path, on_damage="raise"):
+  """Yields the frames of a video file one at a time (uint8 [H, W, 3]), the same frames as `read_video(path)`, so a
+  long file is read in bounded memory. Errors as `read_video`'s; a damaged file raises (or warns, with
+  `on_damage="warn"`) after the frames that decoded."""
+  path = os.fspath(path)
+  _check_on_damage(on_damage)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no video file at {path!r}")
+  if _extension(path) in (".npy", ".gif"):  # small by nature: read whole
+    yield from read_video(path, on_damage)
+    return
+  yield from iter_av_frames(path, path, on_damage)
+
+
 def read_video_bytes(data, name="<bytes>", on_damage="raise"):
   """Decodes an encoded video held in memory (npy, gif, or anything FFmpeg reads) into uint8 `[T, H, W, 3]`.
 
@@ -270,12 +284,13 @@ def _pull(graph, frames):
       return
 
 
-def _decode(container, stream):
-  """All frames of `stream` as rgb24 arrays, and the problems met: corrupt packets and decoder errors (FFmpeg's
-  command line conceals both and carries on, which is how damaged files used to read without a word)."""
+def _decode(container, stream, problems):
+  """Yields the frames of `stream` as rgb24 arrays, appending to `problems` what goes wrong: corrupt packets and
+  decoder errors (FFmpeg's command line conceals both and carries on, which is how damaged files used to read
+  without a word)."""
   import av  # pylint: disable=g-import-not-at-top
 
-  frames, problems, graph = [], [], None
+  frames, graph = [], None
   try:
     for packet in container.demux(stream):
       if packet.is_corrupt:
@@ -289,12 +304,14 @@ def _decode(container, stream):
         graph = graph or _rgb_graph(stream, frame)
         graph.push(frame)
         _pull(graph, frames)
+        yield from frames
+        frames.clear()
   except av.error.FFmpegError as e:  # the demuxer itself failed (bytes cut inside a packet header, I/O error)
     problems.append(f"demuxer error: {e.strerror}")
   if graph is not None:
     graph.push(None)
     _pull(graph, frames)
-  return frames, problems
+    yield from frames
 
 
 def _seconds(packet, stream):
@@ -316,34 +333,46 @@ def _declared_frames(stream):
 def _read_av(source, name, on_damage):
   """Decodes with PyAV (FFmpeg's libraries) and checks the result against the container: decoder errors, corrupt
   packets or fewer frames than the stream declares mean a damaged or truncated file."""
+  # The generator's checks run after its last frame, so nothing is returned from a file that fails them.
+  return np.ascontiguousarray(np.stack(list(iter_av_frames(source, name, on_damage, threads=False))))
+
+
+def iter_av_frames(source, name, on_damage="raise", threads=True):
+  """Yields the frames of a video FFmpeg reads, one uint8 [H, W, 3] array at a time, as `read_video` would return
+  them. The checks of `_read_av` run at the end, after the last frame: a damaged file raises VideoReadError (or
+  warns) once its decodable frames have been yielded. `threads`: FFmpeg's frame and slice threads (same frames)."""
   import av  # pylint: disable=g-import-not-at-top
 
+  _check_on_damage(on_damage)
   try:
     container = av.open(source)
   except (av.error.FFmpegError, UnicodeDecodeError) as e:
     raise VideoReadError(f"cannot open video {name!r}: {getattr(e, 'strerror', None) or e}") from None
+  problems, count = [], 0
   with container:
     stream = container.streams.best("video")
     if stream is None:
       raise VideoReadError(f"FFmpeg finds no video stream in {name!r} (streams: "
                            f"{[s.type for s in container.streams] or 'none'})")
+    if threads:
+      stream.thread_type = "AUTO"
     size, declared = _stored_size(container), _declared_frames(stream)
-    frames, problems = _decode(container, stream)
-  if not frames:
+    padded = None if size is None else (size[1] + size[1] % 2, size[0] + size[0] % 2)
+    for frame in _decode(container, stream, problems):
+      count += 1
+      if padded is not None and frame.shape[:2] == padded:
+        frame = np.ascontiguousarray(frame[:size[1], :size[0]])  # undo write_mp4's padding
+      yield frame
+  if not count:
     raise VideoReadError(f"video {name!r} has no decodable frames" + (f": {problems[0]}" if problems else ""))
-  if declared is not None and len(frames) < declared:
-    problems.insert(0, f"decoded {len(frames)} of the {declared} frames the container declares")
+  if declared is not None and count < declared:
+    problems.insert(0, f"decoded {count} of the {declared} frames the container declares")
   if problems:
     message = (f"video {name!r} is damaged or truncated: {'; '.join(problems[:2])}"
                + (f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""))
     if on_damage == "raise":
       raise VideoReadError(message + "; pass on_damage='warn' to get the frames that decoded")
     warnings.warn(message, VideoDamageWarning, stacklevel=3)
-  video = np.stack(frames)
-  height, width = video.shape[1:3]
-  if size is not None and (width, height) == (size[0] + size[0] % 2, size[1] + size[1] % 2):
-    video = video[:, :size[1], :size[0]]  # undo write_mp4's padding (only if the frames are the padded size)
-  return np.ascontiguousarray(video)
 
 
 def encode_video(video, fmt="mp4", fps=8):

@@ -29,6 +29,7 @@ from vdm_jax import config as config_lib
 from vdm_jax import runs
 from vdm_jax.convert import cogvideox
 from vdm_jax.data import cache as cache_lib
+from vdm_jax.data import pipeline
 from vdm_jax.models import vae as vae_lib
 from vdm_jax.parallel import mesh as mesh_lib
 
@@ -179,9 +180,9 @@ class LatentSpace:
       return json.load(f)
 
   def split_dir(self, override: str, name: str, split: str) -> str:
-    """`<override or <vae workdir, else this workdir>/<name>>/<builder_config or dataset>/<split>`."""
+    """`<override or <vae workdir, else this workdir>/<name>>/<pipeline.dataset_key(input)>/<split>`."""
     root = override or os.path.join(self.config.vae.workdir or self.workdir or ".", name)
-    return os.path.join(root, self.config.input.builder_config or self.config.input.dataset, split)
+    return os.path.join(root, pipeline.dataset_key(self.config.input), split)
 
   def cache_dir(self, split: str) -> str:
     return self.split_dir(self.config.vae.cache_dir, "latent_cache", split)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import ml_collections
 from absl import flags
@@ -48,6 +48,11 @@ def generic_config() -> ml_collections.ConfigDict:
   c.input.dataset = "captioned_shapes"
   c.input.builder_config = "64x64x17"  # a tfds builder config of the dataset
   c.input.data_dir = ""  # '' -> tfds' default (~/tensorflow_datasets)
+  # dataset 'video_folder' (vdm_jax.data.video_folder; builder_config is then its spec, e.g. '64x64x17_8fps'):
+  c.input.folder = ""  # the output folder of `experiments.curate`
+  c.input.videos = ""  # the folder that was curated ('' -> what its report.json says)
+  c.input.validation_fraction = 0.1  # of the kept clips
+  c.input.max_windows = 0  # windows per clip (0: all)
   c.input.split = "train"
   c.input.pp = "decode_video|value_range(-1, 1)|decode_text('caption')|keep('video', 'caption')"
   c.input.batch_size = 8  # global batch, over all processes
@@ -225,6 +230,20 @@ def parse_arg(arg: str | None, **defaults) -> dict[str, str | bool]:
       raise ConfigError(f"Unknown config argument {key!r}; allowed: {sorted(defaults)}.")
     out[key] = value.strip() if _ else True
   return out
+
+
+def use_folder(c: ml_collections.ConfigDict, args: Mapping[str, Any]) -> None:
+  """Config arguments `data=folder[,folder=OUT]`: the input becomes a curated video folder at the config's frame
+  size and length (`input.builder_config` of Captioned Shapes, `HxWxT`)."""
+  if args["data"] not in ("", "folder"):
+    raise ConfigError(f"Config argument data={args['data']!r}; allowed: '' (Captioned Shapes) or 'folder'.")
+  if args["folder"] and args["data"] != "folder":
+    raise ConfigError("Config argument folder=... needs data=folder.")
+  if args["data"] == "folder":
+    c.input.dataset = "video_folder"
+    c.input.builder_config = c.input.builder_config.split("_")[0]  # '32x32x9_tiny' -> '32x32x9'
+    c.input.split = c.input.split.split("[")[0]
+    c.input.folder = args["folder"]
 
 
 def check_paths(config: ml_collections.ConfigDict, paths) -> None:

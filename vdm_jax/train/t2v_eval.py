@@ -31,7 +31,7 @@ def validation_losses(experiment, params) -> dict[str, float]:
   posterior means (unweighted)."""
   config = experiment.config
   e, d = config.eval, config.diffusion
-  ds = pipeline.make_dataset(config.input, split=e.split, batch_size=e.batch_size, shuffle=False, repeat=False,
+  ds = pipeline.eval_batches(config.input, split=e.split, batch_size=e.batch_size, num_examples=e.num_examples,
                              source=experiment.data_source(e.split))
   cached = config.text.cached
   text_key = "text_embeds" if cached else "tokens"
@@ -49,11 +49,7 @@ def validation_losses(experiment, params) -> dict[str, float]:
 
   eval_params = params if experiment.text.trainable or cached else {**params, "text": experiment.encoder_params()}
   per_t = {int(t): [] for t in e.loss_timesteps}
-  seen = 0
   for i, batch in enumerate(ds):
-    if seen >= e.num_examples:
-      break
-    seen += len(batch[text_key])
     dev = sharding.shard_batch(pipeline.numeric(batch), experiment.mesh)
     for t in per_t:
       rng = jax.random.fold_in(jax.random.PRNGKey(1234 + i), t)

@@ -148,10 +148,10 @@ def curate_folder(input_dir: str, output_dir: str, config, manifest: str | None 
       result = {"source": source, "error": f"{type(e).__name__}: {e}"}
     result["seconds"] = time.time() - began
     _write_atomic(part, json.dumps(result))
-  return _assemble(output_dir, sources, time.time() - start_time, config.thresholds)
+  return _assemble(output_dir, sources, time.time() - start_time, config.thresholds, input_dir)
 
 
-def _assemble(output_dir: str, sources: list[str], seconds: float, thresholds) -> dict[str, Any]:
+def _assemble(output_dir: str, sources: list[str], seconds: float, thresholds, input_dir: str) -> dict[str, Any]:
   """clips.jsonl, report.json and report.html from the parts of `sources`, in their order."""
   lines, thumbnails, unreadable, spent = [], [], [], 0.0
   for source in sources:
@@ -167,7 +167,7 @@ def _assemble(output_dir: str, sources: list[str], seconds: float, thresholds) -
   report = {"files": len(sources), "unreadable": unreadable,
             "shots": len({(line["source"], line["shot"]) for line in lines}), "clips": len(lines),
             "kept": sum(line["kept"] for line in lines), "seconds": round(spent, 3),
-            "seconds_this_run": round(seconds, 3)}
+            "seconds_this_run": round(seconds, 3), "input": os.path.abspath(input_dir)}
   _write_atomic(os.path.join(output_dir, "report.json"), json.dumps(report, indent=1))
   _write_atomic(os.path.join(output_dir, "report.html"),
                 report_lib.report_html(report, lines, thumbnails, thresholds))
