@@ -27,6 +27,7 @@ clips.jsonl's sha256, so a new curation of the folder builds a new dataset inste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -191,14 +192,30 @@ def _no_windows(config: VideoFolderConfig, split: str) -> str:
           "fraction).")
 
 
+def split_sources(config: VideoFolderConfig, split: str) -> list[tuple[str, list[dict[str, Any]]]]:
+  """(source, its clips in `split`) in clips.jsonl's order: the unit of work, one decode per source."""
+  by_source: dict[str, list[dict[str, Any]]] = {}
+  for clip in assign_splits(read_kept_clips(config.folder), config.validation_fraction)[split]:
+    by_source.setdefault(clip["source"], []).append(clip)
+  return list(by_source.items())
+
+
 def split_examples(config: VideoFolderConfig, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
   """Every (key, example) of `split`, source by source in clips.jsonl's order."""
-  clips = assign_splits(read_kept_clips(config.folder), config.validation_fraction)[split]
-  by_source: dict[str, list[dict[str, Any]]] = {}
-  for clip in clips:
-    by_source.setdefault(clip["source"], []).append(clip)
-  for source, group in by_source.items():
+  for source, group in split_sources(config, split):
     yield from source_examples(config, source, group)
+
+
+def _beam_examples(config: VideoFolderConfig, item: tuple[str, list[dict[str, Any]]]):
+  return source_examples(config, *item)
+
+
+def beam_split(config: VideoFolderConfig, split: str):
+  """`split_examples` as a Beam PTransform: one element per source, so workers decode sources in parallel."""
+  beam = tfds.core.lazy_imports.apache_beam
+  return (beam.Create(split_sources(config, split))
+          | beam.Reshuffle()
+          | beam.FlatMap(functools.partial(_beam_examples, config)))
 
 
 class VideoFolder(tfds.core.GeneratorBasedBuilder):
@@ -208,7 +225,9 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   code_path = epath.Path(__file__)  # as captioned_shapes: skips tfds' importlib_resources lookup
 
-  def __init__(self, *, file_format=None, **kwargs):
+  def __init__(self, *, file_format=None, use_beam: bool = False, **kwargs):
+    """`use_beam`: generate with Beam (`beam_split`); `download_and_prepare` then needs a runner or options."""
+    self._use_beam = use_beam
     super().__init__(file_format=file_format or tfds.core.FileFormat.ARRAY_RECORD, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -226,7 +245,6 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
             "fps": tfds.features.Scalar(dtype=np.float32),
             "motion": tfds.features.Scalar(dtype=np.float32),
         }),
-        disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
@@ -235,29 +253,50 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     counts = window_counts(c)
     if not any(counts.values()):
       raise ValueError(_no_windows(c, "any split"))
-    return {split: split_examples(c, split) for split in SPLITS if counts[split]}  # tfds refuses an empty split
+    generate = beam_split if self._use_beam else split_examples
+    return {split: generate(c, split) for split in SPLITS if counts[split]}  # tfds refuses an empty split
 
   def _generate_examples(self, split):  # tfds' abstract method; `_split_generators` gives the generators
     return split_examples(self.builder_config, split)
 
 
-def builder(folder: str, spec: str, data_dir: str | None = None, **kwargs) -> VideoFolder:
+def builder(folder: str, spec: str, data_dir: str | None = None, use_beam: bool = False, **kwargs) -> VideoFolder:
   """The builder of `folder` at `spec` (kwargs: `make_config`'s), stored under `<folder>/tfds` by default."""
   config = make_config(folder, spec, **kwargs)
-  return VideoFolder(config=config, data_dir=data_dir or os.path.join(config.folder, "tfds"))
+  return VideoFolder(config=config, data_dir=data_dir or os.path.join(config.folder, "tfds"), use_beam=use_beam)
+
+
+def build(folder: str, spec: str, data_dir: str | None = None, beam_runner: str = "", beam_options=(),
+          **kwargs) -> VideoFolder:
+  """Builds `folder` at `spec` unless it is built (on Beam's `beam_runner` with `beam_options`, Beam's
+  command-line options, when a runner is named); returns the builder."""
+  folder_builder = builder(folder, spec, data_dir, use_beam=bool(beam_runner), **kwargs)
+  name = f"video_folder/{folder_builder.builder_config.name}"
+  sources.check_info(name, folder_builder.data_path)
+  if not folder_builder.is_prepared():
+    logging.info("Building %s from %s into %s%s.", name, folder, folder_builder.data_dir,
+                 f" on Beam's {beam_runner}" if beam_runner else "")
+    download_config = tfds.download.DownloadConfig(try_download_gcs=False)
+    if beam_runner:
+      options = tfds.core.lazy_imports.apache_beam.options.pipeline_options.PipelineOptions(list(beam_options))
+      download_config = tfds.download.DownloadConfig(try_download_gcs=False, beam_runner=beam_runner,
+                                                     beam_options=options)
+    folder_builder.download_and_prepare(download_config=download_config)
+  return folder_builder
 
 
 def load_data_source(folder: str, spec: str, split: str, data_dir: str | None = None, prepare: bool = True,
                      **kwargs):
   """Random-access source of `split` (records in the module docstring), built first when missing."""
-  folder_builder = builder(folder, spec, data_dir, **kwargs)
+  if prepare:
+    folder_builder = build(folder, spec, data_dir, **kwargs)
+  else:
+    folder_builder = builder(folder, spec, data_dir, **kwargs)
+    sources.check_info(f"video_folder/{folder_builder.builder_config.name}", folder_builder.data_path)
+    if not folder_builder.is_prepared():
+      raise FileNotFoundError(f"video_folder/{folder_builder.builder_config.name} is not built in "
+                              f"{folder_builder.data_dir}; call with prepare=True.")
   name = f"video_folder/{folder_builder.builder_config.name}"
-  sources.check_info(name, folder_builder.data_path)
-  if not folder_builder.is_prepared():
-    if not prepare:
-      raise FileNotFoundError(f"{name} is not built in {folder_builder.data_dir}; call with prepare=True.")
-    logging.info("Building %s from %s into %s.", name, folder, folder_builder.data_dir)
-    folder_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   base = split.split("[")[0]
   if base not in folder_builder.info.splits:
     if base in SPLITS:  # built without it: it had no windows

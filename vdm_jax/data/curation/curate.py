@@ -121,34 +121,49 @@ def validate(config) -> None:
       raise ConfigError(f"config.scores.{key}={config.scores[key]}: must be >= 1.")
 
 
+def start(input_dir: str, output_dir: str, config, manifest: str | None = None
+          ) -> tuple[list[str], list[str], dict[str, str] | None]:
+  """Checks the config and folders and lists the work: (every source, the sources not done yet, the manifest's
+  captions or None for sidecars). The first step of `curate_folder` and of its Beam version (`on_beam`)."""
+  validate(config)
+  if not os.path.isdir(input_dir):
+    raise FileNotFoundError(f"--input {input_dir!r} is not a folder.")
+  os.makedirs(os.path.join(output_dir, ".parts"), exist_ok=True)
+  listed = captions.read_manifest(manifest) if manifest else None
+  sources = find_videos(input_dir)
+  return sources, [s for s in sources if not os.path.exists(_part_path(output_dir, s))], listed
+
+
+def curate_one(input_dir: str, output_dir: str, source: str, listed: dict[str, str] | None, config) -> None:
+  """Curates one source and writes its part (its clips, or its error when it cannot be decoded) atomically."""
+  began = time.time()
+  try:
+    caption = (listed.get(os.path.normpath(source)) if listed is not None
+               else captions.sidecar_caption(os.path.join(input_dir, source)))
+    lines, thumbnails = curate_source(input_dir, source, caption, config)
+    result = {"source": source, "clips": lines, "thumbnails": thumbnails}
+  except (io.VideoReadError, FileNotFoundError, ValueError) as e:
+    result = {"source": source, "error": f"{type(e).__name__}: {e}"}
+  result["seconds"] = time.time() - began
+  _write_atomic(_part_path(output_dir, source), json.dumps(result))
+
+
+def finish(input_dir: str, output_dir: str, sources: list[str], seconds: float, config) -> dict[str, Any]:
+  """clips.jsonl, report.json and report.html from every source's part; returns the report."""
+  return _assemble(output_dir, sources, seconds, config.thresholds, input_dir)
+
+
 def curate_folder(input_dir: str, output_dir: str, config, manifest: str | None = None,
                   on_source: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Curates every video under `input_dir` into `output_dir` (see the module docstring) and returns the report.
   `manifest`: a CSV/JSONL of captions (else sidecars); `on_source(source)` is called before each source is done."""
-  validate(config)
-  if not os.path.isdir(input_dir):
-    raise FileNotFoundError(f"--input {input_dir!r} is not a folder.")
   start_time = time.time()
-  os.makedirs(os.path.join(output_dir, ".parts"), exist_ok=True)
-  listed = captions.read_manifest(manifest) if manifest else None
-  sources = find_videos(input_dir)
-  for source in sources:
-    part = _part_path(output_dir, source)
-    if os.path.exists(part):
-      continue  # done by an earlier run
+  sources, todo, listed = start(input_dir, output_dir, config, manifest)
+  for source in todo:
     if on_source is not None:
       on_source(source)
-    began = time.time()
-    try:
-      caption = (listed.get(os.path.normpath(source)) if listed is not None
-                 else captions.sidecar_caption(os.path.join(input_dir, source)))
-      lines, thumbnails = curate_source(input_dir, source, caption, config)
-      result = {"source": source, "clips": lines, "thumbnails": thumbnails}
-    except (io.VideoReadError, FileNotFoundError, ValueError) as e:
-      result = {"source": source, "error": f"{type(e).__name__}: {e}"}
-    result["seconds"] = time.time() - began
-    _write_atomic(part, json.dumps(result))
-  return _assemble(output_dir, sources, time.time() - start_time, config.thresholds, input_dir)
+    curate_one(input_dir, output_dir, source, listed, config)
+  return finish(input_dir, output_dir, sources, time.time() - start_time, config)
 
 
 def _assemble(output_dir: str, sources: list[str], seconds: float, thresholds, input_dir: str) -> dict[str, Any]:
