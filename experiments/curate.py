@@ -17,7 +17,6 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vdm_jax.data import video_folder
 from vdm_jax.data.curation import curate
 
 _INPUT = flags.DEFINE_string("input", None, "The folder of videos (searched recursively).")
@@ -46,6 +45,8 @@ def main(argv):
     report = curate.curate_folder(_INPUT.value, _OUTPUT.value, _CONFIG.value, manifest=_MANIFEST.value,
                                   on_source=lambda source: logging.info("curating %s", source))
   print(json.dumps(report, indent=1))
+  if _BUILD.value:
+    from vdm_jax.data import video_folder  # pylint: disable=g-import-not-at-top  (tfds: seconds to import)
   for spec in _BUILD.value:
     built = video_folder.build(_OUTPUT.value, spec, beam_runner=_RUNNER.value, beam_options=options)
     counts = {split: info.num_examples for split, info in built.info.splits.items()}

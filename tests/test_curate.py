@@ -119,12 +119,32 @@ def test_shots_split_into_clips_and_thresholds_decide():
   with pytest.raises(ConfigError, match="max_frames >= 2"):
     clips.split_shot(0, 100, 30, 50)
   t = curate_configs.get_config().thresholds
-  scores = {"motion": 0.0, "sharpness": 5.0, "brightness": 250.0, "contrast": 50.0}
-  assert clips.decide(scores, t) == (False, ["static", "blurry", "too_bright"])
-  assert clips.decide(dict(scores, motion=2.0, sharpness=100.0, brightness=120.0), t) == (True, [])
+  scores = {"motion": 0.0, "sharpness": 5.0, "brightness": 250.0, "contrast": 50.0, "text": 0.1}
+  assert clips.decide(scores, t) == (False, ["static", "blurry", "too_bright", "text_overlay"])
+  assert clips.decide(dict(scores, motion=2.0, sharpness=100.0, brightness=120.0, text=0.0), t) == (True, [])
   with pytest.raises(ConfigError, match="allowed: '' or 'strict'"):
     curate_configs.get_config("bogus")
   c = curate_configs.get_config()
   del c.thresholds["min_contrast"]
   with pytest.raises(ConfigError, match="config.thresholds.min_contrast is missing"):
     curate.validate(c)
+
+
+def test_a_source_over_the_memory_budget_is_decoded_twice_to_the_same_output(tmp_path):
+  """max_memory_mb=0 holds no full frames: the clips come from a second decode, one at a time, and every line and
+  thumbnail is the same as with the whole file in memory."""
+  from vdm_jax.data.curation import frames as frames_lib  # pylint: disable=g-import-not-at-top
+  folder = make_folder(tmp_path / "in")
+  config = curate_configs.get_config()
+  whole = curate.curate_source(folder, "bikes.mp4", "a race", config)
+  config.max_memory_mb = 0
+  assert curate.curate_source(folder, "bikes.mp4", "a race", config) == whole
+  video = frames_lib.SourceFrames(os.path.join(folder, "bikes.mp4"), max_bytes=0)
+  assert not video.in_memory and video.num_frames == 250 and video.small.shape == (250, 48, 113, 3)
+  spans = list(video.spans([(3, 5), (249, 250)]))
+  assert [s.shape for s in spans] == [(2, 272, 640, 3), (1, 272, 640, 3)]
+  with pytest.raises(ValueError, match="sorted and disjoint"):
+    list(video.spans([(5, 9), (7, 12)]))
+  config.max_memory_mb = -1
+  with pytest.raises(ConfigError, match="max_memory_mb=-1"):
+    curate.validate(config)

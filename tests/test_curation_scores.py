@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from vdm_jax.data import shapes
-from vdm_jax.data.curation import motion, quality
+from vdm_jax.data.curation import motion, quality, text_overlay
 
 cv2 = pytest.importorskip("cv2")
 
@@ -95,3 +95,31 @@ def test_quality_scores_follow_blur_and_exposure():
   assert dark["contrast"] == pytest.approx(base["contrast"] / 4, rel=0.05)
   with pytest.raises(ValueError, match="T >= 1"):
     quality.quality_scores(clip[:0])
+
+
+def _subtitle(frames: np.ndarray, text: str) -> np.ndarray:
+  """White text with a black outline in the lower tenth of every frame, scaled with the frame, as subtitles are."""
+  out = frames.copy()
+  h, w = out.shape[1:3]
+  scale = h / 272
+  for frame in out:
+    for colour, thickness in (((0, 0, 0), max(2, int(5 * scale))), ((255, 255, 255), max(1, int(2 * scale)))):
+      cv2.putText(frame, text, (int(0.1 * w), int(0.9 * h)), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour,
+                  thickness, cv2.LINE_AA)
+  return out
+
+
+def test_text_overlay_separates_subtitled_real_clips():
+  """Every clip of the real footage (bikes' five shots, carphone, bigbuckbunny's two halves) scores under the
+  default `max_text` without text and over it with a subtitle burnt in."""
+  from configs import curate as curate_configs  # pylint: disable=g-import-not-at-top
+  threshold = curate_configs.get_config().thresholds.max_text
+  bikes = np.stack(real_frames("bikes.mp4", range(242)))
+  bunny = np.stack(real_frames("bigbuckbunny.mp4", range(132)))
+  clips = [bikes[a:b] for a, b in ((0, 30), (30, 76), (76, 137), (137, 187), (187, 242))]
+  clips += [np.stack(real_frames("carphone_pristine.mp4", range(0, 120, 2))), bunny[:66], bunny[66:]]
+  plain = [text_overlay.text_scores(c)["text"] for c in clips]
+  subtitled = [text_overlay.text_scores(_subtitle(c, "and then we went to the market"))["text"] for c in clips]
+  assert max(plain) < threshold < min(subtitled), (plain, subtitled)
+  with pytest.raises(ValueError, match="T >= 1"):
+    text_overlay.text_scores(bikes[:0])

@@ -21,6 +21,7 @@ RULES = (
     ("brightness", "min_brightness", "too_dark"),
     ("brightness", "max_brightness", "too_bright"),
     ("contrast", "min_contrast", "low_contrast"),
+    ("text", "max_text", "text_overlay"),
 )
 
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from vdm_jax import io
 from vdm_jax.config import ConfigError
-from vdm_jax.data.curation import captions, clips, cuts, motion, quality
+from vdm_jax.data.curation import captioner, captions, clips, cuts, motion, quality, text_overlay
+from vdm_jax.data.curation import frames as frames_lib
 from vdm_jax.data.curation import report as report_lib
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
@@ -63,20 +64,22 @@ def score_clip(frames: np.ndarray, config) -> dict[str, float]:
   """Every score of a clip's frames [T, H, W, 3] that the thresholds read."""
   c = config.scores
   return {**motion.motion_scores(frames, num_pairs=c.motion_pairs, short_side=c.motion_short_side),
-          **quality.quality_scores(frames, num_frames=c.quality_frames, short_side=c.quality_short_side)}
+          **quality.quality_scores(frames, num_frames=c.quality_frames, short_side=c.quality_short_side),
+          **text_overlay.text_scores(frames, num_frames=c.quality_frames, short_side=c.quality_short_side)}
 
 
 def curate_source(input_dir: str, source: str, caption: str | None, config
                   ) -> tuple[list[dict[str, Any]], list[str]]:
   """The clips.jsonl lines of one video and a thumbnail of each line's middle frame (raises on a file that
-  cannot be decoded)."""
+  cannot be decoded). Memory: small copies of every frame plus the full frames up to `config.max_memory_mb`
+  (`frames.SourceFrames`); the output is the same whatever the budget."""
   path = os.path.join(input_dir, source)
   if not os.path.isfile(path):
     raise io.VideoReadError(f"{source!r} is not a file")
-  frames = io.read_video(path)
+  video = frames_lib.SourceFrames(path, int(config.max_memory_mb) << 20)
   fps = frame_rate(path)
-  shots = cuts.shots_between(cuts.detect_cuts(frames), len(frames))
-  lines, thumbnails = [], []
+  shots = cuts.shots_between(cuts.detect_cuts(video.small, short_side=frames_lib.CUT_SHORT_SIDE), video.num_frames)
+  lines, spans = [], []  # spans: the frames each line needs (a clip's, or a too-short shot's middle one)
   for index, (shot_start, shot_end) in enumerate(shots):
     base = {"source": source, "shot": index, "shot_start": shot_start, "shot_end": shot_end, "fps": fps,
             "caption": caption}
@@ -84,16 +87,25 @@ def curate_source(input_dir: str, source: str, caption: str | None, config
     if not pieces:
       lines.append({**base, "start": shot_start, "end": shot_end, "motion": None, "kept": False,
                     "reasons": ["shot_too_short"]})
-      thumbnails.append(report_lib.thumbnail(frames[(shot_start + shot_end) // 2]))
-      continue
+      middle = (shot_start + shot_end) // 2
+      spans.append((middle, middle + 1))
     for start, end in pieces:
-      scores = score_clip(frames[start:end], config)
-      kept, reasons = clips.decide(scores, config.thresholds)
-      if config.require_caption and not caption:
-        kept, reasons = False, reasons + ["no_caption"]
-      lines.append({**base, "start": start, "end": end, **{k: round(v, 6) for k, v in scores.items()},
-                    "kept": kept, "reasons": reasons})
-      thumbnails.append(report_lib.thumbnail(frames[(start + end) // 2]))
+      lines.append({**base, "start": start, "end": end})
+      spans.append((start, end))
+  thumbnails = []
+  for line, (start, end), span in zip(lines, spans, video.spans(spans)):
+    thumbnails.append(report_lib.thumbnail(span[(start + end) // 2 - start]))
+    if "kept" in line:  # a too-short shot: decided already
+      continue
+    scores = score_clip(span, config)
+    kept, reasons = clips.decide(scores, config.thresholds)
+    if kept and caption is None and config.captioner.model:  # a model captions what passed the thresholds
+      c = config.captioner
+      line["captions"] = captioner.cached(c.model, c.num_captions, c.max_new_tokens)(span)
+      line["caption"] = line["captions"][len(line["captions"]) // 2] or None
+    if config.require_caption and not line["caption"]:
+      kept, reasons = False, reasons + ["no_caption"]
+    line.update({**{k: round(v, 6) for k, v in scores.items()}, "kept": kept, "reasons": reasons})
   return lines, thumbnails
 
 
@@ -116,6 +128,16 @@ def validate(config) -> None:
       if key not in config.get(section, {}):
         raise ConfigError(f"config.{section}.{key} is missing (configs/curate.py has every key).")
   clips.check_lengths(config.clip.min_frames, config.clip.max_frames)
+  if "captioner" not in config or {"model", "num_captions", "max_new_tokens"} - set(config.captioner):
+    raise ConfigError("config.captioner (model, num_captions, max_new_tokens) is missing or incomplete "
+                      "(configs/curate.py has every key).")
+  if config.captioner.model and not os.path.isfile(os.path.join(config.captioner.model, "config.json")):
+    raise ConfigError(f"config.captioner.model={config.captioner.model!r}: no transformers model folder there "
+                      "(config.json missing); nothing is downloaded.")
+  if "max_memory_mb" not in config:
+    raise ConfigError("config.max_memory_mb is missing (configs/curate.py has every key).")
+  if config.max_memory_mb < 0:
+    raise ConfigError(f"config.max_memory_mb={config.max_memory_mb}: must be >= 0 (0: always decode twice).")
   for key in ("motion_pairs", "motion_short_side", "quality_frames", "quality_short_side"):
     if config.scores[key] < 1:
       raise ConfigError(f"config.scores.{key}={config.scores[key]}: must be >= 1.")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from vdm_jax.data.curation import clips
 
-SCORES = ("motion", "camera", "object", "static", "sharpness", "brightness", "contrast")
+SCORES = ("motion", "camera", "object", "static", "sharpness", "brightness", "contrast", "text")
 MAX_THUMBNAILS = 24  # per group (kept, rejected)
 
 
