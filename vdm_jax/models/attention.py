@@ -18,6 +18,11 @@ Backends (`dot_product_attention(..., backend=NAME)`), all on [B, L, H, D] input
              `context` axis is > 1, all-to-all from sequence-sharded to head-sharded q/k/v, full-sequence attention
              with the inner backend ('auto' for plain 'ulysses'), all-to-all back. With no mesh or context 1 it is
              the inner backend. Heads per tensor shard must divide by the context size (a ValueError says so).
+
+Packed sequences: `segment_ids` [B, Lq] (and `kv_segment_ids` [B, Lk], default the same) restrict every query to
+the keys of its own segment, in every backend: a boolean mask for 'xla' and 'cudnn', a per-block mask inside
+'chunked' (blocks without a key of a row's segment add nothing), and the ids gathered along the sequence for
+'ulysses'. Each query's segment must have at least one key (true for self-attention).
 """
 from __future__ import annotations
 
@@ -67,26 +72,44 @@ def resolve_backend(backend: str, kv_length: int, *, dtype=jnp.float32, chunk_th
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, backend: str = "auto",
                           scale: float | None = None, q_block: int = 512, kv_block: int = 1024,
-                          chunk_threshold: int = 1024, fallback: bool = False) -> jax.Array:
-  """Softmax(q k^T * scale) v without a mask. q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D] in q's dtype.
+                          chunk_threshold: int = 1024, fallback: bool = False,
+                          segment_ids: jax.Array | None = None,
+                          kv_segment_ids: jax.Array | None = None) -> jax.Array:
+  """Softmax(q k^T * scale) v. q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D] in q's dtype.
 
   `scale` defaults to 1/sqrt(D). `q_block`/`kv_block` are the block sizes of 'chunked' (any lengths; the last
-  block is padded and masked).
+  block is padded and masked). `segment_ids` [B, Lq] int (with `kv_segment_ids` [B, Lk], default `segment_ids`):
+  a query attends only to keys of its own segment (packed sequences); None: every key.
   """
   scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+  segments = _segments(q, k, segment_ids, kv_segment_ids)
   parallel, local = split_backend(backend)
   if parallel:
     attend = functools.partial(dot_product_attention, backend=local, scale=scale, q_block=q_block,
                                kv_block=kv_block, chunk_threshold=chunk_threshold, fallback=fallback)
-    return context_lib.ulysses_attention(q, k, v, attend=attend)
+    return context_lib.ulysses_attention(q, k, v, attend=attend, segments=segments)
   name = resolve_backend(backend, k.shape[1], dtype=q.dtype, chunk_threshold=chunk_threshold, fallback=fallback,
                          head_dim=q.shape[-1])
-  return KERNELS[name](q, k, v, scale=scale, q_block=q_block, kv_block=kv_block)
+  return KERNELS[name](q, k, v, scale=scale, q_block=q_block, kv_block=kv_block, segments=segments)
+
+
+def _segments(q, k, segment_ids, kv_segment_ids):
+  """(query ids [B, Lq], key ids [B, Lk]) int32, or None; shapes checked against q and k."""
+  if segment_ids is None:
+    if kv_segment_ids is not None:
+      raise ValueError("kv_segment_ids given without segment_ids (the queries' segments).")
+    return None
+  kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+  for name, ids, x in (("segment_ids", segment_ids, q), ("kv_segment_ids", kv_segment_ids, k)):
+    if tuple(ids.shape) != tuple(x.shape[:2]):
+      raise ValueError(f"{name} has shape {tuple(ids.shape)}; expected [batch, length] = {tuple(x.shape[:2])}.")
+  return jnp.asarray(segment_ids, jnp.int32), jnp.asarray(kv_segment_ids, jnp.int32)
 
 
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_block: int = 512,
-                      kv_block: int = 1024) -> jax.Array:
-  """Blockwise (flash-style) attention; q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D]."""
+                      kv_block: int = 1024, segments=None) -> jax.Array:
+  """Blockwise (flash-style) attention; q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D]. `segments`: (query
+  ids [B, Lq], key ids [B, Lk]) or None."""
   b, lq, h, d = q.shape
   lk = k.shape[1]
   (nq, qb), (nk, kb) = _balanced_blocks(lq, q_block), _balanced_blocks(lk, kv_block)
@@ -95,7 +118,12 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
     x = jnp.pad(x, ((0, 0), (0, n * size - x.shape[1]), (0, 0), (0, 0)))
     return x.reshape(b, n, size, h, d).transpose(1, 0, 3, 2, 4)
 
-  out = _flash(blocks(q, nq, qb), blocks(k, nk, kb), blocks(v, nk, kb), scale, lk)
+  def id_blocks(ids, n, size):  # [B, L] -> [n, B, size]; padded queries repeat the last id so they match a key
+    return jnp.pad(ids, ((0, 0), (0, n * size - ids.shape[1])), mode="edge").reshape(b, n, size).transpose(1, 0, 2)
+
+  if segments is not None:
+    segments = (id_blocks(segments[0], nq, qb), id_blocks(segments[1], nk, kb))
+  out = _flash(blocks(q, nq, qb), blocks(k, nk, kb), blocks(v, nk, kb), segments, scale, lk)
   return out.transpose(1, 0, 3, 2, 4).reshape(b, nq * qb, h, d)[:, :lq]
 
 
@@ -110,28 +138,39 @@ def _balanced_blocks(length: int, block: int) -> tuple[int, int]:
   return -(-length // size), size
 
 
-def _logits(q_i, k_j, j, scale, kv_length):
-  """Scaled logits of one block pair, [B, H, qb, kb] float32; padded keys (index >= kv_length) are -inf."""
+def _logits(q_i, k_j, j, scale, kv_length, seg_i=None, seg_j=None):
+  """Scaled logits of one block pair, [B, H, qb, kb] float32; padded keys (index >= kv_length) and keys of
+  another segment (ids seg_i [B, qb], seg_j [B, kb]) are -inf."""
   s = jnp.einsum("bhqd,bhkd->bhqk", q_i, k_j, preferred_element_type=jnp.float32) * scale
   kb = k_j.shape[2]
+  valid = None
   if kv_length % kb:  # only the last block has padding; where() everywhere is cheaper than a branch
     valid = j * kb + jnp.arange(kb) < kv_length
+  if seg_i is not None:
+    same = seg_i[:, None, :, None] == seg_j[:, None, None, :]
+    valid = same if valid is None else same & valid
+  if valid is not None:
     s = jnp.where(valid, s, -jnp.inf)
   return s
 
 
-def _flash_forward(q, k, v, scale, kv_length):
+def _flash_forward(q, k, v, segments, scale, kv_length):
   """Blocked q [nq, B, H, qb, D], k/v [nk, B, H, kb, D] -> out (blocked like q), logsumexp [nq, B, H, qb]."""
   nk = k.shape[0]
+  seg_q, seg_k = (None, None) if segments is None else segments  # [nq, B, qb], [nk, B, kb]
 
-  def q_step(_, q_i):
+  def q_step(_, xs):
+    q_i, seg_i = xs
+
     def kv_step(carry, xs):
       m, l, acc = carry
-      k_j, v_j, j = xs
-      s = _logits(q_i, k_j, j, scale, kv_length)
+      k_j, v_j, j, seg_j = xs
+      s = _logits(q_i, k_j, j, scale, kv_length, seg_i, seg_j)
       m_new = jnp.maximum(m, s.max(-1))
-      p = jnp.exp(s - m_new[..., None])
-      correction = jnp.exp(m - m_new)  # 0 on the first block, where m = -inf
+      # a row with no key of its segment yet stays at m = -inf: subtract 0 there so exp() gives 0, not NaN
+      m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
+      p = jnp.exp(s - m_safe[..., None])
+      correction = jnp.exp(m - m_safe)  # 0 on the first block, where m = -inf
       l = l * correction + p.sum(-1)
       acc = acc * correction[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p.astype(v_j.dtype), v_j,
                                                      preferred_element_type=jnp.float32)
@@ -140,21 +179,21 @@ def _flash_forward(q, k, v, scale, kv_length):
     stats = q_i.shape[:-1]
     init = (jnp.full(stats, -jnp.inf, jnp.float32), jnp.zeros(stats, jnp.float32),
             jnp.zeros(q_i.shape, jnp.float32))
-    (m, l, acc), _ = jax.lax.scan(kv_step, init, (k, v, jnp.arange(nk)))
+    (m, l, acc), _ = jax.lax.scan(kv_step, init, (k, v, jnp.arange(nk), seg_k))
     return None, ((acc / l[..., None]).astype(q_i.dtype), m + jnp.log(l))
 
-  _, (out, lse) = jax.lax.scan(q_step, None, q)
+  _, (out, lse) = jax.lax.scan(q_step, None, (q, seg_q))
   return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _flash(q, k, v, scale, kv_length):
-  return _flash_forward(q, k, v, scale, kv_length)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q, k, v, segments, scale, kv_length):
+  return _flash_forward(q, k, v, segments, scale, kv_length)[0]
 
 
-def _flash_fwd(q, k, v, scale, kv_length):
-  out, lse = _flash_forward(q, k, v, scale, kv_length)
-  return out, (q, k, v, out, lse)
+def _flash_fwd(q, k, v, segments, scale, kv_length):
+  out, lse = _flash_forward(q, k, v, segments, scale, kv_length)
+  return out, (q, k, v, segments, out, lse)
 
 
 def _flash_bwd(scale, kv_length, residuals, d_out):
@@ -163,17 +202,18 @@ def _flash_bwd(scale, kv_length, residuals, d_out):
   Outer scan over key/value blocks (accumulating dk, dv of that block); inner scan over query blocks (updating
   that query block's dq). dS = P * (dP - rowsum(dO * O)).
   """
-  q, k, v, out, lse = residuals
+  q, k, v, segments, out, lse = residuals
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [nq, B, H, qb]
   nk = k.shape[0]
+  seg_q, seg_k = (None, None) if segments is None else segments  # [nq, B, qb], [nk, B, kb]
 
   def kv_step(dq, xs):
-    k_j, v_j, j = xs
+    k_j, v_j, j, seg_j = xs
 
     def q_step(carry, ys):
       dk_j, dv_j = carry
-      q_i, do_i, lse_i, delta_i, dq_i = ys
-      p = jnp.exp(_logits(q_i, k_j, j, scale, kv_length) - lse_i[..., None])
+      q_i, do_i, lse_i, delta_i, dq_i, seg_i = ys
+      p = jnp.exp(_logits(q_i, k_j, j, scale, kv_length, seg_i, seg_j) - lse_i[..., None])
       dv_j = dv_j + jnp.einsum("bhqk,bhqd->bhkd", p.astype(do_i.dtype), do_i, preferred_element_type=jnp.float32)
       dp = jnp.einsum("bhqd,bhkd->bhqk", do_i, v_j, preferred_element_type=jnp.float32)
       ds = (p * (dp - delta_i[..., None])).astype(q_i.dtype)
@@ -182,21 +222,24 @@ def _flash_bwd(scale, kv_length, residuals, d_out):
       return (dk_j, dv_j), dq_i
 
     zeros = jnp.zeros(k_j.shape, jnp.float32)
-    (dk_j, dv_j), dq = jax.lax.scan(q_step, (zeros, zeros), (q, d_out, lse, delta, dq))
+    (dk_j, dv_j), dq = jax.lax.scan(q_step, (zeros, zeros), (q, d_out, lse, delta, dq, seg_q))
     return dq, (dk_j, dv_j)
 
-  dq, (dk, dv) = jax.lax.scan(kv_step, jnp.zeros(q.shape, jnp.float32), (k, v, jnp.arange(nk)))
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+  dq, (dk, dv) = jax.lax.scan(kv_step, jnp.zeros(q.shape, jnp.float32), (k, v, jnp.arange(nk), seg_k))
+  # integer segment ids have no cotangent (None: zero)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def _fused(implementation: str):
-  """jax.nn.dot_product_attention with one implementation ('xla', or cuDNN's fused kernel on GPUs)."""
-  def kernel(q, k, v, *, scale, q_block, kv_block):
+  """jax.nn.dot_product_attention with one implementation ('xla', or cuDNN's fused kernel on GPUs); segments
+  become its boolean mask [B, 1, Lq, Lk]."""
+  def kernel(q, k, v, *, scale, q_block, kv_block, segments=None):
     del q_block, kv_block
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    mask = None if segments is None else segments[0][:, None, :, None] == segments[1][:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
   return kernel
 
 
@@ -219,6 +262,7 @@ class Attention(nn.Module):
   x [B, Lq, D] (context [B, Lk, D]) -> [B, Lq, D]. Projections `to_q`, `to_k`, `to_v`, `to_out` ([D, H * Dh]);
   QK LayerNorm over the head dim (`norm_q`, `norm_k`, shared by the heads); RoPE tables (cos, sin) [N, Dh] rotate
   q and k of the tokens [rope_start, rope_start + N) (CogVideoX: the video tokens after the text), after QK norm.
+  `segment_ids` [B, Lq] (`context_segment_ids` [B, Lk] for cross-attention) keep packed sequences apart.
   """
   num_heads: int
   head_dim: int
@@ -235,7 +279,8 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None, rope=None, rope_start: int = 0) -> jax.Array:
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, rope=None, rope_start: int = 0,
+               segment_ids: jax.Array | None = None, context_segment_ids: jax.Array | None = None) -> jax.Array:
     inner = self.num_heads * self.head_dim
     proj = functools.partial(dense, inner, ("embed", "heads"), use_bias=self.use_bias, dtype=self.dtype,
                              param_dtype=self.param_dtype)
@@ -252,7 +297,8 @@ class Attention(nn.Module):
         k = _rope_span(k, rope, rope_start)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
     out = dot_product_attention(q, k, v, backend=self.backend, fallback=self.fallback, q_block=self.q_block,
-                                kv_block=self.kv_block, chunk_threshold=self.chunk_threshold)
+                                kv_block=self.kv_block, chunk_threshold=self.chunk_threshold,
+                                segment_ids=segment_ids, kv_segment_ids=context_segment_ids)
     out = out.reshape(*out.shape[:2], inner)
     return dense(x.shape[-1], ("heads", "embed"), use_bias=self.out_bias, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="to_out")(out)

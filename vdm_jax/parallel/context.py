@@ -61,19 +61,21 @@ def check_divisible(num_heads: int, q_length: int, mesh) -> None:
                      f"context axis size {c} (mesh {dict(mesh.shape)}).")
 
 
-def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                      attend: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> jax.Array:
+def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, attend: Callable[..., jax.Array],
+                      segments: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """attend(q, k, v) with the sequence sharded over `context` and heads all-to-all'd to full sequences.
 
   q [B, Lq, H, D], k/v [B, Lk, H, D] (global shapes) -> [B, Lq, H, D], sharded like q: batch over data x fsdp,
   length over context, heads over tensor. Self-attention (Lk % C == 0) all-to-alls k and v like q; when Lk does
   not divide by C (e.g. cross-attention to 226 text tokens), k and v enter replicated on `context` and each device
-  takes its own heads.
+  takes its own heads. `segments` (query ids [B, Lq], key ids [B, Lk]) of packed sequences are gathered to the
+  full sequence on each device and passed to `attend` as `segment_ids` / `kv_segment_ids`.
   """
   mesh = jax.sharding.get_abstract_mesh()
   c = context_size(mesh)
   if c == 1:
-    return attend(q, k, v)
+    return attend(q, k, v) if segments is None else attend(q, k, v, segment_ids=segments[0],
+                                                           kv_segment_ids=segments[1])
   b, lq, h, _ = q.shape
   check_divisible(h, lq, mesh)
   batch = _dividing_axes(b, BATCH_AXES, mesh)
@@ -82,7 +84,7 @@ def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   q_spec = P(batch, CONTEXT_AXIS, heads, None)
   kv_spec = q_spec if kv_sharded else P(batch, None, heads, None)
 
-  def local(q, k, v):
+  def local(q, k, v, *ids):
     # [b, L / C, h, D] -> [b, L, h / C, D]: scatter heads, gather the sequence (tiled: chunk i from device i).
     to_heads = lambda x: jax.lax.all_to_all(x, CONTEXT_AXIS, split_axis=2, concat_axis=1, tiled=True)
     q = to_heads(q)
@@ -92,8 +94,16 @@ def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       per = q.shape[2]
       start = jax.lax.axis_index(CONTEXT_AXIS) * per
       k, v = (jax.lax.dynamic_slice_in_dim(x, start, per, axis=2) for x in (k, v))
-    out = attend(q, k, v)
+    if ids:  # the full sequence's segment ids, in the order the all-to-all gathered the tokens
+      q_ids = jax.lax.all_gather(ids[0], CONTEXT_AXIS, axis=1, tiled=True)
+      kv_ids = jax.lax.all_gather(ids[1], CONTEXT_AXIS, axis=1, tiled=True) if kv_sharded else ids[1]
+      out = attend(q, k, v, segment_ids=q_ids, kv_segment_ids=kv_ids)
+    else:
+      out = attend(q, k, v)
     return jax.lax.all_to_all(out, CONTEXT_AXIS, split_axis=1, concat_axis=2, tiled=True)
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
-                       check_vma=False)(q, k, v)
+  ids, id_specs = (), ()
+  if segments is not None:
+    ids, id_specs = segments, (P(batch, CONTEXT_AXIS), P(batch, CONTEXT_AXIS) if kv_sharded else P(batch, None))
+  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec) + id_specs, out_specs=q_spec,
+                       check_vma=False)(q, k, v, *ids)
