@@ -140,6 +140,16 @@ def make_dataset(input_config, *, split: str | None = None, pp: str | None = Non
   Records are sharded by process (`process_index::process_count`) before shuffling, so processes never read the
   same record. With `repeat`, each epoch is reshuffled (deterministically from `seed`).
   """
+  ds = map_dataset(input_config, split=split, pp=pp, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                   repeat=repeat, drop_remainder=drop_remainder, source=source)
+  read_options = grain.ReadOptions(num_threads=input_config.num_threads, prefetch_buffer_size=input_config.prefetch)
+  return ds.to_iter_dataset(read_options)
+
+
+def map_dataset(input_config, *, split: str | None = None, pp: str | None = None, batch_size: int | None = None,
+                seed: int | None = None, shuffle: bool = True, repeat: bool = True,
+                drop_remainder: bool = True, source=None) -> grain.MapDataset:
+  """`make_dataset`'s batches as a random-access MapDataset (batch i is a pure function of the seed and i)."""
   split = split or input_config.split
   source = data_source(input_config, split) if source is None else source
   seed = input_config.shuffle_seed if seed is None else seed
@@ -148,17 +158,15 @@ def make_dataset(input_config, *, split: str | None = None, pp: str | None = Non
   if jax.process_count() > 1:
     ds = ds[jax.process_index()::jax.process_count()]
   if len(ds) < batch_size and drop_remainder:
-    raise ValueError(f"Split {split!r} has {len(ds)} examples for this process, fewer than "
-                     f"the per-process batch size {batch_size}.")
+    raise ValueError(f"Split {split!r} of {_name(input_config, split)} has {len(ds)} examples for this process, "
+                     f"fewer than the per-process batch size {batch_size}.")
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if repeat:
     ds = ds.repeat(None)
   preprocess = ops.build(pp if pp is not None else input_config.pp)
   ds = ds.random_map(_ReadExample(source, preprocess, _name(input_config, split), jax.process_count()), seed=seed)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack)
-  read_options = grain.ReadOptions(num_threads=input_config.num_threads, prefetch_buffer_size=input_config.prefetch)
-  return ds.to_iter_dataset(read_options)
+  return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_stack)
 
 
 def eval_batches(input_config, *, split: str, batch_size: int, num_examples: int, source=None):

@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vdm_jax.config import ConfigError, check, check_choice  # noqa: F401  (re-exported for configs/)
+from vdm_jax.data import buckets as buckets_lib
 from vdm_jax.data import ops
 from vdm_jax.parallel.mesh import MESH_AXES
 from vdm_jax.parallel.sharding import DEFAULT_RULES
@@ -59,6 +60,13 @@ def generic_config() -> ml_collections.ConfigDict:
   c.input.shuffle_seed = 0
   c.input.num_threads = 2
   c.input.prefetch = 2
+  # Several sizes and durations in one run (vdm_jax.data.buckets): {resolution: {frames: (keep_probability,
+  # batch_size)}} at each of `aspect_ratios` (height:width); `builder_config` is then a template such as
+  # '{height}x{width}x{frames}'. Empty: one size, `builder_config` as is.
+  c.input.buckets = None
+  c.input.aspect_ratios = ("1:1",)
+  c.input.bucket_multiple = 16  # bucket sides are multiples of this (VAE 8x times DiT patch 2)
+  c.input.bucket_block = 256  # steps per shuffled block of the bucket order
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
@@ -181,6 +189,18 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     check(config.train[key] >= 0, f"train.{key}", "must be >= 0 (0: only at the end).")
   for key in ("profile_steps", "profile_start"):
     check(config.train[key] >= 0, f"train.{key}", "must be >= 0.")
+
+  if config.input.get("buckets"):
+    try:
+      table = buckets_lib.table(config.input)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    check("{height}" in config.input.builder_config and "{width}" in config.input.builder_config
+          and "{frames}" in config.input.builder_config, "input.builder_config",
+          f"is {config.input.builder_config!r}; with input.buckets it names each bucket's dataset by its size, "
+          "e.g. '{height}x{width}x{frames}' (Captioned Shapes) or '{height}x{width}x{frames}_8fps' (a folder).")
+    check(config.input.bucket_block >= len(table), "input.bucket_block",
+          f"is {config.input.bucket_block}; must be >= the number of buckets ({len(table)}).")
 
   try:
     ops.parse(config.input.pp)

@@ -22,6 +22,7 @@ import optax
 from absl import logging
 
 from vdm_jax import runs, xla_cpu
+from vdm_jax.data import buckets as buckets_lib
 from vdm_jax.data import pipeline
 from vdm_jax.parallel import sharding
 from vdm_jax.train import checkpoint as checkpoint_lib
@@ -160,6 +161,47 @@ def place_frozen(experiment, mesh, rules):
   return jax.device_put(sharding.strip_boxes(host), shardings), shardings
 
 
+class CompiledSteps:
+  """The train step compiled for each batch signature it meets (one per bucket of a bucketed input), cached: a
+  signature seen before costs nothing. Logs every compile with the running count (`count`)."""
+
+  def __init__(self, compile_fn: Callable, experiment, num_devices: int):
+    self._compile, self._experiment, self._num_devices = compile_fn, experiment, num_devices
+    self._steps = {}
+    self.last = None
+
+  @property
+  def count(self) -> int:
+    return len(self._steps)
+
+  def get(self, shapes):
+    """(compiled step, FLOPs per device, their source) for a global batch of these ShapeDtypeStructs."""
+    key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(shapes.items()))
+    if key not in self._steps:
+      what = ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(shapes.items()))
+      logging.info("Compiling the train step (minutes for large models) for %s...", what)
+      start = time.perf_counter()
+      step_fn = self._compile(shapes)
+      logging.info("Compiled the train step in %.1f s (%d compiled in this run).", time.perf_counter() - start,
+                   len(self._steps) + 1)
+      self._steps[key] = (step_fn, *flops_lib.step_flops(self._experiment, shapes, step_fn, self._num_devices))
+    self.last = self._steps[key][0]
+    return self._steps[key]
+
+
+def train_input(config, experiment):
+  """The training batches: `config.input`'s dataset over the experiment's source, or with `input.buckets` one
+  source per bucket mixed by step (`vdm_jax.data.buckets`)."""
+  seed = config.seed + config.input.shuffle_seed
+  split = config.input.split
+  if not buckets_lib.enabled(config.input):
+    return pipeline.make_dataset(config.input, seed=seed, source=experiment.data_source(split))
+  table = buckets_lib.table(config.input)
+  logging.info("Buckets: %s", ", ".join(f"{b.name} (batch {b.batch_size}, keep {b.keep:g})" for b in table))
+  sources = [experiment.bucket_source(buckets_lib.bucket_input(config.input, b), split) for b in table]
+  return buckets_lib.make_dataset(config.input, sources, seed=seed, split=split)
+
+
 def _check_finite(step: int, metrics, finite) -> None:
   if bool(metrics["finite"]):
     return
@@ -190,10 +232,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
   logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.size, jax.process_count())
 
   # --- Input.
-  train_ds = pipeline.make_dataset(config.input, seed=config.seed + config.input.shuffle_seed,
-                                   source=experiment.data_source(config.input.split))
+  train_ds = train_input(config, experiment)
   train_iter = iter(train_ds)
-  global_shapes = setup_lib.global_shapes(config.input.batch_size, pipeline.numeric(next(iter(train_ds))))
+  global_shapes = setup_lib.batch_global_shapes(pipeline.numeric(next(iter(train_ds))))
 
   # --- Model and optimizer state, initialised directly into their shardings.
   tx, schedule = make_optimizer(config), make_schedule(config)
@@ -222,14 +263,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
       checkpointer.close()
       return state
 
-    # --- Update step: compiled once ahead of time with explicit shardings, the state donated.
+    # --- Update step: compiled ahead of time with explicit shardings, the state donated; once per batch
+    # signature (a bucketed input has one per bucket), each the first time it comes.
     frozen, frozen_shardings = place_frozen(experiment, mesh, rules)
-    logging.info("Compiling the train step (minutes for large models)...")
-    compile_start = time.perf_counter()
-    step_fn = compile_train_step(experiment, tx, schedule, config, mesh, abstract_state, state_shardings,
-                                 global_shapes, frozen, frozen_shardings)
-    logging.info("Compiled the train step in %.1f s.", time.perf_counter() - compile_start)
-    step_flops, flops_source = flops_lib.step_flops(experiment, global_shapes, step_fn, mesh.size)
+    steps = CompiledSteps(lambda shapes: compile_train_step(experiment, tx, schedule, config, mesh, abstract_state,
+                                                            state_shardings, shapes, frozen, frozen_shardings),
+                          experiment, mesh.size)
+    step_fn, step_flops, flops_source = steps.get(global_shapes)
     peak = flops_lib.peak_tflops(jax.devices()[0], config.train.compute_dtype, config.train.peak_tflops)
     memory = flops_lib.memory_summary(step_fn)
     logging.info("Train step: %s GFLOP per device (%s); memory per device (MB): %s",
@@ -238,12 +278,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
 
     # --- Loop.
     total = config.train.steps
+    current = {"flops": step_flops}  # the step just taken (utilisation with buckets is that bucket's)
     writer = metrics_lib.MetricWriter(workdir, total, start_step,
-                                      utilisation=lambda rate: flops_lib.utilisation(step_flops, rate, peak),
+                                      utilisation=lambda rate: flops_lib.utilisation(current["flops"], rate, peak),
                                       job_eta=job_eta)
     every = lambda n, step: (n > 0 and step % n == 0) or step == total
     profile = profiler_lib.StepProfiler(os.path.join(workdir, "profile"), start_step + config.train.profile_start,
-                                        config.train.profile_steps, hlo_text=step_fn.as_text)
+                                        config.train.profile_steps, hlo_text=lambda: steps.last.as_text())
     pending = None  # (step, metrics, finite) of the previous step, checked one step late to keep dispatch async
     stopped = None
     try:
@@ -251,7 +292,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
         if preemption.requested:  # before the first step (during the restore or the compile): nothing new to save
           stopped = RunStopped(step - 1, total, preemption.signal_name)
           break
-        batch = sharding.shard_batch(pipeline.numeric(next(train_iter)), mesh)
+        host_batch = pipeline.numeric(next(train_iter))
+        step_fn, current["flops"], _ = steps.get(setup_lib.batch_global_shapes(host_batch))
+        batch = sharding.shard_batch(host_batch, mesh)
         profile.before_step(step)
         state, metrics, finite = step_fn(state, batch, frozen)
         profile.after_step(step, metrics)
@@ -261,7 +304,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
         if every(config.train.log_every, step):
           _check_finite(*pending)
           writer.write(step, {**{k: v for k, v in jax.device_get(metrics).items() if k != "finite"},
-                              "data/unreadable": pipeline.unreadable_count()}, progress=True)
+                              "data/unreadable": pipeline.unreadable_count(), "compiles": steps.count},
+                       progress=True)
         saved = every(config.train.checkpoint_every, step)
         if saved:
           _check_finite(*pending)

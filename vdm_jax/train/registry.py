@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from vdm_jax.data import pipeline
+
 # name -> module that registers it; imported only when that experiment is asked for.
 _MODULES = {
     "toy_ae": "vdm_jax.train.toy_ae",
@@ -80,6 +82,11 @@ class Experiment:
     Experiments that join caches to the examples (latents, text embeddings) return the joined source here.
     """
     return None
+
+  def bucket_source(self, input_config: ml_collections.ConfigDict, split: str) -> Any:
+    """The source of one bucket of a bucketed input (`input.buckets`): `input_config` is the run's input with that
+    bucket's dataset and batch size (`vdm_jax.data.buckets.bucket_input`). Default: that dataset as is."""
+    return pipeline.data_source(input_config, split)
 
   def batch_shapes(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct] | None:
     """The global batch's shapes when the experiment knows them without reading data (planning), else None: the

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from vdm_jax.data import buckets
 from vdm_jax.data import pipeline
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.parallel import sharding
@@ -37,12 +38,23 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None = None, *, dist
   mesh = mesh_lib.create_mesh(config.mesh)
   rules = sharding.rules_tuple(config.sharding_rules)
   config_lib.check_batch_size(config.input.batch_size, mesh.shape, jax.process_count())
+  if buckets.enabled(config.input):
+    for bucket in buckets.table(config.input):
+      config_lib.check_batch_size(bucket.batch_size, mesh.shape, jax.process_count(),
+                                  path=f"input.buckets (the batch size of bucket {bucket.name})")
   return Setup(config, mesh, rules, registry.get(config.experiment)(config, mesh, workdir))
 
 
 def global_shapes(batch_size: int, example: Any) -> Any:
   """ShapeDtypeStructs of a global batch of `batch_size` with the per-example shapes of `example` (a batch)."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + x.shape[1:], x.dtype), example)
+
+
+def batch_global_shapes(local_batch: Any) -> Any:
+  """ShapeDtypeStructs of the global batch this process's `local_batch` is its share of (every process reads an
+  equal share)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype),
+                      local_batch)
 
 
 def batch_shapes(s: Setup, batch_size: int | None = None, *, shuffle: bool = True) -> Any:

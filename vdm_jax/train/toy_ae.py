@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from vdm_jax import io, xla_cpu
-from vdm_jax.data import pipeline
+from vdm_jax.data import buckets, pipeline
 from vdm_jax.eval import metrics
 from vdm_jax.models.frame_ae import FrameAutoencoder
 from vdm_jax.parallel import sharding
@@ -67,7 +67,7 @@ class ToyAutoencoder(registry.Experiment):
 
   def _eval_batches(self):
     e = self.config.eval
-    return pipeline.eval_batches(self.config.input, split=e.split, batch_size=e.batch_size,
+    return pipeline.eval_batches(buckets.first_input(self.config.input), split=e.split, batch_size=e.batch_size,
                                  num_examples=e.num_examples)
 
   def evaluate(self, params, step):
