@@ -31,6 +31,10 @@ def generic_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = ""
   c.seed = 0
+  # Staged training / fine-tuning (vdm_jax.train.warm_start): a new run starts from this workdir's parameters
+  # (its 'ema_params' or 'params') with a fresh optimizer; once it has a checkpoint it resumes from that.
+  c.init_from = ""
+  c.init_from_item = "ema_params"
 
   # Device mesh: sizes per axis, -1 fills the remaining devices (exactly one axis may be -1).
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})
@@ -174,6 +178,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for t in targets:
       check(t is None or t in MESH_AXES, f"sharding_rules[{i}]", f"maps to {t!r}; allowed: {list(MESH_AXES)}.")
 
+  check_choice(config, "init_from_item", ("ema_params", "params"))
   check_choice(config, "optimizer.name", OPTIMIZERS)
   check_choice(config, "schedule.name", SCHEDULES)
   check_choice(config, "train.compute_dtype", ("float32", "bfloat16", "float16"))

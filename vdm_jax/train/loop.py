@@ -32,6 +32,7 @@ from vdm_jax.train import metrics as metrics_lib
 from vdm_jax.train import profiler as profiler_lib
 from vdm_jax.train import registry
 from vdm_jax.train import setup as setup_lib
+from vdm_jax.train import warm_start
 from vdm_jax.train.state import TrainState, l2_norm, make_optimizer, make_schedule, nonfinite_paths
 
 
@@ -251,6 +252,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
     if start_step is None:
       state = init_fn(jax.random.PRNGKey(config.seed))
       start_step = 0
+      if config.init_from:
+        state, source_step = warm_start.load_into(state, state_shardings, config.init_from, config.init_from_item)
+        logging.info("Starting from the %s of %s (its step %d), with a fresh optimizer.", config.init_from_item,
+                     config.init_from, source_step)
     else:
       logging.info("Resuming from checkpoint %d in %s.", start_step, checkpointer.directory)
       # Every process logs the same global checksum: a restore under another mesh or process count can be checked

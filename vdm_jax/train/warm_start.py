@@ -1,0 +1,50 @@
+"""Starting a run from another run's parameters (`config.init_from`): staged training, fine-tuning.
+
+A run with no checkpoint of its own whose config names `init_from` (a vdm_jax workdir) starts from that run's
+parameters (`init_from_item`: its EMA parameters by default) at step 0, with a fresh optimizer state and a fresh
+EMA; once it has saved a checkpoint it resumes from that instead, like any run. The parameters must match the new
+model leaf for leaf: a missing, extra or reshaped leaf fails naming its path and both shapes. Dtypes follow the new
+run (`train.param_dtype`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from vdm_jax import runs
+from vdm_jax.parallel import mesh as mesh_lib
+
+ITEMS = ("ema_params", "params")
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_match(expected: Any, loaded: Any, source: str) -> None:
+  """Raises ValueError naming every leaf path that is missing from `loaded`, extra in it, or of another shape."""
+  want, got = _shapes(expected), _shapes(loaded)
+  problems = [f"{p}: missing" for p in want if p not in got]
+  problems += [f"{p}: not in this model" for p in got if p not in want]
+  problems += [f"{p}: {got[p]} there, {want[p]} here" for p in want if p in got and got[p] != want[p]]
+  if problems:
+    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    raise ValueError(f"init_from={source!r}: its parameters do not fit this model ({shown}). Stages of one model "
+                     "share its config's `model` section; change only the data, steps and optimizer between them.")
+
+
+def load_into(state, shardings, workdir: str, item: str = "ema_params"):
+  """`state` (a fresh TrainState) with params and EMA params from `workdir`'s newest checkpoint, placed in
+  `shardings` (the state's); returns (state, the step it was saved at)."""
+  if item not in ITEMS:
+    raise ValueError(f"init_from_item={item!r}; allowed: {list(ITEMS)}.")
+  # restored onto one device (the trainer calls this inside its mesh, whose devices the restore's checks must not see)
+  with jax.set_mesh(mesh_lib.create_mesh({"data": 1}, jax.local_devices()[:1])):
+    loaded, step = runs.load_params(workdir, item)
+  check_match(state.params, loaded, workdir)
+  cast = jax.tree.map(lambda new, old: np.asarray(old, dtype=new.dtype), state.params, loaded)
+  # two placements: the step donates the state, and params and EMA params must not share buffers
+  return state.replace(params=jax.device_put(cast, shardings.params),
+                       ema_params=jax.device_put(cast, shardings.ema_params)), step
