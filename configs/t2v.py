@@ -27,6 +27,11 @@ a task of Open-Sora's kind of mix (image-to-video most often), extension gives 9
 `configs/t2v.py:data=folder,folder=OUT` or `--config.input.folder=OUT`, with a VAE trained the same way
 (`configs/vae.py:data=folder`); the probe, which reads Captioned Shapes, is skipped.
 
+`sizes=mixed`: one model for several sizes and durations (vdm_jax.data.buckets): Captioned Shapes at 64x64, 48x80
+and 80x48, 17 and 33 frames, every batch from one of them; it samples any of them (`experiments.sample --height
+--width --num_frames`). With `stage=1|2|3` the same model trains in stages (images at 64, video at 32, a short
+fine-tune at 64), each run starting from the previous one's parameters: `--config.init_from=<previous workdir>`.
+
 `runlocal` shrinks everything (the 32x32x9_tiny dataset, a 2-layer DiT, a few steps) for tests; it keeps the
 `v_prediction` recipe unless a recipe is named.
 """
@@ -36,10 +41,21 @@ SIZES = ("tiny",)
 RECIPES = ("flow", "v_prediction")
 DTYPES = ("float32", "bfloat16")
 CONDITIONS = ("", "all")
+MIXED_SIZES = ("", "mixed")
+STAGES = ("", "1", "2", "3")
+# The buckets of `sizes=mixed` (vdm_jax.data.buckets: {resolution: {frames: (keep_probability, batch_size)}}), per
+# stage: '' single-stage; 1 images; 2 low-resolution video; 3 the fine-tune at the full size.
+ASPECT_RATIOS = ("1:1", "3:5", "5:3")  # height:width: 64x64, 48x80, 80x48 at resolution 64
+BUCKETS = {"": {"64": {"17": (1.0, 16), "33": (1.0, 8)}},
+           "1": {"64": {"1": (1.0, 64)}},
+           "2": {"32": {"17": (1.0, 16), "33": (1.0, 8)}},
+           "3": {"64": {"17": (1.0, 16), "33": (1.0, 8)}}}
+STAGE_STEPS = {"": 4000, "1": 1000, "2": 2500, "3": 500}
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, size="tiny", recipe="", dtype="float32", conditions="", runlocal=False, data="", folder="")
+  args = parse_arg(arg, size="tiny", recipe="", dtype="float32", conditions="", runlocal=False, data="", folder="",
+                   sizes="", stage="")
   if args["size"] not in SIZES:
     raise ConfigError(f"Config argument size={args['size']!r}; allowed: {list(SIZES)}.")
   recipe = args["recipe"] or ("v_prediction" if args["runlocal"] else "flow")
@@ -49,6 +65,11 @@ def get_config(arg: str | None = None):
     raise ConfigError(f"Config argument dtype={args['dtype']!r}; allowed: {list(DTYPES)}.")
   if args["conditions"] not in CONDITIONS:
     raise ConfigError(f"Config argument conditions={args['conditions']!r}; allowed: {list(CONDITIONS)}.")
+  if args["sizes"] not in MIXED_SIZES or args["stage"] not in STAGES:
+    raise ConfigError(f"Config arguments sizes={args['sizes']!r}, stage={args['stage']!r}; allowed: sizes in "
+                      f"{list(MIXED_SIZES)}, stage in {list(STAGES)} (stages need sizes=mixed).")
+  if args["stage"] and not args["sizes"]:
+    raise ConfigError(f"Config argument stage={args['stage']!r} needs sizes=mixed.")
   c = base_config("t2v")
   _tiny(c)
   if recipe == "flow":
@@ -58,8 +79,29 @@ def get_config(arg: str | None = None):
     _runlocal(c)
   if args["conditions"] == "all":
     _all_conditions(c, runlocal=args["runlocal"])
+  if args["sizes"]:
+    _mixed_sizes(c, args["stage"], runlocal=args["runlocal"])
   use_folder(c, args)
   return c
+
+
+def _mixed_sizes(c, stage: str, runlocal: bool):
+  c.input.builder_config = "{height}x{width}x{frames}" + ("_tiny" if runlocal else "")
+  c.input.aspect_ratios = ASPECT_RATIOS
+  c.input.buckets = BUCKETS[stage]
+  # The first 1024 clips of each size: six latent caches cost what one of 4096 would in the single-size recipe.
+  c.input.split = "train[:1024]"
+  c.train.steps = STAGE_STEPS[stage]
+  if stage == "3":  # a fine-tune: a short warm-up from the previous stage's parameters, a lower peak
+    c.schedule.base_lr /= 2
+    c.schedule.warmup_steps = 20
+  if runlocal:
+    c.input.split = "train"
+    c.input.aspect_ratios = ("1:1", "1:2")
+    frames = {"1": (1.0, 8)} if stage == "1" else {"9": (1.0, 8), "5": (1.0, 8)}
+    c.input.buckets = {"32": frames}
+    c.input.bucket_block = 8
+    c.train.steps = 4
 
 
 def _all_conditions(c, runlocal: bool):

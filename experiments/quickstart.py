@@ -11,6 +11,8 @@
 4. writes `W/videos/*.mp4`, `W/contact_sheet.png`, `W/tasks_contact_sheet.png`, `W/loss_curves.png` and
    `W/report.json`.
 `--profile` also traces a few steps of each training stage and puts where their time goes in the report.
+`--preset=sizes` trains one text-to-video model on several sizes and durations at once (`configs/t2v.py:sizes=mixed`,
+text-to-video only) and scores it at each of SIZES (64 new prompts each), with a contact sheet per size.
 
 The recipes, budgets and dtypes are the configs' defaults (docs/recipes.md has their results); this file only runs
 the stages. Every stage is an ordinary run, so rerunning the command after an interruption continues where it
@@ -29,6 +31,7 @@ from configs import vae as vae_configs
 from experiments import job_clock
 from vdm_jax import io, xla_cpu
 from vdm_jax import runs as runs_lib
+from vdm_jax.data import buckets
 from vdm_jax.eval import probe
 from vdm_jax.eval import tasks as tasks_lib
 from vdm_jax.pipelines import t2v_config as t2v_inference
@@ -37,7 +40,9 @@ from vdm_jax.pipelines.t2v import TextToVideoPipeline
 from vdm_jax.train import loop, metrics, t2v_eval
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where everything goes.")
-_PRESET = flags.DEFINE_enum("preset", "default", ["default", "runlocal"], "'runlocal': tiny, for tests.")
+_PRESET = flags.DEFINE_enum("preset", "default", ["default", "runlocal", "sizes", "sizes_runlocal"],
+                            "'sizes': one model for several sizes (configs/t2v.py:sizes=mixed); '*runlocal': tiny, "
+                            "for tests.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "tfds data_dir for Captioned Shapes ('' = tfds' default).")
 _VAE_STEPS = flags.DEFINE_integer("vae_steps", None, "Override the VAE's training steps.")
 _T2V_STEPS = flags.DEFINE_integer("t2v_steps", None, "Override the text-to-video model's training steps.")
@@ -58,14 +63,17 @@ _NUM_TASK_VIDEOS = flags.DEFINE_integer("num_task_videos", None, "Videos per ima
 flags.mark_flags_as_required(["workdir"])
 
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
-NUM_PROBE = {"default": 96, "runlocal": 4}
-NUM_TASK_VIDEOS = {"default": 16, "runlocal": 2}
+NUM_PROBE = {"default": 96, "runlocal": 4, "sizes": 64, "sizes_runlocal": 2}  # sizes: per size
+NUM_TASK_VIDEOS = {"default": 16, "runlocal": 2, "sizes": 0, "sizes_runlocal": 0}
+# (height, width, frames) the sizes preset scores: three aspect ratios, and twice the frames.
+SIZES = {"sizes": ((64, 64, 17), (48, 80, 17), (80, 48, 17), (64, 64, 33)),
+         "sizes_runlocal": ((32, 32, 9), (16, 48, 9), (32, 32, 5))}
 TASKS = ("i2v", "interpolate", "extend", "extend_backward", "v2v")  # text-to-video is the probe set's
 
 
 def vae_config(preset: str, data_dir: str = "", steps: int | None = None):
   """The VAE stage's config: configs/vae.py's default recipe (`runlocal` for the runlocal preset)."""
-  c = vae_configs.get_config("runlocal" if preset == "runlocal" else "")
+  c = vae_configs.get_config("runlocal" if preset.endswith("runlocal") else "")
   if steps:
     c.train.steps = steps
   c.input.data_dir = data_dir
@@ -76,8 +84,12 @@ def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps:
                conditions: str = "all"):
   """The text-to-video stage's config: configs/t2v.py's default recipe at the DiT's compute dtype, on `vae_dir`,
   with the frame-condition mix unless `conditions` is 'none'."""
-  arg = ("runlocal," if preset == "runlocal" else "") + f"dtype={dtype}"
-  c = t2v_configs.get_config(arg + (",conditions=all" if conditions == "all" else ""))
+  arg = ("runlocal," if preset.endswith("runlocal") else "") + f"dtype={dtype}"
+  if preset.startswith("sizes"):
+    arg += ",sizes=mixed"  # text-to-video only: its image-free buckets would take the mix, but it is not scored
+  elif conditions == "all":
+    arg += ",conditions=all"
+  c = t2v_configs.get_config(arg)
   if steps:
     c.train.steps = steps
   c.input.data_dir = data_dir
@@ -139,7 +151,7 @@ def _t2v_config(vae_dir):
 
 def load_pipeline(t2v_dir: str):
   """(pipeline, DiT step, VAE identity) of the trained t2v run: the report names the checkpoints it sampled."""
-  config = runs_lib.read_config(t2v_dir, t2v_inference.inference_defaults())
+  config = buckets.one_size(runs_lib.read_config(t2v_dir, t2v_inference.inference_defaults()))
   params, step = runs_lib.load_params(t2v_dir)
   space = LatentSpace(config, t2v_dir)
   return TextToVideoPipeline.from_config(config, params, t2v_dir, space=space), step, space.vae_identity()
@@ -157,6 +169,21 @@ def task_report(pipe, config, num: int, workdir: str) -> dict:
     captions += [f"{task}: {p}" for p in prompts[:2]]
   io.write_image(os.path.join(workdir, "tasks_contact_sheet.png"), io.contact_sheet(videos, captions=captions))
   return report
+
+
+def size_report(pipe, sizes, num: int, kwargs, workdir: str) -> tuple[dict, list]:
+  """(probe scores of `num` new prompts at each (height, width, frames), the videos of each), and
+  `W/contact_sheet_<size>.png` each."""
+  prompts, seeds = probe_set(num)
+  report, outputs = {}, []
+  for height, width, frames in sizes:
+    name = f"{height}x{width}x{frames}"
+    videos = pipe.at_size(height, width, frames).generate(prompts, seeds, progress=True, **kwargs)
+    report[name] = probe.score(videos, prompts)
+    io.write_image(os.path.join(workdir, f"contact_sheet_{name}.png"),
+                   io.contact_sheet(videos[:8], captions=prompts[:8]))
+    outputs.append(videos)
+  return report, outputs
 
 
 def plot_losses(runs: dict[str, str], path: str) -> None:
@@ -190,7 +217,9 @@ def main(argv):
     vae_cfg, t2v_config = profile(vae_cfg, _PRESET.value), profile(t2v_config, _PRESET.value)
   num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
   num_task_videos = _NUM_TASK_VIDEOS.value or NUM_TASK_VIDEOS[_PRESET.value]
-  num_videos = num_probe + (len(TASKS) * num_task_videos if _CONDITIONS.value == "all" else 0)
+  sizes = SIZES.get(_PRESET.value)
+  num_videos = num_probe * (len(sizes) if sizes else 1) + (
+      len(TASKS) * num_task_videos if _CONDITIONS.value == "all" and not sizes else 0)
   clock = clock_for(vae_cfg.train.steps, t2v_config.train.steps, num_videos)
   logging.info("Expected from an empty workdir on this kind of CPU: about %s (the progress lines' 'job' "
                "estimate follows the actual pace).", metrics.duration(clock.total()))
@@ -216,9 +245,13 @@ def main(argv):
   logging.info("3/3: sampling and scoring (job: about %s left)", metrics.duration(clock.remaining_before("sample")))
   pipe, dit_step, vae_identity = load_pipeline(t2v_dir)
   prompts, seeds = probe_set(num_probe)
-  videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))
+  tasks = by_size = None
+  if sizes:  # the first size is the one the model's evals and its other readers default to
+    by_size, outputs = size_report(pipe, sizes, num_probe, sample_kwargs(t2v_config), workdir)
+    videos = outputs[0]
+  else:
+    videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))
   scores = probe.score(videos, prompts)
-  tasks = None
   if pipe.conditioned:
     tasks = task_report(pipe, t2v_config, num_task_videos, workdir)
   minutes["sample_and_score"] = (time.time() - start) / 60 - minutes["vae"] - minutes["t2v"]
@@ -230,7 +263,7 @@ def main(argv):
   plot_losses({"vae": vae_dir, "t2v": t2v_dir}, os.path.join(workdir, "loss_curves.png"))
   vae_evals = [json.loads(line) for line in open(os.path.join(vae_dir, "metrics.jsonl")) if "eval/psnr" in line]
   report = {"probe": scores, "probe_diagnosis": probe.diagnose(videos, prompts),  # where the score is lost
-            "tasks": tasks,
+            "tasks": tasks, "sizes": by_size,
             "num_videos": num_probe, "probe_seeds": [seeds[0], seeds[-1]],
             "vae_psnr": vae_evals[-1]["eval/psnr"] if vae_evals else None,
             "vae": {"step": vae_identity.step, "weights_sha256": vae_identity.weights_sha256},

@@ -61,9 +61,10 @@ _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "CFG scale (default: the 
 _DYNAMIC = flags.DEFINE_bool("use_dynamic_cfg", None, "CogVideoX's dynamic CFG schedule.")
 _RESCALE = flags.DEFINE_float("guidance_rescale", None, "t2v workdirs: rescale of the guided output in [0, 1] (Lin et "
                               "al. 2023; default: the run's config).")
-_FRAMES = flags.DEFINE_integer("num_frames", 49, "CogVideoX: frames (4k + 1); --task extend: the output's frames.")
-_HEIGHT = flags.DEFINE_integer("height", 480, "CogVideoX: height.")
-_WIDTH = flags.DEFINE_integer("width", 720, "CogVideoX: width.")
+_FRAMES = flags.DEFINE_integer("num_frames", 49, "Frames (1 + 4k; default: a t2v run's training size, 49 for "
+                               "CogVideoX); --task extend: the output's frames.")
+_HEIGHT = flags.DEFINE_integer("height", 480, "Height (default: a t2v run's training size, 480 for CogVideoX).")
+_WIDTH = flags.DEFINE_integer("width", 720, "Width (default: a t2v run's training size, 720 for CogVideoX).")
 _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the mp4s.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Videos generated at once (t2v workdirs).")
 _IMAGE = flags.DEFINE_multi_string("image", None, "t2v workdirs: the first frame (PNG or JPEG), once or once per "
@@ -145,8 +146,21 @@ def _read_frames(paths, pipe, images):
   return np.stack(frames)
 
 
+def _sized(pipe):
+  """The pipeline at --height / --width / --num_frames where given (--num_frames of --task extend is the output's
+  length, not the model's)."""
+  frames = _FRAMES.value if FLAGS["num_frames"].present and _TASK.value not in ("extend", "extend_backward") else None
+  height = _HEIGHT.value if FLAGS["height"].present else None
+  width = _WIDTH.value if FLAGS["width"].present else None
+  try:
+    return pipe.at_size(height, width, frames)
+  except ValueError as e:
+    raise app.UsageError(f"--workdir {_WORKDIR.value!r}: {e}") from None
+
+
 def _generate_t2v(prompts, seeds, conditions, last):
   config, pipe = _t2v_pipeline(_WORKDIR.value)
+  pipe = _sized(pipe)
   sample = config.sample
   pick = lambda flag, default: default if flag.value is None else flag.value
   kwargs = dict(sampler=pick(_SAMPLER, sample.sampler), num_steps=pick(_STEPS, sample.num_steps),

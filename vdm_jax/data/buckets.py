@@ -130,6 +130,17 @@ def first_input(input_config):
   return bucket_input(input_config, table(input_config)[0]) if enabled(input_config) else input_config
 
 
+def one_size(config):
+  """A whole run config with its input narrowed to the first bucket (`first_input`); `config` itself when it is
+  not bucketed. What reads latents of one size (statistics, evals, samples) reads this."""
+  if not enabled(config.input):
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.input = first_input(config.input)
+  return config
+
+
 def block_order(weights: Sequence[float], block: int, seed: int, index: int) -> np.ndarray:
   """Bucket indices of block `index`: each bucket round(block x its share) times (largest remainders make up the
   total), shuffled by default_rng([seed, index]). Every bucket with a positive weight appears at least once."""

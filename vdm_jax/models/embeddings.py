@@ -113,7 +113,7 @@ def cogvideox_rope_3d(head_dim: int, grid: tuple[int, int, int], base_size: tupl
   `base_size` is (sample_height, sample_width) // patch_size of the model config. `grid_type`:
     'linspace' (CogVideoX 1.0 pipeline): h/w positions span the crop region of the base grid the (H, W) grid is
       resized into, linspace(start, stop * (n - 1) / n, n); t positions 0..T-1.
-    'slice' (CogVideoX 1.5 pipeline): integer positions 0..n-1 (the first n of the base grid).
+    'slice' (CogVideoX 1.5 pipeline): integer positions 0..n-1 (the first n of the base grid; any n).
   """
   if head_dim % 16:
     raise ValueError(f"3D RoPE needs the head dimension divisible by 16, got {head_dim}.")
@@ -124,10 +124,8 @@ def cogvideox_rope_3d(head_dim: int, grid: tuple[int, int, int], base_size: tupl
     pos_w = _linspace_f32(left, right * (w - 1) / w, w)
     pos_t = _linspace_f32(0, t * (t - 1) / t, t)
   elif grid_type == "slice":
-    if h > base_size[0] or w > base_size[1]:
-      raise ValueError(f"RoPE grid_type 'slice': the token grid {h}x{w} is larger than the model's base grid "
-                       f"{base_size[0]}x{base_size[1]} (sample_height/width // patch_size); diffusers cannot "
-                       "run it either.")
+    # diffusers slices a table precomputed for the base grid, so it fails on a larger grid; the positions are the
+    # same integers either way, and a model trained on several sizes samples larger ones.
     pos_t, pos_h, pos_w = (np.arange(n, dtype=np.float32) for n in (t, h, w))
   else:
     raise ValueError(f"RoPE grid_type {grid_type!r}; allowed: 'linspace', 'slice'.")

@@ -15,6 +15,7 @@ import numpy as np
 from vdm_jax import config as config_lib
 from vdm_jax import io, runs, xla_cpu
 from vdm_jax import text as text_lib
+from vdm_jax.data import buckets
 from vdm_jax.diffusion import conditioning, samplers
 from vdm_jax.diffusion.schedules import NoiseSchedule
 from vdm_jax.models.dit import DiT
@@ -102,6 +103,38 @@ class TextToVideoPipeline:
   def temporal_ratio(self) -> int:
     return int(self.vae.temporal_compression_ratio)
 
+  @property
+  def size(self) -> tuple[int, int, int]:
+    """(height, width, num_frames) of the videos this pipeline generates."""
+    t, h, w, _ = self.latent_shape
+    s = self.vae.spatial_compression
+    return h * s, w * s, conditioning.pixel_frames(t, self.temporal_ratio)
+
+  def at_size(self, height: int | None = None, width: int | None = None,
+              num_frames: int | None = None) -> "TextToVideoPipeline":
+    """This pipeline generating videos of another size (None: this one's): the DiT's positions are computed from
+    the latent grid, so any grid runs; how well depends on the sizes it trained on (`input.buckets`). Heights and
+    widths are multiples of the VAE's spatial compression times the DiT's patch size; frame counts are 1 + r k,
+    with the latent frames a multiple of the DiT's temporal patch. Other values fail naming the allowed ones."""
+    old_h, old_w, old_t = self.size
+    height, width, num_frames = height or old_h, width or old_w, num_frames or old_t
+    if (height, width, num_frames) == (old_h, old_w, old_t):
+      return self
+    s, r = self.vae.spatial_compression, self.temporal_ratio
+    step, pt = s * self.dit.patch_size, self.dit.patch_size_t
+    problems = [f"{name}={value} (allowed: multiples of {step}: {step}, {2 * step}, {3 * step}, ...)"
+                for name, value in (("height", height), ("width", width)) if value < step or value % step]
+    t = (num_frames - 1) // r + 1
+    if num_frames < 1 or (num_frames - 1) % r or t % pt:
+      allowed = [1 + r * (k * pt - 1) for k in range(1, 4)] if pt > 1 else [1, 1 + r, 1 + 2 * r, 1 + 3 * r]
+      problems.append(f"num_frames={num_frames} (allowed: 1 + {r} k{' with 1 + k a multiple of ' + str(pt) if pt > 1 else ''}: "
+                      f"{', '.join(map(str, allowed))}, ...)")
+    if not problems and self.dit.pos_embed == "learned" and (height, width) != (old_h, old_w):
+      problems.append(f"height x width = {height}x{width}: this DiT's learned positions take only {old_h}x{old_w}")
+    if problems:
+      raise ValueError(f"Cannot generate {height}x{width}x{num_frames}: {'; '.join(problems)}.")
+    return dataclasses.replace(self, latent_shape=(t, height // s, width // s, self.latent_shape[3]))
+
   def _checked(self, frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     _, h, w, _ = self.latent_shape
@@ -153,7 +186,9 @@ class TextToVideoPipeline:
     """The pipeline of a `t2v` config with its trained params ({'dit', and 'text' for a trained encoder}).
 
     `workdir` locates the latent cache when the config names none; `space`, `text` and `text_params` reuse what
-    the caller already built (the trainer's own)."""
+    the caller already built (the trainer's own). A run trained on several sizes (`input.buckets`) starts at its
+    first bucket's size (`at_size` for the others)."""
+    config = buckets.one_size(config)
     space = space or LatentSpace(config, workdir)
     text = text or text_lib.build(config.text)
     if text_params is None:

@@ -16,12 +16,15 @@ on extra channels (`vdm_jax.diffusion.conditioning`). Evals and samples: `vdm_ja
 """
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from vdm_jax import config as config_lib
 from vdm_jax import text as text_lib
+from vdm_jax.data import buckets
 from vdm_jax.diffusion import conditioning, objectives, samplers, timesteps
 from vdm_jax.models.dit import DiT
 from vdm_jax.pipelines import t2v as t2v_pipeline
@@ -73,7 +76,11 @@ class TextToVideo(registry.Experiment):
                        "\"decode_text('caption')|keep('latent_moments', 'text_embeds', 'caption')\".")
 
   def __init__(self, config, mesh, workdir=None):
-    super().__init__(config, mesh, workdir)
+    # With input.buckets, everything but the training input (latent statistics, evals, samples) reads the first
+    # bucket; each bucket's own source is a view of this experiment on its input (`bucket_source`).
+    super().__init__(buckets.one_size(config), mesh, workdir)
+    config = self.config
+    self._views = {}
     self.text = text_lib.build(config.text)
     self.schedule = t2v_config.make_schedule(config.diffusion)
     self._alphas_cumprod = jnp.asarray(self.schedule.alphas_cumprod, jnp.float32)
@@ -93,6 +100,29 @@ class TextToVideo(registry.Experiment):
 
   def data_source(self, split):
     return t2v_data.joined_source(self, split)
+
+  def bucket_source(self, input_config, split):
+    """One bucket's examples joined to their own latent (and condition) caches, written with the same frozen VAE;
+    the latents are normalised with the first bucket's statistics, as every bucket's are."""
+    name = input_config.builder_config
+    view = self if name == self.config.input.builder_config else self._views.get(name)
+    if view is None:
+      view = copy.copy(self)
+      view.config = self.config.copy_and_resolve_references()
+      with view.config.unlocked():
+        view.config.input = input_config
+      view.space = LatentSpace(view.config, self.workdir, ensure_cache=lambda s, d: t2v_data.write_latent_cache(
+          view, s, d))
+      view._text_caches = {}  # pylint: disable=protected-access
+      self._views[name] = view
+    source = view.data_source(split)
+    frames = view.space.latent_shape()[0]
+    if self.conditioned and frames <= self.config.diffusion.condition.extend_frames:
+      raise config_lib.ConfigError(
+          f"Config key 'input.buckets': bucket {name} has {frames} latent frames, no more than "
+          f"diffusion.condition.extend_frames={self.config.diffusion.condition.extend_frames}; frame conditions need "
+          "longer clips (train images and short clips without diffusion.condition.mix, or drop the bucket).")
+    return source
 
   # --- Model.
 
