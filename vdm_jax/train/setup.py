@@ -64,6 +64,7 @@ def batch_shapes(s: Setup, batch_size: int | None = None, *, shuffle: bool = Tru
   shapes = s.experiment.batch_shapes(batch_size)
   if shapes is not None:
     return shapes
-  ds = pipeline.make_dataset(s.config.input, batch_size=jax.process_count(), shuffle=shuffle,
+  # a bucketed input: the first bucket's batch (the planner plans that bucket)
+  ds = pipeline.make_dataset(buckets.first_input(s.config.input), batch_size=jax.process_count(), shuffle=shuffle,
                              source=s.experiment.data_source(s.config.input.split))
   return global_shapes(batch_size, pipeline.numeric(next(iter(ds))))
