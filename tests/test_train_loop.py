@@ -41,6 +41,13 @@ def _final_state(workdir):
   return step, state
 
 
+def assert_same_final_state(straight, split, step):
+  """Both workdirs' newest checkpoints are at `step` and bit-identical."""
+  (s1, a), (s2, b) = _final_state(straight), _final_state(split)
+  assert s1 == s2 == step
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
 def _batches(it, n):
   return [next(it) for _ in range(n)]
 
@@ -87,9 +94,7 @@ def test_train_writes_outputs_and_resume_equals_uninterrupted(shapes_data_dir, t
   split = str(tmp_path / "split")
   loop.train(_config(shapes_data_dir, steps=3), split)
   loop.train(_config(shapes_data_dir, steps=6), split)
-  (s1, a), (s2, b) = _final_state(straight), _final_state(split)
-  assert s1 == s2 == 6
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+  assert_same_final_state(straight, split, 6)
   resumed_lines = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
   # the 3-step run logged its last step; nothing past the checkpoint is duplicated
   assert [m["step"] for m in resumed_lines if "loss" in m] == [2, 3, 4, 6]

@@ -141,10 +141,9 @@ def one_size(config):
   return config
 
 
-def block_order(weights: Sequence[float], block: int, seed: int, index: int) -> np.ndarray:
-  """Bucket indices of block `index`: each bucket round(block x its share) times (largest remainders make up the
-  total), shuffled by default_rng([seed, index]). Every bucket with a positive weight appears at least once."""
-  counts = block_counts(weights, block)
+def block_order(counts: Sequence[int], seed: int, index: int) -> np.ndarray:
+  """Bucket indices of block `index`: bucket b `counts[b]` times (`block_counts`), shuffled by
+  default_rng([seed, index])."""
   order = np.repeat(np.arange(len(counts)), counts)
   return np.random.default_rng([seed, index]).permutation(order)
 
@@ -169,7 +168,6 @@ class BucketMix(grain.MapDataset):
     super().__init__(list(batched))
     self._batched, self._block, self._seed = list(batched), int(block), int(seed)
     self._counts = block_counts(weights, self._block)
-    self._weights = list(weights)
 
   def __len__(self) -> int:
     return sys.maxsize
@@ -177,17 +175,13 @@ class BucketMix(grain.MapDataset):
   @functools.lru_cache(maxsize=8)
   def _order(self, index: int) -> tuple[np.ndarray, np.ndarray]:
     """(bucket per position, how many earlier positions of the block hold the same bucket)."""
-    order = block_order(self._weights, self._block, self._seed, index)
+    order = block_order(self._counts, self._seed, index)
     rank = np.zeros_like(order)
     seen = np.zeros(len(self._counts), np.int64)
     for position, bucket in enumerate(order):
       rank[position] = seen[bucket]
       seen[bucket] += 1
     return order, rank
-
-  def bucket_of(self, step_index: int) -> int:
-    """The bucket index that batch `step_index` comes from."""
-    return int(self._order(step_index // self._block)[0][step_index % self._block])
 
   def __getitem__(self, index):
     if isinstance(index, slice):
@@ -213,6 +207,5 @@ def make_dataset(input_config, sources: Sequence[Any], *, seed: int, split: str 
     config = bucket_input(input_config, bucket)
     batched.append(pipeline.map_dataset(config, split=split, seed=seed + 1000 * (i + 1), source=source))
     weights.append(bucket.keep * len(source) / bucket.batch_size)
-  mix = BucketMix(batched, weights, int(input_config.get("bucket_block", DEFAULT_BLOCK)), seed)
-  read_options = grain.ReadOptions(num_threads=input_config.num_threads, prefetch_buffer_size=input_config.prefetch)
-  return mix.to_iter_dataset(read_options)
+  return pipeline.to_iter(BucketMix(batched, weights, int(input_config.get("bucket_block", DEFAULT_BLOCK)), seed),
+                          input_config)

@@ -140,8 +140,12 @@ def make_dataset(input_config, *, split: str | None = None, pp: str | None = Non
   Records are sharded by process (`process_index::process_count`) before shuffling, so processes never read the
   same record. With `repeat`, each epoch is reshuffled (deterministically from `seed`).
   """
-  ds = map_dataset(input_config, split=split, pp=pp, batch_size=batch_size, seed=seed, shuffle=shuffle,
-                   repeat=repeat, drop_remainder=drop_remainder, source=source)
+  return to_iter(map_dataset(input_config, split=split, pp=pp, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                             repeat=repeat, drop_remainder=drop_remainder, source=source), input_config)
+
+
+def to_iter(ds: grain.MapDataset, input_config) -> grain.IterDataset:
+  """`ds` read ahead with the input's threads and prefetch buffer."""
   read_options = grain.ReadOptions(num_threads=input_config.num_threads, prefetch_buffer_size=input_config.prefetch)
   return ds.to_iter_dataset(read_options)
 

@@ -61,6 +61,11 @@ def check_divisible(num_heads: int, q_length: int, mesh) -> None:
                      f"context axis size {c} (mesh {dict(mesh.shape)}).")
 
 
+def _segment_kwargs(segments) -> dict:
+  """`attend`'s keyword arguments for (query ids, key ids), or none without segments."""
+  return {} if segments is None else {"segment_ids": segments[0], "kv_segment_ids": segments[1]}
+
+
 def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, attend: Callable[..., jax.Array],
                       segments: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
   """attend(q, k, v) with the sequence sharded over `context` and heads all-to-all'd to full sequences.
@@ -74,8 +79,7 @@ def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, attend: Calla
   mesh = jax.sharding.get_abstract_mesh()
   c = context_size(mesh)
   if c == 1:
-    return attend(q, k, v) if segments is None else attend(q, k, v, segment_ids=segments[0],
-                                                           kv_segment_ids=segments[1])
+    return attend(q, k, v, **_segment_kwargs(segments))
   b, lq, h, _ = q.shape
   check_divisible(h, lq, mesh)
   batch = _dividing_axes(b, BATCH_AXES, mesh)
@@ -95,11 +99,9 @@ def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, attend: Calla
       start = jax.lax.axis_index(CONTEXT_AXIS) * per
       k, v = (jax.lax.dynamic_slice_in_dim(x, start, per, axis=2) for x in (k, v))
     if ids:  # the full sequence's segment ids, in the order the all-to-all gathered the tokens
-      q_ids = jax.lax.all_gather(ids[0], CONTEXT_AXIS, axis=1, tiled=True)
-      kv_ids = jax.lax.all_gather(ids[1], CONTEXT_AXIS, axis=1, tiled=True) if kv_sharded else ids[1]
-      out = attend(q, k, v, segment_ids=q_ids, kv_segment_ids=kv_ids)
-    else:
-      out = attend(q, k, v)
+      ids = (jax.lax.all_gather(ids[0], CONTEXT_AXIS, axis=1, tiled=True),
+             jax.lax.all_gather(ids[1], CONTEXT_AXIS, axis=1, tiled=True) if kv_sharded else ids[1])
+    out = attend(q, k, v, **_segment_kwargs(ids or None))
     return jax.lax.all_to_all(out, CONTEXT_AXIS, split_axis=1, concat_axis=2, tiled=True)
 
   ids, id_specs = (), ()

@@ -53,8 +53,7 @@ def global_shapes(batch_size: int, example: Any) -> Any:
 def batch_global_shapes(local_batch: Any) -> Any:
   """ShapeDtypeStructs of the global batch this process's `local_batch` is its share of (every process reads an
   equal share)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype),
-                      local_batch)
+  return global_shapes(len(next(iter(jax.tree.leaves(local_batch)))) * jax.process_count(), local_batch)
 
 
 def batch_shapes(s: Setup, batch_size: int | None = None, *, shuffle: bool = True) -> Any:
