@@ -80,6 +80,31 @@ def test_bucketed_input_resumes_from_its_iterator_state(shapes_data_dir):
     np.testing.assert_array_equal(next(fresh)["video"], expected)
 
 
+def test_packed_steps_hold_every_bucket_and_resume(shapes_data_dir):
+  c = _bucketed(shapes_data_dir)
+  c.input.pack_length = 64
+  table = buckets.table(c.input)
+  from vdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  sources = [pipeline.data_source(buckets.bucket_input(c.input, b), "train") for b in table]
+  it = iter(buckets.make_dataset(c.input, sources, seed=5))
+  first = next(it)
+  parts = buckets.split_packed(first)
+  assert sorted(parts) == sorted(b.name for b in table)
+  for b in table:
+    assert parts[b.name]["video"].shape == (8, b.frames, b.height, b.width, 3)
+  state = it.get_state()
+  rest = [next(it) for _ in range(2)]
+  fresh = iter(buckets.make_dataset(c.input, sources, seed=5))
+  fresh.set_state(state)
+  for expected in rest:
+    got = next(fresh)
+    for key in expected:
+      if expected[key].dtype.kind not in "OUS":
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+  with pytest.raises(ValueError, match="'video' of a packed step has no '@bucket' suffix"):
+    buckets.split_packed({"video": 0})
+
+
 def test_one_compile_per_bucket_and_resume_equals_uninterrupted(shapes_data_dir, tmp_path, caplog):
   straight = str(tmp_path / "straight")
   with caplog.at_level(logging.INFO):

@@ -1,6 +1,7 @@
 """Text-to-video at several sizes ([J]): a bucketed t2v run writes a latent cache per bucket with its one frozen
 VAE, compiles its step once per bucket, and its model samples any allowed size; other sizes fail naming the allowed
-ones, in the pipeline and on the command line (whose flags reach the same `at_size`)."""
+ones, in the pipeline and on the command line (whose flags reach the same `at_size`). A packed run puts every
+bucket's clips in each step, compiled once."""
 import json
 import os
 import subprocess
@@ -67,3 +68,20 @@ def test_sample_any_allowed_size(sized_run, tmp_path):
   bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert bad.returncode != 0 and "height=18 (allowed: multiples of 4" in bad.stderr
   assert runs.load_params(sized_run)[1] == 4
+
+
+def test_packed_steps_train_every_bucket_with_one_compile(shapes_data_dir, vae_workdir, tmp_path):
+  c = _bucketed(shapes_data_dir, vae_workdir)
+  # latents 5x16x16 and 5x8x24 in 2x2 patches: 320 + 240 tokens, so 8 clips of each fill 8 rows of 560 exactly
+  c.input.pack_length = 560
+  c.train.update({"steps": 2, "checkpoint_every": 2, "log_every": 1})
+  loop.train(c, str(tmp_path / "packed"))
+  lines = [json.loads(line) for line in open(tmp_path / "packed" / "metrics.jsonl")]
+  train = [m for m in lines if "loss" in m]
+  assert [m["compiles"] for m in train] == [1, 1]
+  assert [(m["pack_rows"], m["pack_fill"]) for m in train] == [(8.0, 1.0)] * 2
+  assert all(np.isfinite(m["loss"]) for m in train)
+
+  c.model.pos_embed = "learned"
+  with pytest.raises(Exception, match="model.pos_embed.*restart per clip"):
+    loop.train(c, str(tmp_path / "learned"))

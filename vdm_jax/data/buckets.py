@@ -17,6 +17,11 @@ of the run is batch j of its bucket's own stream (shuffled, repeated, batched as
 being how many batches that bucket served before i. So the whole input is one grain MapDataset indexed by step:
 its iterator state (the next step) is what a checkpoint saves, a resumed run continues with the same batches, and
 every process draws the same bucket at every step (each reading its own share of that bucket's records).
+
+Packed steps (`input.pack_length` > 0): every step holds batch i of every bucket instead, under keys suffixed with
+'@' and the bucket's name ('latent_moments@64x64x17'; `split_packed` undoes it), and the experiment packs all of
+them into rows of `pack_length` tokens (vdm_jax.models.packing), so one step, compiled once, sees every size.
+Keep probabilities then only drop buckets (0); the batch sizes are each bucket's clips per step.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from vdm_jax.data import pipeline
 
 DEFAULT_MULTIPLE = 16
 DEFAULT_BLOCK = 256
+PACKED_KEY = "{key}@{bucket}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +117,22 @@ def table(input_config) -> list[Bucket]:
 
 def enabled(input_config) -> bool:
   return bool(input_config.get("buckets"))
+
+
+def packed(input_config) -> bool:
+  """Whether steps pack every bucket's clips into rows (`input.pack_length` > 0)."""
+  return int(input_config.get("pack_length", 0) or 0) > 0
+
+
+def split_packed(batch: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """A packed step's batch {'key@bucket': value} -> {bucket: {key: value}}, buckets in name order."""
+  out = {}
+  for name in sorted(batch):
+    key, sep, bucket = name.rpartition("@")
+    if not sep:
+      raise ValueError(f"Batch key {name!r} of a packed step has no '@bucket' suffix.")
+    out.setdefault(bucket, {})[key] = batch[name]
+  return out
 
 
 def bucket_input(input_config, bucket: Bucket):
@@ -195,6 +217,26 @@ class BucketMix(grain.MapDataset):
     return f"BucketMix(buckets={len(self._batched)}, block={self._block}, seed={self._seed})"
 
 
+class PackedMix(grain.MapDataset):
+  """Step i of a packed run: batch i of every bucket, each key suffixed with '@' and its bucket's name. Infinite."""
+
+  def __init__(self, batched: Sequence[grain.MapDataset], names: Sequence[str]):
+    super().__init__(list(batched))
+    self._batched, self._names = list(batched), list(names)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return {PACKED_KEY.format(key=key, bucket=name): value
+            for name, batched in zip(self._names, self._batched) for key, value in batched[int(index)].items()}
+
+  def __str__(self) -> str:
+    return f"PackedMix(buckets={self._names})"
+
+
 def make_dataset(input_config, sources: Sequence[Any], *, seed: int, split: str | None = None) -> grain.IterDataset:
   """The bucketed training input of `input_config`: `sources[b]` is bucket b's random-access source (in the order
   of `table(input_config)`); each bucket is shuffled, repeated, read and batched as `pipeline.make_dataset` does,
@@ -207,5 +249,7 @@ def make_dataset(input_config, sources: Sequence[Any], *, seed: int, split: str 
     config = bucket_input(input_config, bucket)
     batched.append(pipeline.map_dataset(config, split=split, seed=seed + 1000 * (i + 1), source=source))
     weights.append(bucket.keep * len(source) / bucket.batch_size)
+  if packed(input_config):
+    return pipeline.to_iter(PackedMix(batched, [b.name for b in buckets]), input_config)
   return pipeline.to_iter(BucketMix(batched, weights, int(input_config.get("bucket_block", DEFAULT_BLOCK)), seed),
                           input_config)

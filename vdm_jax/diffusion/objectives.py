@@ -90,14 +90,46 @@ def noised(prediction_type: str, x0: jax.Array, noise: jax.Array, t: jax.Array, 
   Shared by the training loss and its validation grid. Discrete types: t int32 [B] indexes `alphas_cumprod` [N]
   and is what the model sees. Flow: t float [B] in [0, 1]; the model sees 1000 t and every weight is 1.
   """
+  model_t, weight = timesteps_and_weight(prediction_type, t, alphas_cumprod, weighting)
   if prediction_type == "flow":
-    return flow_interpolate(x0, noise, t), t * 1000.0, target("flow", x0, noise, t), jnp.ones(t.shape)
+    return flow_interpolate(x0, noise, t), model_t, target("flow", x0, noise, t), weight
   abar = alphas_cumprod[t]
-  return (add_noise(x0, noise, abar), t, target(prediction_type, x0, noise, abar),
-          loss_weight(weighting, prediction_type, abar))
+  return add_noise(x0, noise, abar), model_t, target(prediction_type, x0, noise, abar), weight
+
+
+def timesteps_and_weight(prediction_type: str, t: jax.Array, alphas_cumprod: jax.Array | None,
+                         weighting: str = "none") -> tuple[jax.Array, jax.Array]:
+  """(What the model sees, the loss weight) for training times t of any shape: 1000 t and 1 for flow; t and
+  `loss_weight` for the discrete types."""
+  if prediction_type == "flow":
+    return t * 1000.0, jnp.ones(t.shape)
+  return t, loss_weight(weighting, prediction_type, alphas_cumprod[t])
+
+
+def noised_packed(prediction_type: str, x0: jax.Array, noise: jax.Array, t: jax.Array, slot_index: jax.Array,
+                  alphas_cumprod: jax.Array | None, weighting: str = "none"):
+  """`noised` for packed rows (vdm_jax.models.packing): x0 and noise patch tokens [B, L, P], times per slot t
+  [B, S], each token's slot [B, L] -> (x_t tokens, the model's timesteps [B, S], target tokens, weight [B, S]).
+  Every token is noised at its own clip's time, exactly as the clip alone would be."""
+  x_t, _, target_, _ = noised(prediction_type, x0, noise, jnp.take_along_axis(t, slot_index, axis=1),
+                              alphas_cumprod, weighting)
+  model_t, weight = timesteps_and_weight(prediction_type, t, alphas_cumprod, weighting)
+  return x_t, model_t, target_, weight
 
 
 def mse_per_example(output: jax.Array, target_: jax.Array) -> jax.Array:
   """Mean squared error over all but the batch axis, in float32: [B]."""
   diff = output.astype(jnp.float32) - target_.astype(jnp.float32)
   return jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
+
+
+def packed_loss(output: jax.Array, target_: jax.Array, weight: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """The loss of packed rows, equal to the mean over clips of each clip's weighted `mse_per_example`: output and
+  target tokens [B, L, P], weight per slot [B, S], segment ids [B, L] (slot + 1, 0 padding). Slots without a
+  token (empty) count for nothing."""
+  per_token = jnp.mean(jnp.square(output.astype(jnp.float32) - target_.astype(jnp.float32)), axis=-1)
+  onehot = (segment_ids[:, :, None] == jnp.arange(1, weight.shape[1] + 1)[None, None]).astype(jnp.float32)
+  tokens = jnp.sum(onehot, axis=1)  # [B, S]
+  mse = jnp.einsum("bl,bls->bs", per_token, onehot) / jnp.maximum(tokens, 1.0)
+  present = (tokens > 0).astype(jnp.float32)
+  return jnp.sum(weight * mse * present) / jnp.maximum(jnp.sum(present), 1.0)

@@ -249,9 +249,9 @@ KERNELS = {"xla": _fused("xla"), "cudnn": _fused("cudnn"), "chunked": chunked_at
 
 
 def _rope_span(x: jax.Array, rope, start: int) -> jax.Array:
-  """Applies RoPE tables (cos, sin) [N, D] to the tokens [start, start + N) of x [B, L, H, D]."""
+  """Applies RoPE tables (cos, sin) [N, D] (or [B, N, D]) to the tokens [start, start + N) of x [B, L, H, D]."""
   cos, sin = rope
-  end = start + cos.shape[0]
+  end = start + cos.shape[-2]
   parts = [x[:, :start], apply_rope(x[:, start:end], cos, sin), x[:, end:]]
   return jnp.concatenate([p for p in parts if p.shape[1]], axis=1)
 

@@ -25,7 +25,6 @@ and RoPE in float32. Layers are one `nn.scan` (params have a leading axis of len
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -34,17 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm_jax.models import embeddings
-from vdm_jax.models.attention import BACKENDS, Attention
+from vdm_jax.models.attention import BACKENDS
+from vdm_jax.models.blocks import (ACTIVATION_AXES, ACTIVATIONS, CrossBlock, JointBlock, modulate, per_token,
+                                   zeros_or)
 from vdm_jax.models.layers import dense, layer_norm
+from vdm_jax.models.packing import Packing
 from vdm_jax.models.patchify import PatchEmbed, unpatchify
 
-ACTIVATIONS = {
-    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "sigmoid": nn.sigmoid,
-}
 REMAT_POLICIES = {
     "none": None,  # no rematerialisation
     "full": None,  # save only the block inputs, recompute the rest
@@ -56,122 +51,6 @@ REMAT_POLICIES = {
 CONDITIONINGS = ("joint", "cross")
 POS_EMBEDS = ("sincos", "learned", "none")
 ROPE_GRIDS = ("linspace", "slice")
-ACTIVATION_AXES = ("batch", "length", "embed")
-
-
-def _zeros_or(zero: bool, init=nn.initializers.lecun_normal()):
-  return nn.initializers.zeros_init() if zero else init
-
-
-def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  """x [B, L, D] * (1 + scale) + shift, with shift/scale [B, D]."""
-  return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
-
-
-class MLP(nn.Module):
-  """[B, L, D] -> Dense(hidden) -> activation -> Dense(D)."""
-  hidden: int
-  activation: str = "gelu_tanh"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    d = x.shape[-1]
-    x = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name="fc_in")(x)
-    x = ACTIVATIONS[self.activation](x)
-    return dense(d, ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype, name="fc_out")(x)
-
-
-class _BlockBase(nn.Module):
-  """Fields shared by the two block kinds."""
-  num_heads: int
-  head_dim: int
-  mlp_hidden: int
-  activation: str = "gelu_tanh"
-  norm_eps: float = 1e-5
-  norm_affine: bool = True
-  qk_norm: bool = True
-  qk_norm_eps: float = 1e-6
-  attention_bias: bool = True
-  attention_out_bias: bool = True
-  attention_backend: str = "auto"
-  attention_fallback: bool = False
-  attention_q_block: int = 512
-  attention_kv_block: int = 1024
-  attention_chunk_threshold: int = 1024
-  zero_init: bool = True
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  def attention(self, name: str) -> Attention:
-    return Attention(self.num_heads, self.head_dim, qk_norm=self.qk_norm, qk_norm_eps=self.qk_norm_eps,
-                     use_bias=self.attention_bias, out_bias=self.attention_out_bias, backend=self.attention_backend,
-                     fallback=self.attention_fallback, q_block=self.attention_q_block,
-                     kv_block=self.attention_kv_block, chunk_threshold=self.attention_chunk_threshold,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-
-  def norm(self, name: str) -> nn.LayerNorm:
-    return layer_norm(self.norm_eps, use_affine=self.norm_affine, param_dtype=self.param_dtype, name=name)
-
-  def mlp(self) -> MLP:
-    return MLP(self.mlp_hidden, self.activation, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
-
-
-class JointBlock(_BlockBase):
-  """CogVideoX block on x = [text; video] [B, Lt + Lv, D] (float32), conditioned on temb [B, Dt]."""
-  text_length: int = 0
-
-  def _adaln(self, name: str, temb: jax.Array, width: int):
-    """(shift, scale, gate) for video and (shift, scale, gate) for text, each [B, D], from SiLU(temb)."""
-    mod = dense(6 * width, (None, "embed"), param_dtype=self.param_dtype, kernel_init=_zeros_or(self.zero_init),
-                name=name)(nn.silu(temb))
-    return jnp.split(mod, 6, axis=-1)
-
-  def _per_stream(self, h: jax.Array, text_fn, video_fn) -> jax.Array:
-    """[B, Lt + Lv, D] -> text_fn on the text tokens, video_fn on the video tokens, concatenated back."""
-    lt = self.text_length
-    return jnp.concatenate([text_fn(h[:, :lt]), video_fn(h[:, lt:])], axis=1)
-
-  def _modulated_norm(self, index: int, x: jax.Array, temb: jax.Array):
-    """LayerNorm (shared by both streams) modulated per stream, and the gates (video, text) [B, D]."""
-    shift, scale, gate, t_shift, t_scale, t_gate = self._adaln(f"adaln_{index}", temb, x.shape[-1])
-    h = self._per_stream(self.norm(f"norm_{index}")(x), lambda y: _modulate(y, t_shift, t_scale),
-                         lambda y: _modulate(y, shift, scale))
-    return h.astype(self.dtype), gate, t_gate
-
-  def _gated_residual(self, x: jax.Array, out: jax.Array, gate: jax.Array, t_gate: jax.Array) -> jax.Array:
-    out = out.astype(jnp.float32)
-    return x + self._per_stream(out, lambda y: y * t_gate[:, None], lambda y: y * gate[:, None])
-
-  @nn.compact
-  def __call__(self, x: jax.Array, temb: jax.Array, rope) -> tuple[jax.Array, None]:
-    h, gate, t_gate = self._modulated_norm(1, x, temb)
-    x = self._gated_residual(x, self.attention("attn")(h, rope=rope, rope_start=self.text_length), gate, t_gate)
-    h, gate, t_gate = self._modulated_norm(2, x, temb)
-    x = self._gated_residual(x, self.mlp()(h), gate, t_gate)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES), None
-
-
-class CrossBlock(_BlockBase):
-  """PixArt/Wan block on video tokens x [B, Lv, D] (float32): modulation = shared [B, 6D] + this block's table."""
-
-  @nn.compact
-  def __call__(self, x: jax.Array, shared_mod: jax.Array, context: jax.Array, rope) -> tuple[jax.Array, None]:
-    d = x.shape[-1]
-    table = self.param("adaln_table", nn.with_logical_partitioning(_zeros_or(self.zero_init, nn.initializers.normal(
-        d ** -0.5)), (None, "embed")), (6, d), self.param_dtype)
-    mod = shared_mod.reshape(-1, 6, d) + jnp.asarray(table, jnp.float32)[None]
-    shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, i] for i in range(6))
-
-    h = _modulate(self.norm("norm_1")(x), shift1, scale1)
-    h = self.attention("attn")(h.astype(self.dtype), rope=rope)
-    x = x + gate1[:, None] * h.astype(jnp.float32)
-    h = self.norm("norm_cross")(x)
-    x = x + self.attention("cross_attn")(h.astype(self.dtype), context=context).astype(jnp.float32)
-    h = _modulate(self.norm("norm_2")(x), shift2, scale2)
-    x = x + gate2[:, None] * self.mlp()(h.astype(self.dtype)).astype(jnp.float32)
-    return nn.with_logical_constraint(x, ACTIVATION_AXES), None
 
 
 class DiT(nn.Module):
@@ -317,13 +196,18 @@ class DiT(nn.Module):
 
   @nn.compact
   def __call__(self, latents: jax.Array, timesteps: jax.Array, text_embeds: jax.Array,
-               ofs: jax.Array | None = None) -> jax.Array:
+               ofs: jax.Array | None = None, packing: Packing | None = None) -> jax.Array:
     """latents [B, T, H, W, C], timesteps [B], text_embeds [B, L, text_dim] -> [B, T, H, W, out_channels] f32.
 
     `ofs` [B] or scalar: only for models with ofs_embed_dim (default 2.0, the CogVideoX 1.5 I2V pipeline value).
+    `packing` (vdm_jax.models.packing): several clips per row. Then latents are patch tokens [B, L, C * pt * p * p],
+    timesteps [B, S] and text_embeds [B, S, Lt, text_dim] per slot, and the output is tokens [B, L, out_channels
+    * pt * p * p] (zero on padding); each clip's output equals the clip run alone.
     """
     self.validate()
     dtype, param_dtype = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+    if packing is not None:
+      return self._packed(latents, timesteps, text_embeds, ofs, packing, dtype, param_dtype)
     if latents.ndim != 5 or latents.shape[-1] != self.in_channels:
       raise ValueError(f"latents {latents.shape}: expected [B, T, H, W, {self.in_channels}] (in_channels).")
     timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (latents.shape[0],))
@@ -342,20 +226,69 @@ class DiT(nn.Module):
 
     if self.conditioning == "joint":
       x = nn.with_logical_constraint(jnp.concatenate([text, video], axis=1), ACTIVATION_AXES)
-      x, _ = self._scan(JointBlock, 2, text_length=text.shape[1], **kwargs)(x, temb, rope)
+      x, _ = self._scan(JointBlock, 3, text_length=text.shape[1], **kwargs)(x, temb, rope, None)
       video = x[:, text.shape[1]:]
     else:
-      shared = dense(6 * self.width, (None, "embed"), param_dtype=param_dtype, kernel_init=_zeros_or(self.zero_init),
-                     name="adaln_shared")(nn.silu(temb))
       video = nn.with_logical_constraint(video, ACTIVATION_AXES)
-      video, _ = self._scan(CrossBlock, 3, **kwargs)(video, shared, text.astype(dtype), rope)
+      video, _ = self._scan(CrossBlock, 4, **kwargs)(video, self._shared_mod(temb, param_dtype), text.astype(dtype),
+                                                      rope, None)
+    out = self._output(video, temb, None, dtype, param_dtype)
+    return unpatchify(out, grid, self.patch_size, self.patch_size_t)
 
+  def _shared_mod(self, temb: jax.Array, param_dtype) -> jax.Array:
+    """The cross blocks' shared modulation [..., 6D] (adaLN-single) from temb [..., Dt]."""
+    return dense(6 * self.width, (None, "embed"), param_dtype=param_dtype, kernel_init=zeros_or(self.zero_init),
+                 name="adaln_shared")(nn.silu(temb))
+
+  def _output(self, video: jax.Array, temb: jax.Array, index: jax.Array | None, dtype, param_dtype) -> jax.Array:
+    """Final norms, adaLN (per slot then per token when `index` [B, L] is given) and projection -> patch tokens."""
     video = layer_norm(self.norm_eps, use_affine=self.norm_affine, param_dtype=param_dtype, name="norm_final")(video)
-    shift, scale = jnp.split(dense(2 * self.width, (None, "embed"), param_dtype=param_dtype,
-                                   kernel_init=_zeros_or(self.zero_init), name="adaln_out")(nn.silu(temb)), 2, -1)
-    video = _modulate(layer_norm(self.norm_eps, use_affine=self.norm_affine, param_dtype=param_dtype,
+    mod = dense(2 * self.width, (None, "embed"), param_dtype=param_dtype, kernel_init=zeros_or(self.zero_init),
+                name="adaln_out")(nn.silu(temb))
+    shift, scale = jnp.split(mod if index is None else per_token(mod, index), 2, -1)
+    video = modulate(layer_norm(self.norm_eps, use_affine=self.norm_affine, param_dtype=param_dtype,
                                  name="norm_out")(video), shift, scale)
     out_channels = self.out_channels or self.in_channels
     out = dense(self.patch_size_t * self.patch_size ** 2 * out_channels, ("embed", None), dtype=dtype,
-                param_dtype=param_dtype, kernel_init=_zeros_or(self.zero_init), name="proj_out")(video.astype(dtype))
-    return unpatchify(out.astype(jnp.float32), grid, self.patch_size, self.patch_size_t)
+                param_dtype=param_dtype, kernel_init=zeros_or(self.zero_init), name="proj_out")(video.astype(dtype))
+    return out.astype(jnp.float32)
+
+  def _packed(self, patches, timesteps, text_embeds, ofs, packing: Packing, dtype, param_dtype) -> jax.Array:
+    """`__call__` on packed rows: the same modules (so the same parameters), with positions from each token's place
+    in its own clip, and timestep, text and attention per segment."""
+    if patches.ndim != 3 or timesteps.ndim != 2 or text_embeds.ndim != 4 or (
+        text_embeds.shape[:2] != timesteps.shape) or packing.segment_ids.shape != patches.shape[:2]:
+      raise ValueError(f"Packed DiT inputs: patches {patches.shape}, timesteps {timesteps.shape}, text_embeds "
+                       f"{text_embeds.shape}, segment_ids {packing.segment_ids.shape}; expected [B, L, P], [B, S], "
+                       "[B, S, Lt, text_dim], [B, L].")
+    if self.pos_embed == "learned" or (self.use_rope and self.rope_grid != "slice"):
+      raise ValueError(f"Packed sequences need positions that restart per clip: pos_embed 'sincos' or 'none' and "
+                       f"rope_grid 'slice'; this DiT has pos_embed={self.pos_embed!r}, rope_grid={self.rope_grid!r}.")
+    (b, length), slots, text_len = patches.shape[:2], timesteps.shape[1], text_embeds.shape[2]
+    temb = self._time_embedding(timesteps.reshape(-1), ofs, param_dtype).reshape(b, slots, -1)
+    if self.pooled_text:
+      temb = temb + embeddings.TimestepMLP(self.time_embed_dim, param_dtype=param_dtype, name="text_pool_embed")(
+          jnp.mean(text_embeds.astype(jnp.float32), axis=2))
+    video, _ = PatchEmbed(self.width, self.patch_size, self.patch_size_t, use_bias=self.patch_bias, dtype=dtype,
+                          param_dtype=param_dtype, name="patch_embed")(patches.astype(dtype))
+    text = dense(self.width, (None, "embed"), dtype=dtype, param_dtype=param_dtype, name="text_proj")(
+        text_embeds.reshape(b, slots * text_len, -1).astype(dtype)).astype(jnp.float32)
+    video = video.astype(jnp.float32)
+    if self.pos_embed == "sincos":
+      video = video + embeddings.cogvideox_sincos_3d_at(self.width, packing.positions, length,
+                                                        self.spatial_interpolation_scale,
+                                                        self.temporal_interpolation_scale)
+    rope = embeddings.cogvideox_rope_3d_at(self.head_dim, packing.positions, length) if self.use_rope else None
+    text_slot = jnp.broadcast_to(jnp.repeat(jnp.arange(slots, dtype=jnp.int32), text_len)[None], (b, slots * text_len))
+    ids, index, kwargs = packing.segment_ids, packing.slot_index, self._block_kwargs(dtype, param_dtype)
+    if self.conditioning == "joint":
+      x = nn.with_logical_constraint(jnp.concatenate([text, video], axis=1), ACTIVATION_AXES)
+      packed = (jnp.concatenate([text_slot + 1, ids], axis=1), jnp.concatenate([text_slot, index], axis=1))
+      x, _ = self._scan(JointBlock, 3, text_length=text.shape[1], **kwargs)(x, temb, rope, packed)
+      video = x[:, text.shape[1]:]
+    else:
+      video = nn.with_logical_constraint(video, ACTIVATION_AXES)
+      shared = per_token(self._shared_mod(temb, param_dtype), index)
+      video, _ = self._scan(CrossBlock, 4, **kwargs)(video, shared, text.astype(dtype), rope, (ids, text_slot + 1))
+    out = self._output(video, temb, index, dtype, param_dtype)
+    return out * (ids > 0)[:, :, None]

@@ -142,13 +142,46 @@ def cogvideox_rope_3d(head_dim: int, grid: tuple[int, int, int], base_size: tupl
   return combine(0), combine(1)
 
 
+def _gather_axes(tables: list[np.ndarray], positions: jax.Array) -> jax.Array:
+  """Per-axis tables [M, d_i] and integer positions [..., 3] -> [..., sum d_i]: row positions[..., i] of table i."""
+  positions = jnp.asarray(positions)
+  return jnp.concatenate([jnp.asarray(table, jnp.float32)[positions[..., i]] for i, table in enumerate(tables)],
+                         axis=-1)
+
+
+def cogvideox_sincos_3d_at(dim: int, positions: jax.Array, max_position: int,
+                           spatial_interpolation_scale: float = 1.875,
+                           temporal_interpolation_scale: float = 1.0) -> jax.Array:
+  """`cogvideox_sincos_3d` for tokens at integer (t, h, w) positions [..., 3] (packed sequences, where each clip's
+  positions restart at 0) -> [..., dim] float32, equal to the grid version's rows. Positions < max_position."""
+  if dim % 16:
+    raise ValueError(f"3D sincos positions need the embedding dimension divisible by 16, got {dim}.")
+  steps = np.arange(max_position, dtype=np.float32)
+  table_t = sincos_1d(dim // 4, steps / np.float32(temporal_interpolation_scale)).astype(np.float32)
+  table_s = sincos_1d(3 * dim // 8, steps / np.float32(spatial_interpolation_scale)).astype(np.float32)
+  return _gather_axes([table_t, table_s, table_s], jnp.asarray(positions)[..., np.array([0, 2, 1])])  # [t | w | h]
+
+
+def cogvideox_rope_3d_at(head_dim: int, positions: jax.Array, max_position: int,
+                         theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+  """The 'slice' RoPE tables of `cogvideox_rope_3d` for tokens at integer (t, h, w) positions [..., 3] -> (cos,
+  sin), each [..., head_dim] float32, equal to the grid version's rows. Positions < max_position."""
+  if head_dim % 16:
+    raise ValueError(f"3D RoPE needs the head dimension divisible by 16, got {head_dim}.")
+  steps = np.arange(max_position, dtype=np.float32)
+  tables = [_rope_1d(d, steps, theta) for d in (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)]
+  return (_gather_axes([t[0] for t in tables], positions), _gather_axes([t[1] for t in tables], positions))
+
+
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Rotates interleaved pairs: x [B, L, H, D], cos/sin [L, D] -> x * cos + rotate(x) * sin, in float32.
+  """Rotates interleaved pairs: x [B, L, H, D], cos/sin [L, D] (or [B, L, D], per example) -> x * cos +
+  rotate(x) * sin, in float32.
 
   rotate((x0, x1, x2, x3, ...)) = (-x1, x0, -x3, x2, ...). Returns x's dtype.
   """
   xf = x.astype(jnp.float32)
   pairs = xf.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
   rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-  out = xf * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+  cos, sin = (t[None] if t.ndim == 2 else t for t in (cos, sin))
+  out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
   return out.astype(x.dtype)

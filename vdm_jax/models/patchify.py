@@ -50,7 +50,8 @@ def unpatchify(tokens: jax.Array, grid: tuple[int, int, int], patch_size: int, p
 
 
 class PatchEmbed(nn.Module):
-  """Latents [B, T, H, W, C] -> tokens [B, N, features] (one Dense on the patch vectors) and the grid (gt, gh, gw)."""
+  """Latents [B, T, H, W, C] -> tokens [B, N, features] (one Dense on the patch vectors) and the grid (gt, gh, gw);
+  patch vectors already made, [B, N, C * pt * p * p] (packed sequences), -> tokens and grid None."""
   features: int
   patch_size: int = 2
   patch_size_t: int = 1
@@ -60,8 +61,11 @@ class PatchEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, latents: jax.Array) -> tuple[jax.Array, tuple[int, int, int]]:
-    grid = patch_grid(latents.shape, self.patch_size, self.patch_size_t)
-    patches = patchify(latents, self.patch_size, self.patch_size_t)
+    if latents.ndim == 3:
+      patches, grid = latents, None
+    else:
+      grid = patch_grid(latents.shape, self.patch_size, self.patch_size_t)
+      patches = patchify(latents, self.patch_size, self.patch_size_t)
     tokens = dense(self.features, (None, "embed"), use_bias=self.use_bias, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="proj")(patches)
     return tokens, grid

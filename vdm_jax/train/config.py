@@ -71,6 +71,8 @@ def generic_config() -> ml_collections.ConfigDict:
   c.input.aspect_ratios = ("1:1",)
   c.input.bucket_multiple = 16  # bucket sides are multiples of this (VAE 8x times DiT patch 2)
   c.input.bucket_block = 256  # steps per shuffled block of the bucket order
+  # > 0: every step packs batch_size clips of every bucket into rows of this many tokens (vdm_jax.models.packing)
+  c.input.pack_length = 0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
@@ -206,6 +208,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
           "e.g. '{height}x{width}x{frames}' (Captioned Shapes) or '{height}x{width}x{frames}_8fps' (a folder).")
     check(config.input.bucket_block >= len(table), "input.bucket_block",
           f"is {config.input.bucket_block}; must be >= the number of buckets ({len(table)}).")
+  check(config.input.pack_length >= 0, "input.pack_length", "must be >= 0 (0: no packing).")
+  check(not config.input.pack_length or config.input.get("buckets"), "input.pack_length",
+        f"is {config.input.pack_length}; packing mixes the clips of several buckets: set input.buckets too.")
 
   try:
     ops.parse(config.input.pp)

@@ -52,8 +52,9 @@ def global_shapes(batch_size: int, example: Any) -> Any:
 
 def batch_global_shapes(local_batch: Any) -> Any:
   """ShapeDtypeStructs of the global batch this process's `local_batch` is its share of (every process reads an
-  equal share)."""
-  return global_shapes(len(next(iter(jax.tree.leaves(local_batch)))) * jax.process_count(), local_batch)
+  equal share of each array; a packed step's arrays have one leading size per bucket)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype),
+                      local_batch)
 
 
 def batch_shapes(s: Setup, batch_size: int | None = None, *, shuffle: bool = True) -> Any:

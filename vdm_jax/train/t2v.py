@@ -31,7 +31,7 @@ from vdm_jax.pipelines import t2v as t2v_pipeline
 from vdm_jax.pipelines import t2v_config
 from vdm_jax.pipelines.latents import LatentSpace
 from vdm_jax.train import flops as flops_lib
-from vdm_jax.train import registry, t2v_data, t2v_eval
+from vdm_jax.train import registry, t2v_data, t2v_eval, t2v_packed
 from vdm_jax.train.t2v_eval import probe_prompts  # noqa: F401  (the quickstart and notebooks score these)
 
 
@@ -58,6 +58,7 @@ class TextToVideo(registry.Experiment):
   @classmethod
   def validate_config(cls, config):
     t2v_config.validate(config)
+    t2v_packed.validate(config)
     config_lib.check_choice(config, "sample.sampler", samplers.SAMPLERS)
     config_lib.check(0.0 <= config.sample.guidance_rescale <= 1.0, "sample.guidance_rescale",
                      f"is {config.sample.guidance_rescale}; must be in [0, 1] (0: off).")
@@ -179,6 +180,14 @@ class TextToVideo(registry.Experiment):
       z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
     return self.space.normalize(z)
 
+  @property
+  def alphas_cumprod(self) -> jax.Array:
+    return self._alphas_cumprod
+
+  def times(self, rng: jax.Array, b: int) -> jax.Array:
+    """Training times [B] by the configured sampler (explicit-uniform groups: one per data-parallel shard)."""
+    return self._times(rng, b, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+
   def _times(self, rng: jax.Array, b: int, num_groups: int) -> jax.Array:
     """Training times [B]: flow t in (0, 1), else int32 timesteps."""
     d = self.config.diffusion
@@ -214,7 +223,7 @@ class TextToVideo(registry.Experiment):
     the condition's channels noise-augmented by `diffusion.condition.noise_sigma`."""
     t_rng, n_rng, a_rng = jax.random.split(rng, 3)
     noise = jax.random.normal(n_rng, z.shape)
-    t = self._times(t_rng, z.shape[0], self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+    t = self.times(t_rng, z.shape[0])
     channels = None
     if condition is not None:
       channels = conditioning.augment(a_rng, condition, self.config.diffusion.condition.noise_sigma)
@@ -232,12 +241,12 @@ class TextToVideo(registry.Experiment):
     hints = None if hint_moments is None else self.latents(hint_moments, None)
     return conditioning.draw(rng, z, tasks, probabilities, cond.extend_frames, hints)
 
-  def loss(self, params, batch, rng, frozen, step):
+  def batch_embeds(self, params, batch, frozen, drop_rng) -> jax.Array:
+    """Text embeddings [B, L, D] of a batch's prompts (cached, or encoded by the run's encoder), each replaced by
+    the empty prompt's with probability `diffusion.text_dropout` (for classifier-free guidance)."""
     d = self.config.diffusion
-    z_rng, drop_rng, video_rng, image_rng = jax.random.split(rng, 4)
-    cond_rng = jax.random.fold_in(rng, 4)  # apart from the split, so text-to-video runs draw as they always did
-    z = self.latents(batch["latent_moments"], z_rng)
-    drop = jax.random.bernoulli(drop_rng, d.text_dropout, (z.shape[0], 1)) if d.text_dropout > 0 else None
+    b = (batch["text_embeds"] if self.config.text.cached else batch["tokens"]).shape[0]
+    drop = jax.random.bernoulli(drop_rng, d.text_dropout, (b, 1)) if d.text_dropout > 0 else None
     if self.config.text.cached:
       embeds = batch["text_embeds"].astype(jnp.float32)
       if drop is not None:
@@ -247,8 +256,16 @@ class TextToVideo(registry.Experiment):
       if drop is not None:
         tokens = jnp.where(drop, jnp.asarray(self.text.tokenize([""])[0][0])[None], tokens)
       embeds = self.text_embeds(params["text"] if self.text.trainable else frozen["text"], tokens)
-    if not self.text.trainable:
-      embeds = jax.lax.stop_gradient(embeds)
+    return embeds if self.text.trainable else jax.lax.stop_gradient(embeds)
+
+  def loss(self, params, batch, rng, frozen, step):
+    if buckets.packed(self.config.input):
+      return t2v_packed.loss(self, params, batch, rng, frozen)
+    d = self.config.diffusion
+    z_rng, drop_rng, video_rng, image_rng = jax.random.split(rng, 4)
+    cond_rng = jax.random.fold_in(rng, 4)  # apart from the split, so text-to-video runs draw as they always did
+    z = self.latents(batch["latent_moments"], z_rng)
+    embeds = self.batch_embeds(params, batch, frozen, drop_rng)
     num_images = int(round(d.image_fraction * z.shape[0]))
     losses = []
     if num_images:
@@ -287,9 +304,15 @@ class TextToVideo(registry.Experiment):
     """Model FLOPs of one training step over the global batch (forward + backward = 3x forward; recomputation
     from remat is not model work and is not counted): the DiT on its joint (or video + cross) sequence, plus the
     text encoder (3x when trained, 1x frozen, 0 when its embeddings are cached)."""
+    if buckets.packed(self.config.input):  # each clip's own work (attention across a row's clips is masked out)
+      return sum(self._flops(shapes["latent_moments"]) for shapes in buckets.split_packed(batch_shapes).values())
+    return self._flops(batch_shapes["latent_moments"])
+
+  def _flops(self, moments) -> float:
+    """`flops_per_step` of a batch of latent moments of one shape."""
     dit = self.dit()
-    b = batch_shapes["latent_moments"].shape[0]
-    t, h, w, _ = batch_shapes["latent_moments"].shape[1:]
+    b = moments.shape[0]
+    t, h, w, _ = moments.shape[1:]
     video = (t // dit.patch_size_t) * (h // dit.patch_size) * (w // dit.patch_size)
     text = self.text.max_length
     width, hidden = dit.num_heads * dit.head_dim, int(dit.num_heads * dit.head_dim * dit.mlp_ratio)
