@@ -153,20 +153,22 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
       yield index, render_example(self.builder_config, split, index)
 
 
-# Split sizes of configs named by size alone: "HxWxT" as the 64x64x17 default, "HxWxT_tiny" as 32x32x9_tiny.
-SIZED_SPLITS = {"": (16384, 1024), "_tiny": (512, 64)}
-_SIZED = re.compile(r"^(\d+)x(\d+)x(\d+)(_tiny)?$")
+# Split sizes of configs named by size alone: "HxWxT" as the 64x64x17 default, "HxWxT_tiny" as 32x32x9_tiny, and
+# "HxWxT_small" for bucketed runs that read a few thousand clips per size (a quarter of the rendering).
+SIZED_SPLITS = {"": (16384, 1024), "_small": (4096, 256), "_tiny": (512, 64)}
+_SIZED = re.compile(r"^(\d+)x(\d+)x(\d+)(_small|_tiny)?$")
 
 
 def config_named(name: str) -> str | CaptionedShapesConfig:
-  """A predefined config name as it is, or a config for any size named "HxWxT" (16,384 / 1,024 clips) or
-  "HxWxT_tiny" (512 / 64): buckets of several sizes and durations read these (frames 1: single images)."""
+  """A predefined config name as it is, or a config for any size named "HxWxT" (16,384 / 1,024 clips),
+  "HxWxT_small" (4,096 / 256) or "HxWxT_tiny" (512 / 64): buckets of several sizes and durations read these
+  (frames 1: single images)."""
   if name in {c.name for c in CaptionedShapes.BUILDER_CONFIGS}:
     return name
   match = _SIZED.match(name)
   if not match:
     allowed = [c.name for c in CaptionedShapes.BUILDER_CONFIGS]
-    raise ValueError(f"Captioned Shapes config {name!r}; allowed: {allowed}, or any 'HxWxT' / 'HxWxT_tiny'.")
+    raise ValueError(f"Captioned Shapes config {name!r}; allowed: {allowed}, or any 'HxWxT', 'HxWxT_small' or 'HxWxT_tiny'.")
   height, width, frames = (int(x) for x in match.groups()[:3])
   num_train, num_validation = SIZED_SPLITS[match.group(4) or ""]
   return CaptionedShapesConfig(name=name, height=height, width=width, num_frames=frames, num_train=num_train,
