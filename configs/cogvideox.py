@@ -4,7 +4,9 @@ step neither runs nor holds the 4.8B-parameter encoder), with the CogVideoX reci
 terminal SNR with SNR shift 3.0 (2b) / 1.0 (5b), 10% text dropout, explicit uniform timestep sampling).
 
 Video 480x720x49 -> latents 13x60x90x16 -> 2x2 patches: 17550 video + 226 text tokens per clip. bf16 compute,
-float32 params and AdamW state sharded FSDP (ZeRO-3) over every device, full remat of each block.
+float32 params and AdamW state sharded FSDP (ZeRO-3) over every device, full remat of each block. `size=1.5` is
+CogVideoX 1.5-5B at its 768x1360x81: latents 22x96x170x16 (21 frames padded to 22) -> 2x2x2 patches: 44,880 video
+tokens per clip.
 
     # Train: `path` is a diffusers CogVideoX folder (vae/, text_encoder/, tokenizer/); `dataset` a tfds dataset of
     # captioned 480x720x49 clips ('video' uint8 [49, 480, 720, 3], 'caption'). The first run writes the latent and
@@ -34,12 +36,19 @@ SIZES = {
                rope_grid="linspace"),
     "5b": dict(num_layers=42, num_heads=48, head_dim=64, time_embed_dim=512, pos_embed="none", use_rope=True,
                rope_grid="linspace"),
+    # CogVideoX 1.5-5B: 2x2x2 spacetime patches through a Linear (with bias, the DiT default), RoPE on integer
+    # positions ('slice').
+    "1.5": dict(num_layers=42, num_heads=48, head_dim=64, time_embed_dim=512, pos_embed="none", use_rope=True,
+                rope_grid="slice", patch_size_t=2),
 }
-SCALING_FACTOR = {"2b": 1.15258426, "5b": 0.7}  # the VAE folders' scaling_factor
-SNR_SHIFT = {"2b": 3.0, "5b": 1.0}  # the schedulers' snr_shift_scale
+SCALING_FACTOR = {"2b": 1.15258426, "5b": 0.7, "1.5": 0.7}  # the VAE folders' scaling_factor
+SNR_SHIFT = {"2b": 3.0, "5b": 1.0, "1.5": 1.0}  # the schedulers' snr_shift_scale
 T5_XXL = dict(d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=24)
 MAX_TEXT_LENGTH = 226
-LATENT_SHAPE = (13, 60, 90, 16)  # 49 frames: (49 - 1) / 4 + 1; 480 / 8, 720 / 8; 16 channels
+LATENT_SHAPE = {"2b": (13, 60, 90, 16),  # 480x720x49: (49 - 1) / 4 + 1 frames; 480 / 8, 720 / 8; 16 channels
+                "5b": (13, 60, 90, 16),
+                # 1.5 at 768x1360x81: 21 latent frames, padded to 22 for patch_size_t 2 as its pipeline pads them
+                "1.5": (22, 96, 170, 16)}
 
 
 def get_config(arg: str | None = None):
@@ -61,7 +70,7 @@ def get_config(arg: str | None = None):
   tokenizer = f"'{args['path']}/tokenizer'"
   if args["abstract"]:
     c.text.update({"type": "byte", "path": "", **T5_XXL})
-    c.vae.latent_shape = LATENT_SHAPE
+    c.vae.latent_shape = LATENT_SHAPE[size]
     tokenizer = "'byte'"
 
   c.input.dataset = args["dataset"]
@@ -73,8 +82,8 @@ def get_config(arg: str | None = None):
   c.input.batch_size = 64
 
   c.model.update({
-      **SIZES[size], "conditioning": "joint", "activation": "gelu_tanh", "mlp_ratio": 4.0, "patch_size": 2,
-      "patch_size_t": 1, "qk_norm": True, "attention_backend": "auto", "remat_policy": "full",
+      "patch_size_t": 1, **SIZES[size], "conditioning": "joint", "activation": "gelu_tanh", "mlp_ratio": 4.0,
+      "patch_size": 2, "qk_norm": True, "attention_backend": "auto", "remat_policy": "full",
   })
   c.train.compute_dtype = "bfloat16"
   c.train.param_dtype = "float32"
