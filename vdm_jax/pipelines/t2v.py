@@ -158,6 +158,15 @@ class TextToVideoPipeline:
     video = jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
     return self.normalize(self._encode(self.vae_params, video))
 
+  def reconstruct(self, videos: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """uint8 videos [N, T, H, W, 3] of the model's size through its VAE (posterior mean, decoded) -> uint8, the
+    same shape: what the DiT's latent space can hold at best."""
+    out = []
+    for start in range(0, len(videos), batch_size):
+      latents = self.encode_frames(videos[start:start + batch_size], whole=True)
+      out.append(io.to_uint8(self._decode(self.vae_params, self.denormalize(latents))))
+    return np.concatenate(out)
+
   def encode_hints(self, last_frames: np.ndarray) -> jax.Array:
     """uint8 last frames [N, P, H, W, 3] (P = 1 + r (k - 1); P = 1: a last image) -> the DiT's hint latents of the
     video's last k latent frames [N, k, h, w, C] (`conditioning.hint_input`, as the condition cache has them)."""
