@@ -67,18 +67,19 @@ def footage_clips(name: str, count: int, frames: int = 10, size: tuple[int, int]
   return np.clip(ndimage.zoom(clips.astype(np.float32), zoom, order=1), 0, 255).astype(np.uint8)
 
 
-def footage_sanity(variables: dict | None = None, seed: int = 0) -> dict[str, float]:
+def footage_sanity(variables: dict | None = None, seed: int = 0, noise: Sequence[float] = (10, 30, 60),
+                   blur: Sequence[float] = (0.5, 1, 2, 3, 4)) -> dict[str, float]:
   """FVD between halves of 16 clips of bikes.mp4 (A, B) and with B changed: another source (8 clips of
-  bigbuckbunny.mp4), Gaussian noise and Gaussian blur of several strengths."""
+  bigbuckbunny.mp4), Gaussian noise (sigmas of 255) and Gaussian blur (sigmas in pixels)."""
   logits = lambda v: fvd.i3d_logits(v, batch_size=8, variables=variables)
   bikes = footage_clips("bikes.mp4", 16)
   a, b = logits(bikes[0::2]), bikes[1::2]
   out = {"same_source": fvd.frechet_distance(a, logits(b)),
          "other_source": fvd.frechet_distance(a, logits(footage_clips("bigbuckbunny.mp4", 8)))}
   rng = np.random.default_rng(seed)
-  for sigma in (10, 30, 60):
+  for sigma in noise:
     noisy = np.clip(b + rng.normal(0, sigma, b.shape), 0, 255).astype(np.uint8)
     out[f"noise_{sigma}"] = fvd.frechet_distance(a, logits(noisy))
-  for sigma in (0.5, 1, 2, 3, 4):
+  for sigma in blur:
     out[f"blur_{sigma}"] = fvd.frechet_distance(a, logits(ndimage.gaussian_filter(b, (0, 0, sigma, sigma, 0))))
   return out
