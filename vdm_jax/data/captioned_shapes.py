@@ -168,7 +168,8 @@ def config_named(name: str) -> str | CaptionedShapesConfig:
   match = _SIZED.match(name)
   if not match:
     allowed = [c.name for c in CaptionedShapes.BUILDER_CONFIGS]
-    raise ValueError(f"Captioned Shapes config {name!r}; allowed: {allowed}, or any 'HxWxT', 'HxWxT_small' or 'HxWxT_tiny'.")
+    raise ValueError(f"Captioned Shapes config {name!r}; allowed: {allowed}, or any 'HxWxT', 'HxWxT_small' or "
+                     "'HxWxT_tiny'.")
   height, width, frames = (int(x) for x in match.groups()[:3])
   num_train, num_validation = SIZED_SPLITS[match.group(4) or ""]
   return CaptionedShapesConfig(name=name, height=height, width=width, num_frames=frames, num_train=num_train,

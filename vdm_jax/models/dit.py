@@ -37,7 +37,7 @@ from vdm_jax.models.attention import BACKENDS
 from vdm_jax.models.blocks import (ACTIVATION_AXES, ACTIVATIONS, CrossBlock, JointBlock, modulate, per_token,
                                    zeros_or)
 from vdm_jax.models.layers import dense, layer_norm
-from vdm_jax.models.packing import Packing
+from vdm_jax.models.packing import Packing, positions_restart
 from vdm_jax.models.patchify import PatchEmbed, unpatchify
 
 REMAT_POLICIES = {
@@ -261,7 +261,7 @@ class DiT(nn.Module):
       raise ValueError(f"Packed DiT inputs: patches {patches.shape}, timesteps {timesteps.shape}, text_embeds "
                        f"{text_embeds.shape}, segment_ids {packing.segment_ids.shape}; expected [B, L, P], [B, S], "
                        "[B, S, Lt, text_dim], [B, L].")
-    if self.pos_embed == "learned" or (self.use_rope and self.rope_grid != "slice"):
+    if not positions_restart(self.pos_embed, self.use_rope, self.rope_grid):
       raise ValueError(f"Packed sequences need positions that restart per clip: pos_embed 'sincos' or 'none' and "
                        f"rope_grid 'slice'; this DiT has pos_embed={self.pos_embed!r}, rope_grid={self.rope_grid!r}.")
     (b, length), slots, text_len = patches.shape[:2], timesteps.shape[1], text_embeds.shape[2]

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_jax.models.patchify import patchify, unpatchify
+from vdm_jax.models.patchify import patch_grid, patchify, unpatchify
 
 
 @flax.struct.dataclass
@@ -36,6 +36,12 @@ class Packing:
   def slot_index(self) -> jax.Array:
     """[B, L] the slot each token reads its timestep and text from (padding reads slot 0 and is ignored)."""
     return jnp.maximum(self.segment_ids - 1, 0)
+
+
+def positions_restart(pos_embed: str, use_rope: bool, rope_grid: str) -> bool:
+  """Whether a DiT's positions can restart with every packed clip: sincos or none (a learned table is sized for one
+  grid) and, with RoPE, the integer 'slice' grid ('linspace' fits each grid into the base grid's crop region)."""
+  return pos_embed != "learned" and (not use_rope or rope_grid == "slice")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +84,10 @@ def plan(shapes: Sequence[tuple[int, int, int]], length: int, patch_size: int = 
     if len(shape) != 3:
       raise ValueError(f"Clip {i}: latent shape {tuple(shape)}; expected (T, H, W).")
     t, h, w = (int(x) for x in shape)
-    if t % patch_size_t or h % patch_size or w % patch_size:
-      raise ValueError(f"Clip {i}: latent shape {(t, h, w)} is not divisible by the patch "
-                       f"({patch_size_t}, {patch_size}, {patch_size}).")
-    grids.append((t // patch_size_t, h // patch_size, w // patch_size))
+    try:
+      grids.append(patch_grid((1, t, h, w, 1), patch_size, patch_size_t))
+    except ValueError as e:
+      raise ValueError(f"Clip {i}: latent shape {(t, h, w)} is not divisible by the patch: {e}") from None
     if np.prod(grids[-1]) > length:
       raise ValueError(f"Clip {i}: {int(np.prod(grids[-1]))} tokens (latent {(t, h, w)}) do not fit in a row of "
                        f"length={length}.")
@@ -125,7 +131,7 @@ def pack(clips: Sequence[jax.Array], layout: Layout) -> tuple[jax.Array, Packing
   if len(clips) != len(layout.placements):
     raise ValueError(f"{len(clips)} clips for a layout of {len(layout.placements)}.")
   row_parts = [[] for _ in range(layout.rows)]
-  for i, (clip, p) in enumerate(sorted(zip(clips, layout.placements), key=lambda cp: (cp[1].row, cp[1].start))):
+  for clip, p in sorted(zip(clips, layout.placements), key=lambda cp: (cp[1].row, cp[1].start)):
     if tuple(clip.shape[:3]) != p.shape:
       raise ValueError(f"Clip of shape {tuple(clip.shape)} where the layout has latent shape {p.shape}.")
     row_parts[p.row].append(patchify(jnp.asarray(clip)[None], layout.patch_size, layout.patch_size_t)[0])

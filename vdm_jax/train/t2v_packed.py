@@ -27,10 +27,12 @@ def validate(config) -> None:
   config_lib.check(config.diffusion.image_fraction == 0.0, "diffusion.image_fraction",
                    "must be 0 with input.pack_length (images are a bucket with 1 frame there).")
   model = config.model
-  config_lib.check(model.get("pos_embed", "sincos") != "learned", "model.pos_embed",
-                   "is 'learned' (one size); packing needs positions that restart per clip: 'sincos' or 'none'.")
-  config_lib.check(not model.get("use_rope", False) or model.get("rope_grid", "linspace") == "slice",
-                   "model.rope_grid", "must be 'slice' with input.pack_length (integer positions per clip).")
+  pos_embed, use_rope, rope_grid = (model.get("pos_embed", "sincos"), model.get("use_rope", False),
+                                    model.get("rope_grid", "linspace"))
+  key, value = ("model.pos_embed", pos_embed) if pos_embed == "learned" else ("model.rope_grid", rope_grid)
+  config_lib.check(packing.positions_restart(pos_embed, use_rope, rope_grid), key,
+                   f"is {value!r}; packing needs positions that restart per clip: pos_embed 'sincos' or 'none', "
+                   "and with RoPE rope_grid 'slice'.")
 
 
 def loss(experiment, params, batch, rng, frozen):
@@ -48,9 +50,8 @@ def loss(experiment, params, batch, rng, frozen):
   x0, segments = packing.pack(clips, layout)
   noise = jax.random.normal(n_rng, x0.shape)
   t = packing.per_slot(experiment.times(t_rng, len(clips)), layout)
-  alphas = None if d.prediction_type == "flow" else experiment.alphas_cumprod
   x_t, model_t, target, weight = objectives.noised_packed(d.prediction_type, x0, noise, t, segments.slot_index,
-                                                          alphas, d.loss_weighting)
+                                                          experiment.alphas_cumprod, d.loss_weighting)
   out = dit.apply({"params": params["dit"]}, x_t, model_t, packing.per_slot(jnp.concatenate(embeds), layout),
                   packing=segments)
   value = objectives.packed_loss(out, target, weight, segments.segment_ids)
