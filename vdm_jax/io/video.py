@@ -20,9 +20,11 @@ it, skip the file and count it; `on_damage="warn"` returns the frames that decod
 `encode_video` gives a file's bytes without a file. Pictures and notebook players made from videos are in
 `vdm_jax.io.visualize`.
 """
+import fractions
 import io
 import os
 import re
+import subprocess
 import tempfile
 import warnings
 
@@ -127,16 +129,17 @@ def write_mp4(path, video, fps=8, crf=15):
   _, height, width, _ = video.shape
   padded = np.pad(video, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
   _make_parent(path)
-  writer = imageio_ffmpeg.write_frames(
-      os.fspath(path), (padded.shape[2], padded.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-      quality=None, macro_block_size=1, ffmpeg_log_level="error",
-      output_params=["-crf", str(crf), *_SWS_FLAGS, "-metadata", f"comment={_SIZE_TAG}={width}x{height}"])
-  writer.send(None)
-  try:
-    for frame in padded:
-      writer.send(np.ascontiguousarray(frame))
-  finally:
-    writer.close()
+  cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+         "-s", f"{padded.shape[2]}x{padded.shape[1]}", "-pix_fmt", "rgb24",
+         "-r", str(fractions.Fraction(fps).limit_denominator()), "-i", "-", "-an", "-vcodec", "libx264",
+         "-pix_fmt", "yuv420p", "-crf", str(crf), *_SWS_FLAGS, "-metadata", f"comment={_SIZE_TAG}={width}x{height}",
+         "-v", "error", os.fspath(path)]
+  # ffmpeg in its own session, so a Ctrl-C meant for training does not cut the file; set between fork and exec in
+  # C (imageio-ffmpeg's writer uses a Python preexec_fn, which can hang the fork in a multithreaded JAX process).
+  proc = subprocess.run(cmd, input=np.ascontiguousarray(padded).tobytes(), stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, start_new_session=True, check=False)
+  if proc.returncode:
+    raise OSError(f"ffmpeg could not write {os.fspath(path)!r}: {proc.stderr.decode(errors='replace')[-2000:]}")
   return path
 
 
