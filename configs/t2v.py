@@ -32,10 +32,15 @@ and 80x48, 17 and 33 frames, every batch from one of them; it samples any of the
 --width --num_frames`). With `stage=1|2|3` the same model trains in stages (images at 64, video at 32, a short
 fine-tune at 64), each run starting from the previous one's parameters: `--config.init_from=<previous workdir>`.
 
+Evaluators (`config.evals`, vdm_jax/eval/evaluators/): the validation-loss grid and the probe, at the end
+(`--config.train.eval_every=N` or `--config.evals.<name>.every_steps=N`); `fvd=N` adds FVD of N samples against N
+real clips beside its floor and the VAE's reconstructions
+(`experiments.evaluate --config configs/t2v.py:fvd=256 --config.vae.workdir=V --workdir W --evals fvd`).
+
 `runlocal` shrinks everything (the 32x32x9_tiny dataset, a 2-layer DiT, a few steps) for tests; it keeps the
 `v_prediction` recipe unless a recipe is named.
 """
-from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder
+from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder, use_fvd
 
 SIZES = ("tiny",)
 RECIPES = ("flow", "v_prediction")
@@ -57,7 +62,7 @@ STAGE_STEPS = {"": 10000, "1": 1000, "2": 2500, "3": 500}
 
 def get_config(arg: str | None = None):
   args = parse_arg(arg, size="tiny", recipe="", dtype="float32", conditions="", runlocal=False, data="", folder="",
-                   sizes="", stage="")
+                   sizes="", stage="", fvd="")
   if args["size"] not in SIZES:
     raise ConfigError(f"Config argument size={args['size']!r}; allowed: {list(SIZES)}.")
   recipe = args["recipe"] or ("v_prediction" if args["runlocal"] else "flow")
@@ -84,6 +89,7 @@ def get_config(arg: str | None = None):
   if args["sizes"]:
     _mixed_sizes(c, args["stage"], runlocal=args["runlocal"])
   use_folder(c, args)
+  use_fvd(c, args["fvd"])
   return c
 
 

@@ -23,17 +23,21 @@ accelerators; on Captioned Shapes it is only a smoke test of the recipe.
 64x64x17, every source frame: `configs/vae.py:data=folder,folder=OUT` or `--config.input.folder=OUT`;
 `--config.input.builder_config=64x64x17_8fps` takes frames at 8 fps (docs/curation.md).
 
+Evaluators (`config.evals`, vdm_jax/eval/evaluators/): PSNR/SSIM and the probe on the reconstructions, at the end
+(`--config.train.eval_every=N` or `--config.evals.recon.every_steps=N`); `fvd=N` adds FVD of N reconstructions
+against N real clips, with its floor (`experiments.evaluate --config configs/vae.py:fvd=256 --workdir W --evals fvd`).
+
 `runlocal` shrinks everything (the 32x32x9_tiny dataset, a 2-block model, a few steps) for tests; at `size=tiny` it
 keeps the `reconstruction` recipe's unpatched layout unless a recipe is named.
 """
-from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder
+from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder, use_fvd
 
 SIZES = ("tiny", "cogvideox")
 RECIPES = {"tiny": ("diffusion", "reconstruction"), "cogvideox": ("cogvideox",)}
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, size="tiny", recipe="", runlocal=False, data="", folder="")
+  args = parse_arg(arg, size="tiny", recipe="", runlocal=False, data="", folder="", fvd="")
   size = args["size"]
   if size not in SIZES:
     raise ConfigError(f"Config argument size={size!r}; allowed: {list(SIZES)}.")
@@ -55,6 +59,7 @@ def get_config(arg: str | None = None):
   if args["runlocal"]:
     _runlocal(c)
   use_folder(c, args)
+  use_fvd(c, args["fvd"])
   return c
 
 

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before jax: only warnings 
 from absl import app, flags  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from vdm_jax import runs  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from vdm_jax.data import buckets, pipeline  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.data import buckets  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.eval import fvd_report  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.pipelines import t2v, t2v_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -39,16 +39,8 @@ def main(_):
     raise app.UsageError("--workdir is required (or --sanity).")
   config = buckets.one_size(runs.read_config(_WORKDIR.value, t2v_config.inference_defaults()))
   pipe = t2v.TextToVideoPipeline.from_workdir(_WORKDIR.value)
-  input_config = config.input.copy_and_resolve_references()
-  with input_config.unlocked():
-    # the full-size dataset of the run's size: its validation split has 1,024 clips (a _small one 256)
-    input_config.builder_config = _BUILDER_CONFIG.value or input_config.builder_config.replace("_small", "")
-  source = pipeline.data_source(input_config, _SPLIT.value)
-  n = _NUM_CLIPS.value
-  real_a, _ = fvd_report.clips(source, 0, n)
-  real_b, prompts_b = fvd_report.clips(source, n, n)
-  result = fvd_report.reference_points(pipe, real_a, real_b, prompts_b, list(range(n)),
-                                       t2v_config.sample_kwargs(config), batch_size=_BATCH.value)
+  result = fvd_report.for_pipeline(pipe, config.input, _NUM_CLIPS.value, t2v_config.sample_kwargs(config),
+                                   split=_SPLIT.value, builder_config=_BUILDER_CONFIG.value, batch_size=_BATCH.value)
   _write(result)
 
 

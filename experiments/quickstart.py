@@ -32,12 +32,12 @@ from experiments import job_clock
 from vdm_jax import io, xla_cpu
 from vdm_jax import runs as runs_lib
 from vdm_jax.data import buckets
-from vdm_jax.eval import probe
+from vdm_jax.eval import fvd_report, probe
 from vdm_jax.eval import tasks as tasks_lib
 from vdm_jax.pipelines import t2v_config as t2v_inference
 from vdm_jax.pipelines.latents import LatentSpace
 from vdm_jax.pipelines.t2v import TextToVideoPipeline
-from vdm_jax.train import loop, metrics, t2v_eval
+from vdm_jax.train import loop, metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where everything goes.")
 _PRESET = flags.DEFINE_enum("preset", "default", ["default", "runlocal", "sizes", "sizes_runlocal"],
@@ -60,6 +60,8 @@ _CONDITIONS = flags.DEFINE_enum(
     "text-to-video only.")
 _NUM_TASK_VIDEOS = flags.DEFINE_integer("num_task_videos", None, "Videos per image/video prompt task in the report "
                                         "(default 16; runlocal 2).")
+_FVD = flags.DEFINE_integer("fvd", 0, "> 0: also FVD of this many samples beside its floor and the VAE's "
+                            "reconstructions, against validation clips (docs/fvd.md; 256 take about 15 minutes).")
 flags.mark_flags_as_required(["workdir"])
 
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
@@ -127,7 +129,7 @@ def dit_dtype(choice: str, preset: str) -> str:
 
 def probe_set(n: int) -> tuple[list[str], list[int]]:
   """The n prompts the quickstart scores (cycling over every color, shape and motion) and their seeds."""
-  return t2v_eval.probe_prompts(n), [PROBE_SEED + i for i in range(n)]
+  return probe.prompts(n), [PROBE_SEED + i for i in range(n)]
 
 
 sample_kwargs = t2v_inference.sample_kwargs  # the notebook samples with the quickstart's settings through this name
@@ -254,6 +256,7 @@ def main(argv):
   scores = probe.score(videos, prompts)
   if pipe.conditioned:
     tasks = task_report(pipe, t2v_config, num_task_videos, workdir)
+  fvd = fvd_report.for_pipeline(pipe, t2v_config.input, _FVD.value, sample_kwargs(t2v_config)) if _FVD.value else None
   minutes["sample_and_score"] = (time.time() - start) / 60 - minutes["vae"] - minutes["t2v"]
 
   os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
@@ -263,7 +266,7 @@ def main(argv):
   plot_losses({"vae": vae_dir, "t2v": t2v_dir}, os.path.join(workdir, "loss_curves.png"))
   vae_evals = [json.loads(line) for line in open(os.path.join(vae_dir, "metrics.jsonl")) if "eval/psnr" in line]
   report = {"probe": scores, "probe_diagnosis": probe.diagnose(videos, prompts),  # where the score is lost
-            "tasks": tasks, "sizes": by_size,
+            "tasks": tasks, "sizes": by_size, "fvd": fvd,
             "num_videos": num_probe, "probe_seeds": [seeds[0], seeds[-1]],
             "vae_psnr": vae_evals[-1]["eval/psnr"] if vae_evals else None,
             "vae": {"step": vae_identity.step, "weights_sha256": vae_identity.weights_sha256},

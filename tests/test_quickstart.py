@@ -79,11 +79,15 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
     assert profiled["steps"] == [2, 3] and profiled["seconds_per_step"] > 0 and profiled["ops_per_step"] > 0
     assert 0 < len(profiled["top_ops"]) <= 10 and abs(sum(profiled["kinds"].values()) - profiled["ops_per_step"]) < 1e-6
     assert os.path.exists(tmp_path / stage / "profile" / "summary.json")
-  # a second run reuses both trained models (their checkpoints are at the last step)
-  again = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
+  # a second run reuses both trained models (their checkpoints are at the last step); --fvd reports FVD beside its
+  # reference points (4 clips per set of the tiny validation split)
+  again = subprocess.run(cmd + ["--fvd=4"], cwd=REPO, env=one_device_env, capture_output=True, text=True,
+                         timeout=1200)
   assert again.returncode == 0, again.stderr[-4000:]
   assert again.stderr.count("Resuming from checkpoint") == 2
   assert again.stderr.count("nothing to train") == 2  # and neither step is compiled again
+  fvd = json.load(open(tmp_path / "report.json"))["fvd"]
+  assert fvd["num_clips"] == 4 and 0 < fvd["fvd_floor"] and 0 < fvd["fvd_reconstruction"] and 0 < fvd["fvd_samples"]
 
 
 def test_stopped_in_the_vae_stage_exits_75_and_the_rerun_trains_the_dit_on_the_final_vae(shapes_data_dir,

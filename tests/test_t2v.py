@@ -29,10 +29,16 @@ def _t2v(data_dir, vae_dir, **train):
 
 def test_train_evaluate_sample_and_resume_exactly(shapes_data_dir, vae_workdir, tmp_path):
   straight = str(tmp_path / "straight")
-  loop.train(_t2v(shapes_data_dir, vae_workdir, steps=4, checkpoint_every=2), straight)
+  c = _t2v(shapes_data_dir, vae_workdir, steps=4, checkpoint_every=2)
+  c.evals.temporal = {"type": "temporal"}  # on the probe's samples (generated once for both)
+  c.evals.val_loss.every_steps = 2
+  loop.train(c, straight)
   lines = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
+  assert [m["step"] for m in lines if "eval/val_loss_t100" in m] == [2, 4]
   evals = [m for m in lines if "eval/val_loss_t100" in m][-1]
-  assert {"eval/val_loss_t900", "eval/probe_color", "eval/probe_shape", "eval/probe_motion", "eval/probe_all"} <= set(evals)
+  assert {"eval/val_loss_t900", "eval/probe_color", "eval/probe_shape", "eval/probe_motion", "eval/probe_all",
+          "eval/flicker", "eval/warping_error", "eval/probe_consistency"} <= set(evals)
+  assert 0 <= evals["eval/probe_consistency"] <= 1 and evals["eval/flicker"] >= 0
   assert os.path.exists(os.path.join(straight, "samples", "step_00000004", "samples.png"))
 
   # the latent cache sits next to the VAE, holds every training clip, and is checked against the captions

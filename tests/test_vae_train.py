@@ -240,20 +240,26 @@ def test_discriminator_warm_up_in_the_training_loop(shapes_data_dir, tmp_path):
 
 def test_train_evaluate_and_samples(shapes_data_dir, tmp_path):
   workdir = str(tmp_path / "vae")
-  c = _config(shapes_data_dir)
+  c = vae_config.get_config("runlocal,fvd=8")  # FVD of 8 reconstructions against 8 clips, and its floor, at the end
+  c.input.data_dir = shapes_data_dir
+  c.evals.recon.every_steps = 2
+  c.evals.fvd.i3d_batch_size = 8  # split over the mesh's 8 data shards
   loop.train(c, workdir)
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [m["step"] for m in lines if "loss" in m] == [2, 4]
   assert all(np.isfinite(m["loss"]) and "psnr" in m and "kl" in m for m in lines if "loss" in m)
+  assert [m["step"] for m in lines if "eval/psnr" in m] == [2, 4]  # the registry's schedule
+  assert [m["step"] for m in lines if "eval/probe_all" in m] == [4] == [m["step"] for m in lines if "eval/fvd" in m]
   final = [m for m in lines if "eval/psnr" in m][-1]
   assert final["step"] == 4 and 0 < final["eval/ssim"] <= 1 and np.isfinite(final["eval/psnr"])
   assert all(0 <= final[f"eval/probe_{k}"] <= 1 for k in ("color", "shape", "motion", "all"))  # the t2v ceiling
+  assert 0 < final["eval/fvd_floor"] < final["eval/fvd"]  # 4 steps reconstruct far worse than other real clips
   samples = os.path.join(workdir, "samples", "step_00000004")
   assert sorted(os.listdir(samples)) == ["recon.png", "recon_0.mp4", "recon_1.mp4"]
   from vdm_jax import io  # pylint: disable=g-import-not-at-top
   assert io.read_video(os.path.join(samples, "recon_0.mp4")).shape == (9, 32, 64, 3)  # input | reconstruction
 
-  path, out = evaluate_lib.evaluate(c, workdir)
+  path, out = evaluate_lib.evaluate(c, workdir, evals=["recon"])
   assert path == os.path.join(workdir, "eval", "vae_step4.json")
   with open(path) as f:
     written = json.load(f)
@@ -261,3 +267,4 @@ def test_train_evaluate_and_samples(shapes_data_dir, tmp_path):
   # The EMA params restored from the checkpoint give back the trainer's own final eval.
   np.testing.assert_allclose(written["metrics"]["psnr"], final["eval/psnr"], rtol=1e-6)
   np.testing.assert_allclose(written["metrics"]["ssim"], final["eval/ssim"], rtol=1e-6)
+  assert "probe_all" not in written["metrics"]  # only the evaluators asked for

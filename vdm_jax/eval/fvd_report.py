@@ -12,29 +12,37 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from vdm_jax.data import buckets, pipeline
 from vdm_jax.eval import fvd
 from vdm_jax.io.video import read_video
+
+
+def caption_text(caption) -> str:
+  """A record's caption (bytes or str) as a str."""
+  return caption.decode() if isinstance(caption, bytes) else str(caption)
 
 
 def clips(source, start: int, count: int) -> tuple[np.ndarray, list[str]]:
   """Records start..start+count of a random-access source of {'video', 'caption'} -> (uint8 videos, captions)."""
   if start + count > len(source):
-    raise ValueError(f"clips {start}..{start + count} asked of a split of {len(source)}.")
+    raise ValueError(f"clips {start}..{start + count} asked of a split of {len(source)}: ask for fewer clips.")
   records = [source[i] for i in range(start, start + count)]
-  captions = [r["caption"].decode() if isinstance(r["caption"], bytes) else str(r["caption"]) for r in records]
+  captions = [caption_text(r.get("caption", "")) for r in records]
   return np.stack([np.asarray(r["video"], np.uint8) for r in records]), captions
 
 
-def reference_points(pipe, real_a: np.ndarray, real_b: np.ndarray, prompts_b: Sequence[str], seeds: Sequence[int],
-                     sample_kwargs: dict[str, Any], batch_size: int = 16, variables: dict | None = None,
-                     mesh=None) -> dict[str, float]:
-  """{'fvd_floor', 'fvd_reconstruction', 'fvd_samples', 'num_clips', 'minutes_i3d', 'minutes'} for a
-  TextToVideoPipeline `pipe`, real videos A and B (uint8 [n, T, H, W, 3], the model's size) and B's prompts."""
+def reference_points(real_a: np.ndarray, real_b: np.ndarray, *,
+                     reconstruct: Callable[[np.ndarray], np.ndarray] | None = None,
+                     generate: Callable[[], np.ndarray] | None = None, batch_size: int = 16,
+                     variables: dict | None = None, mesh=None) -> dict[str, float]:
+  """{'fvd_floor', 'fvd_reconstruction' (with `reconstruct`), 'fvd_samples' (with `generate`), 'num_clips',
+  'minutes_i3d', 'minutes'} for real videos A and B (uint8 [n, T, H, W, 3]): `reconstruct(B)` gives B through the
+  model's VAE, `generate()` the model's videos for B's captions (uint8, A's shape)."""
   start = time.perf_counter()
   i3d_seconds = 0.0
 
@@ -46,12 +54,29 @@ def reference_points(pipe, real_a: np.ndarray, real_b: np.ndarray, prompts_b: Se
     return out
 
   a = logits(real_a)
-  result = {"fvd_floor": fvd.frechet_distance(a, logits(real_b)),
-            "fvd_reconstruction": fvd.frechet_distance(a, logits(pipe.reconstruct(real_b))),
-            "fvd_samples": fvd.frechet_distance(a, logits(pipe.generate(list(prompts_b), list(seeds),
-                                                                        **sample_kwargs)))}
+  result = {"fvd_floor": fvd.frechet_distance(a, logits(real_b))}
+  if reconstruct is not None:
+    result["fvd_reconstruction"] = fvd.frechet_distance(a, logits(reconstruct(real_b)))
+  if generate is not None:
+    result["fvd_samples"] = fvd.frechet_distance(a, logits(generate()))
   return {**result, "num_clips": len(real_a), "minutes_i3d": i3d_seconds / 60,
           "minutes": (time.perf_counter() - start) / 60}
+
+
+def for_pipeline(pipe, input_config, num_clips: int, sample_kwargs: dict, split: str = "validation",
+                 builder_config: str = "", batch_size: int = 16) -> dict[str, float]:
+  """`reference_points` of a TextToVideoPipeline on 2 x `num_clips` clips of `split` of `input_config`'s dataset
+  (its first bucket): A = records 0..n-1, B = n..2n-1, B's captions prompting samples at seeds 0..n-1. The clips
+  come from `builder_config`, default the input's own with '_small' dropped (the full-size config's validation
+  split has 1,024 clips at 64x64x17, a _small one 256)."""
+  input_config = buckets.first_input(input_config).copy_and_resolve_references()
+  with input_config.unlocked():
+    input_config.builder_config = builder_config or input_config.builder_config.replace("_small", "")
+  source = pipeline.data_source(input_config, split)
+  real_a, _ = clips(source, 0, num_clips)
+  real_b, prompts_b = clips(source, num_clips, num_clips)
+  return reference_points(real_a, real_b, reconstruct=pipe.reconstruct, batch_size=batch_size,
+                          generate=lambda: pipe.generate(prompts_b, list(range(num_clips)), **sample_kwargs))
 
 
 def footage_clips(name: str, count: int, frames: int = 10, size: tuple[int, int] = (96, 128)) -> np.ndarray:

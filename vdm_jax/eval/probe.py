@@ -12,6 +12,7 @@ which scores as wrong on every attribute.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -28,6 +29,15 @@ SHAPE_FILL = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}  # area / b
 _PALETTE_NAMES = tuple(shapes.COLORS)
 _PALETTE = np.array([shapes.COLORS[c] for c in _PALETTE_NAMES], np.float64)  # [8, 3]
 _NOTHING = {"color": None, "shape": None, "motion": None}
+
+
+def prompts(n: int) -> list[str]:
+  """n prompts cycling over all 120 (color, shape, motion) combinations in a fixed shuffled order, each with a
+  caption template drawn from a fixed seed: what the probe scores a text-to-video model on."""
+  combos = list(itertools.product(shapes.COLORS, shapes.SHAPES, shapes.MOTIONS))
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(combos))
+  return [shapes.caption_for(*combos[order[i % len(combos)]], template=int(rng.integers(0, 6))) for i in range(n)]
 
 
 def foreground(video: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 from vdm_jax.config import ConfigError, check, check_choice  # noqa: F401  (re-exported for configs/)
 from vdm_jax.data import buckets as buckets_lib
 from vdm_jax.data import ops
+from vdm_jax.eval import evaluators
 from vdm_jax.parallel.mesh import MESH_AXES
 from vdm_jax.parallel.sharding import DEFAULT_RULES
 from vdm_jax.train import registry
@@ -88,6 +89,10 @@ def generic_config() -> ml_collections.ConfigDict:
   c.schedule.warmup_steps = 0
   c.schedule.end_lr_factor = 0.0  # cosine/linear decay to base_lr * end_lr_factor at train.steps
 
+  # Evaluators by name (vdm_jax.eval.evaluators): {name: {type, every_steps, prefix, settings}}; their settings
+  # default to the shared `eval` section's keys of the same name.
+  c.evals = ml_collections.ConfigDict({"_free_form": True})
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.ema_decay = 0.0  # 0 keeps EMA params equal to params
@@ -95,7 +100,7 @@ def generic_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
   c.train.async_checkpoints = True
-  c.train.eval_every = 0  # 0: only at the end
+  c.train.eval_every = 0  # the evaluators' default every_steps (0: only at the end)
   c.train.sample_every = 0  # 0: only at the end
   c.train.compute_dtype = "float32"
   c.train.param_dtype = "float32"
@@ -217,6 +222,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   except (ValueError, KeyError) as e:
     raise ConfigError(f"Config key 'input.pp' is not a valid preprocessing spec: {e}") from e
 
+  try:
+    evaluators.validate(config, registry.get(config.experiment))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   registry.get(config.experiment).validate_config(config)
   return config
 
@@ -260,6 +269,21 @@ def parse_arg(arg: str | None, **defaults) -> dict[str, str | bool]:
       raise ConfigError(f"Unknown config argument {key!r}; allowed: {sorted(defaults)}.")
     out[key] = value.strip() if _ else True
   return out
+
+
+def use_fvd(c: ml_collections.ConfigDict, value: str) -> None:
+  """Config argument `fvd=N`: an evaluator `fvd` (vdm_jax/eval/evaluators/fvd.py) on N real clips against N of the
+  model's, with its reference points (the floor and, for a text-to-video model, the VAE's reconstructions), run at
+  the end of training and by `experiments.evaluate --evals fvd`. The split needs 2N clips."""
+  if not value:
+    return
+  try:
+    num_clips = int(value)
+  except ValueError:
+    num_clips = 0
+  if num_clips < 2:
+    raise ConfigError(f"Config argument fvd={value!r}; allowed: a number of clips per set >= 2, e.g. fvd=256.")
+  c.evals.fvd = {"type": "fvd", "num_clips": num_clips, "reference_points": True, "every_steps": 0}
 
 
 def use_folder(c: ml_collections.ConfigDict, args: Mapping[str, Any]) -> None:

@@ -24,6 +24,7 @@ from absl import logging
 from vdm_jax import runs, xla_cpu
 from vdm_jax.data import buckets as buckets_lib
 from vdm_jax.data import pipeline
+from vdm_jax.eval import evaluators
 from vdm_jax.parallel import sharding
 from vdm_jax.train import checkpoint as checkpoint_lib
 from vdm_jax.train import config as config_lib
@@ -315,8 +316,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
         if saved:
           _check_finite(*pending)
           checkpointer.save(step, state, train_iter, config, force=True)
-        if every(config.train.eval_every, step):
-          evals = experiment.evaluate(state.ema_params, step)
+        due = evaluators.due(config, step, total)
+        if due:
+          evals = experiment.evaluate(state.ema_params, step, names=due)
           if evals:
             writer.write(step, {f"eval/{k}": v for k, v in evals.items()})
         if every(config.train.sample_every, step):

@@ -6,12 +6,13 @@ An experiment owns its config sections (`model`, `loss`, ...), its model, its lo
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 
 from vdm_jax.data import pipeline
+from vdm_jax.eval import evaluators
 
 # name -> module that registers it; imported only when that experiment is asked for.
 _MODULES = {
@@ -106,9 +107,13 @@ class Experiment:
     """
     return {}
 
-  def evaluate(self, params: Any, step: int) -> dict[str, float]:
-    """Runs the experiment's evals on `params` (the EMA params); returns scalar metrics."""
-    return {}
+  def evaluate(self, params: Any, step: int, names: Sequence[str] | None = None) -> dict[str, float]:
+    """Runs the evaluators `names` of `config.evals` (default: all) on `params` (the EMA params); returns their
+    scalar metrics. What an evaluator asks of the experiment are hooks it implements where it can:
+    `reconstruct_videos(params, video)` (float [-1, 1] [B, T, H, W, 3] host arrays in and out),
+    `generate_videos(params, prompts, seeds)` (uint8 videos) and `loss_at(params, batch, t, rng)` (per-example
+    losses of an eval batch at timestep t, host array); see vdm_jax/eval/evaluators/."""
+    return evaluators.run(self, params, step, names)
 
   def write_samples(self, params: Any, step: int, out_dir: str) -> None:
     """Writes samples (videos, images) for `params` under `out_dir`."""

@@ -32,7 +32,6 @@ from vdm_jax.pipelines import t2v_config
 from vdm_jax.pipelines.latents import LatentSpace
 from vdm_jax.train import flops as flops_lib
 from vdm_jax.train import registry, t2v_data, t2v_eval, t2v_packed
-from vdm_jax.train.t2v_eval import probe_prompts  # noqa: F401  (the quickstart and notebooks score these)
 
 
 @registry.register("t2v")
@@ -53,6 +52,7 @@ class TextToVideo(registry.Experiment):
         "split": "validation", "num_examples": 64, "batch_size": 16, "loss_timesteps": (100, 300, 500, 700, 900),
         "probe_prompts": 64, "probe_seed": 1000,  # probe videos use seeds the samples never used
     })
+    c.evals = ml_collections.ConfigDict({"val_loss": {"type": "val_loss_grid"}, "probe": {"type": "probe"}})
     return c
 
   @classmethod
@@ -332,8 +332,14 @@ class TextToVideo(registry.Experiment):
     return t2v_pipeline.TextToVideoPipeline.from_config(self.config, params, self.workdir, space=self.space,
                                                         text=self.text, text_params=self.text_params(params))
 
-  def evaluate(self, params, step):
-    return t2v_eval.evaluate(self, params)
+  def loss_at(self, params, batch, t, rng):
+    return t2v_eval.loss_at(self, params, batch, t, rng)
+
+  def generate_videos(self, params, prompts, seeds):
+    return t2v_eval.generate(self, params, prompts, seeds)
+
+  def reconstruct_videos(self, params, video):
+    return t2v_eval.reconstruct(self, params, video)
 
   def write_samples(self, params, step, out_dir):
     t2v_eval.write_samples(self, params, out_dir)

@@ -38,6 +38,7 @@ class ToyAutoencoder(registry.Experiment):
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict({"features": (16, 32), "latent_channels": 4, "noise_std": 0.1})
     c.eval = ml_collections.ConfigDict({"split": "validation", "num_examples": 32, "batch_size": 8})
+    c.evals = ml_collections.ConfigDict({"recon": {"type": "psnr_ssim", "ssim": False}})
     return c
 
   @classmethod
@@ -52,7 +53,6 @@ class ToyAutoencoder(registry.Experiment):
                                   latent_channels=config.model.latent_channels,
                                   dtype=jnp.dtype(config.train.compute_dtype))
     self._reconstruct = xla_cpu.jit(lambda params, video: self.model.apply({"params": params}, video))
-    self._psnr = xla_cpu.jit(lambda params, video: psnr(self.model.apply({"params": params}, video), video))
 
   def init(self, rng, batch):
     video = jnp.zeros(batch["video"].shape, jnp.float32)
@@ -70,12 +70,10 @@ class ToyAutoencoder(registry.Experiment):
     return pipeline.eval_batches(buckets.first_input(self.config.input), split=e.split, batch_size=e.batch_size,
                                  num_examples=e.num_examples)
 
-  def evaluate(self, params, step):
-    scores = []
-    for batch in self._eval_batches():
-      video = sharding.shard_batch(pipeline.numeric(batch), self.mesh)["video"]
-      scores.append(sharding.to_host(self._psnr(params, video)))  # all processes' clips
-    return {"psnr": float(np.mean(np.concatenate(scores)))} if scores else {}
+  def reconstruct_videos(self, params, video):
+    """Host float clips [B, T, H, W, 3] in [-1, 1] -> their reconstructions (host, float32)."""
+    return np.asarray(jax.device_get(self._reconstruct(params, sharding.shard_batch({"video": video},
+                                                                                    self.mesh)["video"])))
 
   def write_samples(self, params, step, out_dir):
     batch = next(self._eval_batches())

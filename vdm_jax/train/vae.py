@@ -40,8 +40,6 @@ import numpy as np
 
 from vdm_jax import io, xla_cpu
 from vdm_jax.data import pipeline
-from vdm_jax.eval import metrics
-from vdm_jax.eval import probe
 from vdm_jax.eval.metrics import psnr_from_mse  # the loss's own `metrics` dict hides the module
 from vdm_jax.models import vae as vae_model
 from vdm_jax.models.vae import PatchDiscriminator3D
@@ -92,6 +90,8 @@ class VAEExperiment(registry.Experiment):
     })
     c.eval = ml_collections.ConfigDict({"split": "validation", "num_examples": 64, "batch_size": 8,
                                         "num_samples": 4})
+    # PSNR/SSIM, and on Captioned Shapes the probe on the same reconstructions: the t2v model's ceiling
+    c.evals = ml_collections.ConfigDict({"recon": {"type": "psnr_ssim"}, "probe": {"type": "probe"}})
     return c
 
   @classmethod
@@ -260,34 +260,14 @@ class VAEExperiment(registry.Experiment):
     return pipeline.eval_batches(self.config.input, split=e.split, batch_size=e.batch_size,
                                  num_examples=e.num_examples)
 
-  def _reconstruct_batch(self, params, batch) -> np.ndarray:
-    video = sharding.shard_batch(pipeline.numeric(batch), self.mesh)["video"]
+  def reconstruct_videos(self, params, video) -> np.ndarray:
+    """Host float clips [B, T, H, W, 3] in [-1, 1] -> their reconstructions (host float32, clipped to [-1, 1])."""
+    video = sharding.shard_batch({"video": video}, self.mesh)["video"]
     return np.clip(np.asarray(jax.device_get(self._reconstruct(params, video))), -1.0, 1.0)
-
-  def evaluate(self, params, step):
-    """PSNR and SSIM of the reconstructions; on Captioned Shapes also the probe's accuracy on them (`probe_*`): the
-    most a text-to-video model drawing in this VAE's latent space can score, since its videos are decodes too."""
-    psnr, ssim, probe_videos, captions = [], [], [], []
-    on_shapes = self.config.input.dataset == "captioned_shapes"
-    for batch in self._eval_batches():
-      recon = self._reconstruct_batch(params, batch)
-      psnr.append(metrics.psnr(recon, batch["video"]))
-      ssim.append(metrics.ssim(recon, batch["video"]))
-      if on_shapes and "caption" in batch:
-        probe_videos.extend(io.to_uint8(recon))
-        captions.extend(c.decode() if isinstance(c, bytes) else str(c) for c in batch["caption"])
-    if not psnr:
-      return {}
-    out = {"psnr": float(np.mean(np.concatenate(psnr))), "ssim": float(np.mean(np.concatenate(ssim))),
-           "num_examples": float(sum(len(p) for p in psnr))}
-    if probe_videos:
-      scores = probe.score(probe_videos, captions)
-      out.update({f"probe_{k}": v for k, v in scores.items() if k != "num_videos"})
-    return out
 
   def write_samples(self, params, step, out_dir):
     batch = next(self._eval_batches())
-    recon = self._reconstruct_batch(params, batch)
+    recon = self.reconstruct_videos(params, pipeline.numeric(batch)["video"])
     n = self.config.eval.num_samples
     pairs = np.concatenate([io.to_uint8(batch["video"]), io.to_uint8(recon)], axis=3)[:n]  # side by side (width)
     os.makedirs(out_dir, exist_ok=True)
