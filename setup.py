@@ -57,7 +57,8 @@ EXTRAS = {
     # Curation and dataset builds on Apache Beam (`python -m experiments.curate --runner=...`).
     "beam": ["apache-beam>=2.78"],
     # Parity references only. Install torch==2.13.0 (the CPU build) first so pip never pulls a CUDA build.
-    "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate"],
+    # peft: diffusers' LoRA adapters (tests/test_lora_parity.py writes and loads real adapter files with it).
+    "reference": ["torch==2.13.0", "diffusers>=0.35", "transformers>=5.0", "accelerate", "peft>=0.17"],
 }
 
 setuptools.setup(

@@ -26,9 +26,11 @@ reads config.json and the tokenizer (spiece.model or tokenizer.json) from disk. 
 [226, 4096] bf16, so this changes nothing; with `encode_text` the plan holds 259 instead of 32128 embedding rows.
 `encode_text`: run the frozen T5-XXL inside every train step on tokenized captions instead of caching its
 embeddings (no cache to write, but the step all-gathers the encoder's weights, which costs memory per device).
+`lora=R`: LoRA fine-tuning (rank R on the attention projections) over a frozen bfloat16 base, a vdm_jax run given
+as `--config.init_from` (docs/lora.md).
 The plans' memory per device for each size, mesh and batch: docs/scaling.md.
 """
-from vdm_jax.train.config import ConfigError, base_config, parse_arg
+from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_lora
 
 # diffusers CogVideoXTransformer3DModel configs (vdm_jax/convert/cogvideox_transformer.py maps them to DiT fields).
 SIZES = {
@@ -53,7 +55,7 @@ LATENT_SHAPE = {"2b": (13, 60, 90, 16),  # 480x720x49: (49 - 1) / 4 + 1 frames; 
 
 def get_config(arg: str | None = None):
   args = parse_arg(arg, size="2b", path="CogVideoX-2b", dataset="captioned_videos", abstract=False,
-                   encode_text=False)
+                   encode_text=False, lora="")
   size = args["size"]
   if size not in SIZES:
     raise ConfigError(f"Config argument size={size!r}; allowed: {sorted(SIZES)}.")
@@ -111,4 +113,13 @@ def get_config(arg: str | None = None):
   c.sample.update({"sampler": "ddim", "num_steps": 50, "guidance_scale": 6.0, "use_dynamic_cfg": True,
                    "batch_size": 1})
   c.eval.update({"num_examples": 64, "batch_size": 8, "probe_prompts": 0})
+  if args["lora"]:
+    _lora(c, args["lora"])
   return c
+
+
+def _lora(c, rank: str) -> None:
+  """`lora=R`: rank-R adapters on the attention projections over a frozen bfloat16 base, at diffusers' CogVideoX
+  LoRA learning rate (1e-4, constant after a warm-up)."""
+  use_lora(c, rank, base_dtype="bfloat16")
+  c.schedule.update({"name": "constant", "base_lr": 1e-4, "warmup_steps": 100})

@@ -37,10 +37,13 @@ Evaluators (`config.evals`, vdm_jax/eval/evaluators/): the validation-loss grid 
 real clips beside its floor and the VAE's reconstructions
 (`experiments.evaluate --config configs/t2v.py:fvd=256 --config.vae.workdir=V --workdir W --evals fvd`).
 
+`lora=R`: fine-tune a trained run with rank-R adapters on the attention projections (docs/lora.md):
+`experiments.train --config configs/t2v.py:lora=8 --config.init_from=/tmp/t2v --config.vae.workdir=/tmp/vae ...`.
+
 `runlocal` shrinks everything (the 32x32x9_tiny dataset, a 2-layer DiT, a few steps) for tests; it keeps the
 `v_prediction` recipe unless a recipe is named.
 """
-from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder, use_fvd
+from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_folder, use_fvd, use_lora
 
 SIZES = ("tiny",)
 RECIPES = ("flow", "v_prediction")
@@ -62,7 +65,7 @@ STAGE_STEPS = {"": 10000, "1": 1000, "2": 2500, "3": 500}
 
 def get_config(arg: str | None = None):
   args = parse_arg(arg, size="tiny", recipe="", dtype="float32", conditions="", runlocal=False, data="", folder="",
-                   sizes="", stage="", fvd="")
+                   sizes="", stage="", fvd="", lora="")
   if args["size"] not in SIZES:
     raise ConfigError(f"Config argument size={args['size']!r}; allowed: {list(SIZES)}.")
   recipe = args["recipe"] or ("v_prediction" if args["runlocal"] else "flow")
@@ -90,6 +93,7 @@ def get_config(arg: str | None = None):
     _mixed_sizes(c, args["stage"], runlocal=args["runlocal"])
   use_folder(c, args)
   use_fvd(c, args["fvd"])
+  use_lora(c, args["lora"])
   return c
 
 

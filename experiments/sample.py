@@ -4,6 +4,8 @@
         --num_samples 4 --seed 0 --out /tmp/samples
     python -m experiments.sample --pretrained /path/CogVideoX-2b --prompt "..." --num_frames 49 --height 480 \\
         --width 720 --num_steps 50 --guidance_scale 6 --use_dynamic_cfg --out /tmp/cogvideox
+    python -m experiments.sample --pretrained /path/CogVideoX-2b --lora adapter/ --lora_scale 0.8 --prompt "..." ...
+    python -m experiments.sample --workdir W_lora --lora_scale 0.5 --prompt "..."   # a LoRA run over its base
 
 A t2v run trained with frame conditions (`diffusion.condition.mix`) also takes frames:
     python -m experiments.sample --workdir W --prompt P --image first.png --out DIR              # image-to-video
@@ -27,6 +29,7 @@ with frames the task and the condition's file.
 unless `--overwrite` (then `samples.jsonl` drops its lines for the replaced files), so `samples.jsonl` lists each
 file once, with the prompt and seed it was made from. Sampling a run stopped before its `train.steps` says so.
 """
+import dataclasses
 import json
 import os
 import warnings
@@ -40,6 +43,7 @@ from absl import app, flags, logging  # noqa: E402  pylint: disable=g-import-not
 
 from vdm_jax import io, runs  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.diffusion import samplers  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from vdm_jax.convert import cogvideox as convert_cogvideox  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.pipelines import cogvideox, t2v  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.train import loop, metrics  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -80,6 +84,10 @@ _STRENGTH = flags.DEFINE_float("strength", 0.7, "--task v2v: how far toward nois
                                "sampling, in (0, 1] (the share of the steps run).")
 _IMAGE_GUIDANCE = flags.DEFINE_float("image_guidance_scale", None, "With --image or --video: guide the frames "
                                      "separately from the text at this scale (Open-Sora's two scales).")
+_LORA = flags.DEFINE_string("lora", None, "--pretrained: a diffusers LoRA file (pytorch_lora_weights.safetensors, "
+                            "or its folder) merged into the transformer.")
+_LORA_SCALE = flags.DEFINE_float("lora_scale", 1.0, "The adapter's weight: of --lora, or of a LoRA run's adapters "
+                                 "(a t2v workdir trained with lora.targets).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "CogVideoX: the weights' and computation's dtype (bfloat16 on accelerators).")
 flags.mark_flags_as_required(["prompt", "out"])
@@ -108,7 +116,10 @@ def _t2v_pipeline(workdir):
   config = loop.load_config_json(workdir)
   if config.get("experiment") != "t2v":
     raise app.UsageError(f"--workdir {workdir!r} holds a {config.get('experiment')!r} run; sampling needs a 't2v' run.")
-  params, step = runs.load_params(workdir)
+  try:
+    params, step = runs.load_model_params(workdir, lora_scale=_LORA_SCALE.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if step < config.train.steps:
     logging.warning("Sampling an unfinished run: %s is at step %d of train.steps=%d.", workdir, step,
                     config.train.steps)
@@ -191,6 +202,9 @@ def _generate_t2v(prompts, seeds, conditions, last):
 
 def _generate_cogvideox(prompts, seeds, conditions):
   pipe = cogvideox.load(_PRETRAINED.value, dtype=jnp.dtype(_DTYPE.value))
+  if _LORA.value:  # a diffusers adapter file merged into the transformer
+    pipe = dataclasses.replace(pipe, transformer_params=convert_cogvideox.load_lora(
+        pipe.transformer_params, _LORA.value, _LORA_SCALE.value))
   if pipe.image_to_video != bool(conditions):
     raise app.UsageError(f"--pretrained {_PRETRAINED.value!r} is an image-to-video folder: give --image." if
                          pipe.image_to_video else f"--pretrained {_PRETRAINED.value!r} is text-to-video: it takes "
@@ -273,6 +287,8 @@ def main(argv):
   _quiet_logs()
   if bool(_WORKDIR.value) == bool(_PRETRAINED.value):
     raise app.UsageError("Give exactly one of --workdir (a trained t2v run) and --pretrained (a CogVideoX folder).")
+  if _LORA.value and not _PRETRAINED.value:
+    raise app.UsageError("--lora is a diffusers adapter for --pretrained; a t2v LoRA run is its own --workdir.")
   conditions, last, task = _conditions()
   prompts = [p for p in _PROMPTS.value for _ in range(_NUM_SAMPLES.value)]
   seeds = [_SEED.value + i for _ in _PROMPTS.value for i in range(_NUM_SAMPLES.value)]

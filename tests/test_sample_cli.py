@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -90,3 +91,46 @@ def test_existing_samples_are_kept_unless_overwrite(unfinished_run, tmp_path, on
   assert replaced.returncode == 0, replaced.stderr[-3000:]
   assert [(r["prompt"], r["seed"]) for r in _rows(out)] == [("a blue square moves up", 5), ("a blue square moves up", 6)]
   _assert_jsonl_matches_files(out)
+
+
+def test_a_lora_run_trains_only_adapters_and_samples_over_its_base(unfinished_run, shapes_data_dir, vae_workdir,
+                                                                   tmp_path):
+  """[M]: a LoRA run over the run above (rank 4 on the attention projections) holds only adapters in its
+  checkpoint and optimizer state; its merged model leaves every other base parameter bit-identical; its evals
+  read the merged model; a plain run's sampler refuses a lora_scale."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from experiments import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from vdm_jax import runs  # pylint: disable=g-import-not-at-top
+  from vdm_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  c = t2v_configs.get_config("runlocal")
+  c.input.data_dir, c.vae.workdir = shapes_data_dir, vae_workdir
+  c.train.update(steps=2, checkpoint_every=2, sample_every=0)
+  c.evals = ml_collections.ConfigDict({"_free_form": True, "val_loss": {"type": "val_loss_grid"}})
+  c.lora.targets = (("dit/layers/attn/to_(q|k|v|out)$", 4, 4.0),)
+  with pytest.raises(ConfigError, match="'init_from' is empty: LoRA fine-tunes a base run"):
+    loop.train(c, str(tmp_path / "no_base"))
+  c.init_from = unfinished_run
+  workdir = str(tmp_path / "lora")
+  loop.train(c, workdir)
+
+  adapters, _ = runs.load_params(workdir, "params")
+  leaves = jax.tree_util.tree_leaves_with_path(adapters)
+  names = {jax.tree_util.keystr(p) for p, _ in leaves}
+  assert len(leaves) == 8 and all(n.endswith(("['lora_a']", "['lora_b']")) for n in names)
+  assert np.abs(adapters["dit"]["layers"]["attn"]["to_q"]["lora_b"]).max() > 0  # trained from zero
+  _, state, _, _, _ = evaluate_lib.restore_state(c, workdir)
+  shapes = sorted(tuple(x.shape) for _, x in leaves)
+  moments = [tuple(x.shape) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
+  assert sorted(moments) == sorted(shapes * 2)  # Adam's two moments of each adapter, nothing of the base
+
+  base, _ = runs.load_params(unfinished_run)
+  merged, _ = runs.load_model_params(workdir)
+  changed = []
+  for (path, b), m in zip(jax.tree_util.tree_leaves_with_path(base), jax.tree.leaves(merged)):
+    if not np.array_equal(b, np.asarray(m)):
+      changed.append(jax.tree_util.keystr(path))
+  assert sorted(changed) == [f"['dit']['layers']['attn']['{k}']['kernel']" for k in ("to_k", "to_out", "to_q", "to_v")]
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert np.isfinite([m for m in lines if "eval/val_loss_t100" in m][-1]["eval/val_loss_t900"])
+  with pytest.raises(ValueError, match="not a LoRA run"):
+    runs.load_model_params(unfinished_run, lora_scale=0.5)

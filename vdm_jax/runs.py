@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from vdm_jax.models import lora
+
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -205,3 +207,17 @@ def load_params(workdir: str, item: str = "ema_params", step: int | None = None)
   if item not in state:
     raise KeyError(f"Checkpoint {step} in {directory!r} has no {item!r}; it has {sorted(state)}.")
   return jax.tree.map(np.asarray, state[item]), step
+
+
+def load_model_params(workdir: str, item: str = "ema_params", lora_scale: float = 1.0) -> tuple[Any, int]:
+  """(the model's parameters, step) of a run: `load_params`, and for a LoRA run (its config sets `lora.targets`,
+  vdm_jax.train.lora_run) its adapters merged into its base's (`init_from`) parameters at `lora_scale`."""
+  params, step = load_params(workdir, item)
+  config = read_config(workdir)
+  targets = config.get("lora", {}).get("targets") if config.get("lora") else None
+  if not targets:
+    if lora_scale != 1.0:
+      raise ValueError(f"lora_scale={lora_scale} asked of {workdir!r}, which is not a LoRA run (no lora.targets).")
+    return params, step
+  base, _ = load_params(config.init_from, config.get("init_from_item", "ema_params"))
+  return lora.merge(base, params, lora.Spec.of(targets), lora_scale), step

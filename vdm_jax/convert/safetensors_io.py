@@ -176,6 +176,14 @@ def read_header(file: str) -> tuple[dict[str, tuple[str, tuple[int, ...], int, i
   return entries, 8 + size
 
 
+def read_metadata(file: str) -> dict[str, str]:
+  """The `__metadata__` strings of a .safetensors file ({} if none), after `read_header` checked the header."""
+  _, offset = read_header(file)
+  with open(file, "rb") as f:
+    f.seek(8)
+    return dict(json.loads(f.read(offset - 8).decode("utf-8")).get("__metadata__", {}))
+
+
 def read_safetensors(file: str) -> dict[str, np.ndarray]:
   """All tensors of one .safetensors file as read-only numpy arrays (memory-mapped), after `read_header` checked
   the whole header; raises SafetensorsError naming the file and tensor."""

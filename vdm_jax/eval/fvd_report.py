@@ -75,7 +75,7 @@ def for_pipeline(pipe, input_config, num_clips: int, sample_kwargs: dict, split:
   source = pipeline.data_source(input_config, split)
   real_a, _ = clips(source, 0, num_clips)
   real_b, prompts_b = clips(source, num_clips, num_clips)
-  return reference_points(real_a, real_b, reconstruct=pipe.reconstruct, batch_size=batch_size,
+  return reference_points(real_a, real_b, reconstruct=pipe.reconstruct, batch_size=min(batch_size, num_clips),
                           generate=lambda: pipe.generate(prompts_b, list(range(num_clips)), **sample_kwargs))
 
 

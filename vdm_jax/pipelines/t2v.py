@@ -211,13 +211,14 @@ class TextToVideoPipeline:
                conditioned=t2v_config.is_conditioned(config))
 
   @classmethod
-  def from_workdir(cls, workdir: str) -> "TextToVideoPipeline":
-    """The pipeline of a trained `t2v` run: its resolved config, EMA params and frozen VAE."""
+  def from_workdir(cls, workdir: str, lora_scale: float = 1.0) -> "TextToVideoPipeline":
+    """The pipeline of a trained `t2v` run: its resolved config, EMA params and frozen VAE; a LoRA run's adapters
+    merged into its base at `lora_scale` (`runs.load_model_params`)."""
     config = runs.read_config(workdir)
     if config.get("experiment") != "t2v":
       raise ValueError(f"{workdir!r} holds a {config.get('experiment')!r} run; sampling needs a 't2v' run.")
     config = runs.read_config(workdir, t2v_config.inference_defaults())
-    params, _ = runs.load_params(workdir)
+    params, _ = runs.load_model_params(workdir, lora_scale=lora_scale)
     return cls.from_config(config, params, workdir)
 
   def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, sampler: str = "ddim", num_steps: int = 25,

@@ -21,7 +21,7 @@ from vdm_jax.data import ops
 from vdm_jax.eval import evaluators
 from vdm_jax.parallel.mesh import MESH_AXES
 from vdm_jax.parallel.sharding import DEFAULT_RULES
-from vdm_jax.train import registry
+from vdm_jax.train import lora_run, registry
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
 SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
@@ -36,6 +36,9 @@ def generic_config() -> ml_collections.ConfigDict:
   # (its 'ema_params' or 'params') with a fresh optimizer; once it has a checkpoint it resumes from that.
   c.init_from = ""
   c.init_from_item = "ema_params"
+  # LoRA fine-tuning (vdm_jax.train.lora_run): (pattern, rank, alpha) triples over parameter paths, e.g.
+  # (("dit/layers/attn/to_(q|k|v|out)$", 8, 8.0),); the run trains only these adapters over init_from's parameters.
+  c.lora = ml_collections.ConfigDict({"targets": (), "base_dtype": "float32"})
 
   # Device mesh: sizes per axis, -1 fills the remaining devices (exactly one axis may be -1).
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})
@@ -222,6 +225,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   except (ValueError, KeyError) as e:
     raise ConfigError(f"Config key 'input.pp' is not a valid preprocessing spec: {e}") from e
 
+  lora_run.validate(config)
   try:
     evaluators.validate(config, registry.get(config.experiment))
   except ValueError as e:
@@ -271,19 +275,35 @@ def parse_arg(arg: str | None, **defaults) -> dict[str, str | bool]:
   return out
 
 
+def int_arg(name: str, value: str, least: int, allowed: str) -> int:
+  """Config argument `name=value` as an int >= `least`, else a ConfigError saying what is `allowed`."""
+  try:
+    number = int(value)
+  except ValueError:
+    number = least - 1
+  if number < least:
+    raise ConfigError(f"Config argument {name}={value!r}; allowed: {allowed}.")
+  return number
+
+
 def use_fvd(c: ml_collections.ConfigDict, value: str) -> None:
   """Config argument `fvd=N`: an evaluator `fvd` (vdm_jax/eval/evaluators/fvd.py) on N real clips against N of the
   model's, with its reference points (the floor and, for a text-to-video model, the VAE's reconstructions), run at
   the end of training and by `experiments.evaluate --evals fvd`. The split needs 2N clips."""
   if not value:
     return
-  try:
-    num_clips = int(value)
-  except ValueError:
-    num_clips = 0
-  if num_clips < 2:
-    raise ConfigError(f"Config argument fvd={value!r}; allowed: a number of clips per set >= 2, e.g. fvd=256.")
+  num_clips = int_arg("fvd", value, 2, "a number of clips per set >= 2, e.g. fvd=256")
   c.evals.fvd = {"type": "fvd", "num_clips": num_clips, "reference_points": True, "every_steps": 0}
+
+
+def use_lora(c: ml_collections.ConfigDict, value: str, base_dtype: str = "float32") -> None:
+  """Config argument `lora=R`: rank-R adapters (alpha R) on every block's attention projections of the DiT, over
+  the frozen parameters of the run given as `--config.init_from` (vdm_jax.train.lora_run)."""
+  if not value:
+    return
+  rank = int_arg("lora", value, 1, "a rank >= 1, e.g. lora=8")
+  c.lora.targets = (("dit/layers/attn/to_(q|k|v|out)$", rank, float(rank)),)
+  c.lora.base_dtype = base_dtype
 
 
 def use_folder(c: ml_collections.ConfigDict, args: Mapping[str, Any]) -> None:

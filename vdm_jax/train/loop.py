@@ -33,7 +33,7 @@ from vdm_jax.train import metrics as metrics_lib
 from vdm_jax.train import profiler as profiler_lib
 from vdm_jax.train import registry
 from vdm_jax.train import setup as setup_lib
-from vdm_jax.train import warm_start
+from vdm_jax.train import lora_run, warm_start
 from vdm_jax.train.state import TrainState, l2_norm, make_optimizer, make_schedule, nonfinite_paths
 
 
@@ -253,7 +253,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
     if start_step is None:
       state = init_fn(jax.random.PRNGKey(config.seed))
       start_step = 0
-      if config.init_from:
+      if config.init_from and lora_run.enabled(config):  # the base is frozen (lora_run), the adapters fresh
+        experiment.base()  # read (and checked) once, here; the frozen parameters reuse it
+        logging.info("LoRA on the %s of %s (its step %d): %d adapter parameters.", config.init_from_item,
+                     config.init_from, experiment.base_step, sum(x.size for x in jax.tree.leaves(state.params)))
+      elif config.init_from:
         state, source_step = warm_start.load_into(state, state_shardings, config.init_from, config.init_from_item)
         logging.info("Starting from the %s of %s (its step %d), with a fresh optimizer.", config.init_from_item,
                      config.init_from, source_step)

@@ -16,7 +16,7 @@ from vdm_jax.data import pipeline
 from vdm_jax.parallel import mesh as mesh_lib
 from vdm_jax.parallel import sharding
 from vdm_jax.train import config as config_lib
-from vdm_jax.train import registry
+from vdm_jax.train import lora_run, registry
 
 
 @dataclasses.dataclass
@@ -42,7 +42,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | None = None, *, dist
     for bucket in buckets.table(config.input):
       config_lib.check_batch_size(bucket.batch_size, mesh.shape, jax.process_count(),
                                   path=f"input.buckets (the batch size of bucket {bucket.name})")
-  return Setup(config, mesh, rules, registry.get(config.experiment)(config, mesh, workdir))
+  return Setup(config, mesh, rules, lora_run.wrap(registry.get(config.experiment)(config, mesh, workdir)))
 
 
 def global_shapes(batch_size: int, example: Any) -> Any:

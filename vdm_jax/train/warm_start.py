@@ -35,14 +35,19 @@ def check_match(expected: Any, loaded: Any, source: str) -> None:
                      "share its config's `model` section; change only the data, steps and optimizer between them.")
 
 
+def read_params(workdir: str, item: str = "ema_params") -> tuple[Any, int]:
+  """`runs.load_params`, callable inside the trainer's mesh: restored onto one device, under a one-device mesh
+  whose devices the restore's checks see (the trainer's would fail them)."""
+  with jax.set_mesh(mesh_lib.create_mesh({"data": 1}, jax.local_devices()[:1])):
+    return runs.load_params(workdir, item)
+
+
 def load_into(state, shardings, workdir: str, item: str = "ema_params"):
   """`state` (a fresh TrainState) with params and EMA params from `workdir`'s newest checkpoint, placed in
   `shardings` (the state's); returns (state, the step it was saved at)."""
   if item not in ITEMS:
     raise ValueError(f"init_from_item={item!r}; allowed: {list(ITEMS)}.")
-  # restored onto one device (the trainer calls this inside its mesh, whose devices the restore's checks must not see)
-  with jax.set_mesh(mesh_lib.create_mesh({"data": 1}, jax.local_devices()[:1])):
-    loaded, step = runs.load_params(workdir, item)
+  loaded, step = read_params(workdir, item)
   check_match(state.params, loaded, workdir)
   cast = jax.tree.map(lambda new, old: np.asarray(old, dtype=new.dtype), state.params, loaded)
   # two placements: the step donates the state, and params and EMA params must not share buffers
