@@ -52,6 +52,8 @@ def build(name: str, arg: str):
   c = module.get_config(arg or None)
   if c.get("experiment") == "t2v" and not (c.vae.workdir or c.vae.path):
     c.vae.workdir = "/placeholder/vae"  # given on the command line: --config.vae.workdir=W
+  if c.get("lora") and c.lora.targets and not c.init_from:
+    c.init_from = "/placeholder/base"  # a LoRA run's base, given on the command line: --config.init_from=W
   return c
 
 
