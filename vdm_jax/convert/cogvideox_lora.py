@@ -11,6 +11,7 @@ else from the file's `lora_adapter_metadata` (diffusers writes PEFT's `lora_alph
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -29,6 +30,7 @@ PREFIX = "transformer."
 _KEY = re.compile(r"^(?P<module>.+)\.(?:(?P<ab>lora_A|lora_B)\.weight|(?P<alpha>alpha))$")
 
 
+@functools.lru_cache(maxsize=1)
 def _modules() -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
   """(block module name -> flax path inside `layers`, top-level module name -> flax path) of the Linear layers."""
   block = {name[:-len(".weight")]: path[:-1] for path, (name, transform) in transformer_lib._BLOCK.items()  # pylint: disable=protected-access
@@ -119,7 +121,7 @@ def load_lora(params: Any, path: str, scale: float = 1.0) -> Any:
   updates: dict[tuple[str, ...], np.ndarray] = {}
   for (flax_path, layer), (a, b, scaling) in read_lora(path, num_layers).items():
     try:
-      kernel = _get(params, flax_path)["kernel"]
+      kernel = lora.subtree(params, flax_path)["kernel"]
     except KeyError:
       raise st.WeightsMismatchError(f"{path}: the adapter adapts {'/'.join(flax_path)}, which these params "
                                     "lack.") from None
@@ -135,15 +137,9 @@ def load_lora(params: Any, path: str, scale: float = 1.0) -> Any:
     else:
       full[layer] += delta
   for flax_path, delta in updates.items():
-    module = _get(out, flax_path)
+    module = lora.subtree(out, flax_path)
     module["kernel"] = (module["kernel"].astype(jnp.float32) + delta).astype(module["kernel"].dtype)
   return out
-
-
-def _get(tree: Any, path: tuple[str, ...]) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
 
 
 def save_lora(adapters: Any, path: str, spec: lora.Spec | None = None) -> str:
@@ -161,7 +157,7 @@ def save_lora(adapters: Any, path: str, spec: lora.Spec | None = None) -> str:
                        f"(adaptable: {sorted('/'.join(p) for p in inverse)}).")
     target = spec.target("/".join(flax_path)) if spec is not None else None
     scaling = target.scaling if target is not None else 1.0
-    adapter = _get(adapters, flax_path)
+    adapter = lora.subtree(adapters, flax_path)
     a = np.asarray(adapter["lora_a"], np.float32)
     b = np.asarray(adapter["lora_b"], np.float32) * scaling
     layers = range(a.shape[0]) if flax_path[0] == "layers" else [None]

@@ -157,13 +157,21 @@ def i3d_logits(videos, batch_size: int = 16, variables: dict | None = None, mesh
     raise ValueError(f"i3d_logits: batch_size={batch_size} must be a multiple of the mesh's data axis "
                      f"({mesh.shape['data']}).")
   variables = variables if variables is not None else _default_variables()
-  fn, out = _logits_fn(mesh), []
-  for start in range(0, len(videos), batch_size):
-    batch = videos[start:start + batch_size]
-    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)]) if len(
-        batch) < batch_size else batch
-    out.append(np.asarray(fn(variables, padded))[:len(batch)])
-  return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 400), np.float32)
+  if not len(videos):
+    return np.zeros((0, 400), np.float32)
+  fn = _logits_fn(mesh)
+  return map_batches(lambda batch: fn(variables, batch), videos, batch_size).astype(np.float32)
+
+
+def map_batches(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """`fn` over `x` `batch_size` rows at a time, the last batch padded by repeating its last row (one compiled shape),
+  the outputs (numpy) concatenated without the padding rows."""
+  out = []
+  for start in range(0, len(x), batch_size):
+    batch = x[start:start + batch_size]
+    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
+    out.append(np.asarray(fn(padded))[:len(batch)])
+  return np.concatenate(out)
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:

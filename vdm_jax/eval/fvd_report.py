@@ -36,6 +36,20 @@ def clips(source, start: int, count: int) -> tuple[np.ndarray, list[str]]:
   return np.stack([np.asarray(r["video"], np.uint8) for r in records]), captions
 
 
+def dataset_clips(input_config, split: str, start: int, count: int,
+                  builder_config: str = "") -> tuple[np.ndarray, list[str]]:
+  """`clips` start..start+count of `split` of `input_config`'s dataset (its first bucket), or of another config of
+  it (`builder_config`); a split too small names the dataset."""
+  input_config = buckets.first_input(input_config).copy_and_resolve_references()
+  if builder_config:
+    with input_config.unlocked():
+      input_config.builder_config = builder_config
+  try:
+    return clips(pipeline.data_source(input_config, split), start, count)
+  except ValueError as e:
+    raise ValueError(f"{input_config.dataset}/{input_config.builder_config}: {e}") from None
+
+
 def reference_points(real_a: np.ndarray, real_b: np.ndarray, *,
                      reconstruct: Callable[[np.ndarray], np.ndarray] | None = None,
                      generate: Callable[[], np.ndarray] | None = None, batch_size: int = 16,
@@ -69,12 +83,9 @@ def for_pipeline(pipe, input_config, num_clips: int, sample_kwargs: dict, split:
   (its first bucket): A = records 0..n-1, B = n..2n-1, B's captions prompting samples at seeds 0..n-1. The clips
   come from `builder_config`, default the input's own with '_small' dropped (the full-size config's validation
   split has 1,024 clips at 64x64x17, a _small one 256)."""
-  input_config = buckets.first_input(input_config).copy_and_resolve_references()
-  with input_config.unlocked():
-    input_config.builder_config = builder_config or input_config.builder_config.replace("_small", "")
-  source = pipeline.data_source(input_config, split)
-  real_a, _ = clips(source, 0, num_clips)
-  real_b, prompts_b = clips(source, num_clips, num_clips)
+  name = builder_config or buckets.first_input(input_config).builder_config.replace("_small", "")
+  real_a, _ = dataset_clips(input_config, split, 0, num_clips, name)
+  real_b, prompts_b = dataset_clips(input_config, split, num_clips, num_clips, name)
   return reference_points(real_a, real_b, reconstruct=pipe.reconstruct, batch_size=min(batch_size, num_clips),
                           generate=lambda: pipe.generate(prompts_b, list(range(num_clips)), **sample_kwargs))
 

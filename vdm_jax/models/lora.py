@@ -91,14 +91,16 @@ def targets(params: Any, spec: Spec) -> dict[tuple[str, ...], Target]:
   for path in paths:
     target = spec.target("/".join(path))
     if target is not None:
-      out[path], _ = target, used.add(target.pattern)
+      out[path] = target
+      used.add(target.pattern)
   unused = [t.pattern for t in spec.targets if t.pattern not in used]
   if unused:
     raise ValueError(f"LoRA patterns {unused} match no kernel; kernels: {['/'.join(p) for p in paths]}.")
   return out
 
 
-def _get(tree: Any, path: Sequence[str]) -> Any:
+def subtree(tree: Any, path: Sequence[str]) -> Any:
+  """tree[path[0]][path[1]]...: the module dict (or adapter) at a module path."""
   for key in path:
     tree = tree[key]
   return tree
@@ -114,7 +116,7 @@ def init(rng: jax.Array, params: Any, spec: Spec, dtype=jnp.float32) -> dict:
   """Fresh adapters for the kernels of `params` (arrays or ShapeDtypeStructs) that `spec` targets."""
   adapters: dict = {}
   for i, (path, target) in enumerate(sorted(targets(params, spec).items())):
-    shape = _get(params, path)["kernel"].shape
+    shape = subtree(params, path)["kernel"].shape
     *lead, fan_in, fan_out = shape
     bound = 1.0 / fan_in ** 0.5
     a = jax.random.uniform(jax.random.fold_in(rng, i), (*lead, fan_in, target.rank), dtype, -bound, bound)
@@ -150,9 +152,9 @@ def _apply(params: Any, adapters: Any, spec: Spec, scale: float, sign: float, dt
     if target is None:
       raise ValueError(f"The adapter of {'/'.join(path)} matches no pattern of the LoRA spec "
                        f"{[t.pattern for t in spec.targets]}.")
-    module = _get(out, path)
+    module = subtree(out, path)
     kernel = module["kernel"]
-    update = delta(_get(adapters, path), target.scaling * scale)
+    update = delta(subtree(adapters, path), target.scaling * scale)
     if update.shape != kernel.shape:
       raise ValueError(f"The adapter of {'/'.join(path)} gives an update of shape {update.shape} for a kernel of "
                        f"{kernel.shape}.")
@@ -177,6 +179,6 @@ def logical_axes(adapters: Any, kernel_axes: Any) -> Any:
   rank axis is None (replicated)."""
   out: dict = {}
   for path in adapter_paths(adapters):
-    axes = tuple(_get(kernel_axes, path)["kernel"])
+    axes = tuple(subtree(kernel_axes, path)["kernel"])
     _set(out, path, {"lora_a": axes[:-1] + (None,), "lora_b": axes[:-2] + (None, axes[-1])})
   return out

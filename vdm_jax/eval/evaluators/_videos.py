@@ -74,13 +74,6 @@ def videos(ctx, source: str, name: str, *, split: str, num_examples: int, batch_
 def real_clips(ctx, split: str, start: int, count: int, builder_config: str = "") -> tuple[np.ndarray, list[str]]:
   """Records start..start+count of `split` as stored (uint8 [count, T, H, W, 3], captions), from the experiment's
   dataset or another config of it (`builder_config`)."""
-  input_config = buckets.first_input(ctx.config.input).copy_and_resolve_references()
-  if builder_config:
-    with input_config.unlocked():
-      input_config.builder_config = builder_config
-  def compute():
-    try:
-      return fvd_report.clips(pipeline.data_source(input_config, split), start, count)
-    except ValueError as e:
-      raise ValueError(f"{input_config.dataset}/{input_config.builder_config}: {e}") from None
-  return ctx.cached(("real", input_config.dataset, input_config.builder_config, split, start, count), compute)
+  name = builder_config or buckets.first_input(ctx.config.input).builder_config
+  return ctx.cached(("real", name, split, start, count),
+                    lambda: fvd_report.dataset_clips(ctx.config.input, split, start, count, name))

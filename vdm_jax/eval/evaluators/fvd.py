@@ -22,13 +22,9 @@ NEEDS = (("generate_videos", "reconstruct_videos"),)
 
 def _reconstruct(ctx, videos: np.ndarray, batch_size: int) -> np.ndarray:
   """uint8 clips through the experiment's `reconstruct`, `batch_size` at a time (the last batch padded)."""
-  out = []
-  for start in range(0, len(videos), batch_size):
-    batch = videos[start:start + batch_size]
-    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
-    recon = ctx.experiment.reconstruct_videos(ctx.params, padded.astype(np.float32) / 127.5 - 1.0)
-    out.append(io.to_uint8(np.asarray(recon)[:len(batch)]))
-  return np.concatenate(out)
+  return io.to_uint8(fvd.map_batches(
+      lambda batch: ctx.experiment.reconstruct_videos(ctx.params, batch.astype(np.float32) / 127.5 - 1.0), videos,
+      batch_size))
 
 
 def run(ctx, *, source, split, num_clips, builder_config, seed, reference_points, batch_size,
