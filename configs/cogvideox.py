@@ -13,8 +13,13 @@ tokens per clip.
     # text-embedding caches (W/latent_cache, W/text_cache; `encode_text` runs T5 in every step instead).
     python -m experiments.train --config configs/cogvideox.py:size=2b,path=/data/CogVideoX-2b,dataset=my_videos \\
         --workdir /ckpt/cogvideox_2b --config.distributed.enabled=True
-    # Fine-tune the released transformer instead of training from scratch: --config.init_from is not a key here;
-    # load it with vdm_jax.convert.cogvideox.load_transformer and restore into the workdir's first checkpoint.
+    # Fine-tune the released transformer instead of training from scratch (its architecture must be the size's):
+    python -m experiments.train --config configs/cogvideox.py:size=2b,path=/data/CogVideoX-2b,dataset=my_videos \
+        --config.init_from=/data/CogVideoX-2b --workdir /ckpt/cogvideox_2b_ft
+    # ... or train rank-64 LoRA adapters over it, frozen in bfloat16 (docs/lora.md):
+    python -m experiments.train \
+        --config configs/cogvideox.py:size=5b,path=/data/CogVideoX-5b,dataset=my_videos,lora=64 \
+        --config.init_from=/data/CogVideoX-5b --workdir /ckpt/cogvideox_5b_lora
 
     # Plan it without any file on disk (abstract params only, see `abstract` below):
     python -m experiments.plan --config configs/cogvideox.py:size=2b,abstract --mesh fsdp=64 --batch_sizes 64,128
@@ -26,8 +31,8 @@ reads config.json and the tokenizer (spiece.model or tokenizer.json) from disk. 
 [226, 4096] bf16, so this changes nothing; with `encode_text` the plan holds 259 instead of 32128 embedding rows.
 `encode_text`: run the frozen T5-XXL inside every train step on tokenized captions instead of caching its
 embeddings (no cache to write, but the step all-gathers the encoder's weights, which costs memory per device).
-`lora=R`: LoRA fine-tuning (rank R on the attention projections) over a frozen bfloat16 base, a vdm_jax run given
-as `--config.init_from` (docs/lora.md).
+`lora=R`: LoRA fine-tuning (rank R on the attention projections) over a frozen bfloat16 base, a diffusers CogVideoX
+folder or a vdm_jax run given as `--config.init_from` (docs/lora.md).
 The plans' memory per device for each size, mesh and batch: docs/scaling.md.
 """
 from vdm_jax.train.config import ConfigError, base_config, parse_arg, use_lora
@@ -119,7 +124,9 @@ def get_config(arg: str | None = None):
 
 
 def _lora(c, rank: str) -> None:
-  """`lora=R`: rank-R adapters on the attention projections over a frozen bfloat16 base, at diffusers' CogVideoX
-  LoRA learning rate (1e-4, constant after a warm-up)."""
+  """`lora=R`: rank-R adapters on the attention projections over a frozen bfloat16 base, applied inside each layer
+  (no merged float32 copy of the stacked kernels: 11.8 GiB less per device at one clip, docs/lora.md), at diffusers'
+  CogVideoX LoRA learning rate (1e-4, constant after a warm-up)."""
   use_lora(c, rank, base_dtype="bfloat16")
+  c.lora.mode = "inline"
   c.schedule.update({"name": "constant", "base_lr": 1e-4, "warmup_steps": 100})

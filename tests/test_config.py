@@ -38,6 +38,13 @@ def test_default_and_runlocal_configs_validate():
     (lambda c: c.input.__setattr__("pp", "no_such_op(3)"), "'input.pp' is not a valid preprocessing spec"),
     (lambda c: c.model.__setattr__("noise_std", -1.0), "'model.noise_std' must be >= 0"),
     (lambda c: c.__setattr__("experiment", "nope"), "'experiment' is 'nope'; allowed values: ["),
+    (lambda c: c.update({"init_from": "/base", "lora": {"targets": (("enc", 2, 2.0),), "mode": "fused"}}),
+     "'lora.mode' is 'fused'; allowed: 'inline', 'merge'"),
+    (lambda c: c.update({"init_from": "/base", "lora": {"targets": (("enc", 2, 2.0),), "dropout": 1.5}}),
+     "'lora.dropout' is 1.5; must be a number in [0, 1)"),
+    (lambda c: c.update({"init_from": "/base", "lora": {"targets": (("enc", 2, 2.0),), "dropout": 0.1,
+                                                        "mode": "merge"}}),
+     "'lora.dropout' is 0.1, which needs lora.mode 'inline'"),
 ])
 def test_bad_key_or_value_names_it(mutate, message):
   c = _toy()

@@ -1,5 +1,6 @@
 """Ahead-of-time planning: XLA's per-device FLOPs and memory of the train step, with no parameters allocated."""
 import os
+import re
 import subprocess
 import sys
 
@@ -39,12 +40,19 @@ def test_peak_table_and_mfu():
 def test_plan_command_builds_its_own_virtual_mesh(shapes_data_dir):
   cmd = [sys.executable, "-m", "experiments.plan", "--config", "configs/toy_ae.py:runlocal",
          f"--config.input.data_dir={shapes_data_dir}", "--mesh", "data=2,fsdp=2", "--chip", "H100",
-         "--step_time", "0.5"]
+         "--step_time", "0.5", "--batch_sizes", "4,8", "--memory_gib", "0.003"]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "(4 devices)" in result.stdout and "memory per device (GiB)" in result.stdout
   assert "MFU" in result.stdout
+  # each plan says whether its peak fits in the given memory, and the last line names the largest batch that does
+  peaks = [float(p) for p in re.findall(r"'peak_estimate': '([0-9.]+)'", result.stdout)]
+  verdicts = re.findall(r"  (fits|does not fit) in 0.003 GiB per device", result.stdout)
+  assert len(peaks) == len(verdicts) == 2 and peaks[1] > peaks[0]
+  assert verdicts == ["fits" if p <= 0.003 else "does not fit" for p in peaks]
+  largest = max([b for b, v in zip((4, 8), verdicts) if v == "fits"], default=None)
+  assert f"largest global batch that fits in 0.003 GiB per device: {largest or 'none of 4,8'}" in result.stdout
 
 
 def test_transformer_flops_by_hand():

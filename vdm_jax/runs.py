@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from vdm_jax.convert import cogvideox_transformer
 from vdm_jax.models import lora
 
 CONFIG_FILE = "config.json"
@@ -219,5 +220,16 @@ def load_model_params(workdir: str, item: str = "ema_params", lora_scale: float 
     if lora_scale != 1.0:
       raise ValueError(f"lora_scale={lora_scale} asked of {workdir!r}, which is not a LoRA run (no lora.targets).")
     return params, step
-  base, _ = load_params(config.init_from, config.get("init_from_item", "ema_params"))
+  base, _ = load_base_params(config.init_from, config.get("init_from_item", "ema_params"))
   return lora.merge(base, params, lora.Spec.of(targets), lora_scale), step
+
+
+def load_base_params(source: str, item: str = "ema_params", dtype=np.float32) -> tuple[Any, int]:
+  """(parameters, step) a run starts from (`config.init_from`): a vdm_jax workdir's `item` (`load_params`), or the
+  transformer of a diffusers CogVideoX folder (a pipeline folder or its `transformer/`) as {'dit': ...} in `dtype`
+  at step 0."""
+  folder = cogvideox_transformer.transformer_folder(source)
+  if folder is None:
+    return load_params(source, item)
+  _, params = cogvideox_transformer.load_transformer(folder, dtype=jnp.dtype(dtype))
+  return {"dit": jax.tree.map(np.asarray, params)}, 0

@@ -9,6 +9,9 @@ stacked on a leading `layers` axis (the DiT scans over its layers).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from typing import Any, Callable
 
 import jax
@@ -187,6 +190,46 @@ def load_transformer(path: str, dtype=jnp.float32, **overrides):
   values, unused = convert(tensors, module.num_layers, expected, source=path)
   params = st.assign(expected, values, dtype=dtype, unused=unused, source=path)
   return module, _to_jax_in_place(params)
+
+
+CLASS_NAME = "CogVideoXTransformer3DModel"
+# DiT fields that say how the model computes, not what it is: two models differing only in these share weights.
+NOT_ARCHITECTURE = ("attention_backend", "attention_fallback", "attention_q_block", "attention_kv_block",
+                    "attention_chunk_threshold", "remat_policy", "scan_unroll", "zero_init", "dtype", "param_dtype",
+                    "parent", "name")
+
+
+def transformer_folder(path: str) -> str | None:
+  """The CogVideoXTransformer3DModel folder at `path`: `path` itself or a pipeline folder's `transformer/` (by the
+  `_class_name` diffusers writes into config.json); None when `path` is neither (e.g. a vdm_jax workdir)."""
+  for folder in (os.path.join(path, "transformer"), path):
+    file = os.path.join(folder, "config.json")
+    if os.path.isfile(file):
+      try:
+        with open(file, encoding="utf-8") as f:
+          config = json.load(f)
+      except ValueError:
+        continue
+      if isinstance(config, dict) and config.get("_class_name") == CLASS_NAME:
+        return folder
+  return None
+
+
+def mismatches(module: DiT, folder: str) -> list[str]:
+  """'field=X there, Y here' for every architectural DiT field on which `module` differs from the transformer in
+  `folder` (fields that change no weight shape, like RoPE, included)."""
+  reference = module_from_config(st.read_config(folder))
+  norm = {"out_channels": lambda m: m.out_channels or m.in_channels,
+          "time_freq_dim": lambda m: m.time_freq_dim or m.num_heads * m.head_dim}
+  out = []
+  for field in dataclasses.fields(DiT):
+    if field.name in NOT_ARCHITECTURE:
+      continue
+    get = norm.get(field.name, lambda m, n=field.name: getattr(m, n))
+    there, here = get(reference), get(module)
+    if there != here:
+      out.append(f"{field.name}={there!r} there, {here!r} here")
+  return out
 
 
 def _to_jax_in_place(tree: dict) -> dict:

@@ -12,17 +12,32 @@ the parameter tree, so the adapters shard like their kernels (`logical_axes` giv
 rank unsharded). `merge` adds `scale * alpha / r * A @ B` (float32, cast to the kernel's dtype); `unmerge`
 subtracts it (exact up to the rounding of one add and one subtract). Training the adapters alone keeps the base
 parameters out of the optimizer: differentiate with respect to the adapters, with the base passed as a constant.
+
+Merging materialises every adapted kernel again (for a scanned stack, all layers at once, before the scan) and cannot
+express dropout on the adapter's input. `inline` is the other way to apply the same adapters, for training:
+
+    with lora.inline():
+      out = module.apply({"params": lora.insert(params, adapters, spec, dropout=0.1, rng=rng)}, ...)
+
+`insert` puts each adapter into its Dense module's parameters (with its scaling and, for dropout, a key per layer:
+leaves that `nn.scan` slices per layer like the kernel), and `inline` intercepts every `nn.Dense` call that finds
+an adapter there and adds `scaling * dropout(x) @ A @ B` to its output, as PEFT's LoRA layer does. The kernels stay
+as they are; per layer, the adapter costs two rank-r products.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import re
 from typing import Any, Iterable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 KEYS = ("lora_a", "lora_b")
+SCALING, SEED = "lora_scaling", "lora_seed"  # the leaves `insert` adds beside an adapter for `inline`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,3 +197,67 @@ def logical_axes(adapters: Any, kernel_axes: Any) -> Any:
     axes = tuple(subtree(kernel_axes, path)["kernel"])
     _set(out, path, {"lora_a": axes[:-1] + (None,), "lora_b": axes[:-2] + (None, axes[-1])})
   return out
+
+
+def insert(params: Any, adapters: Any, spec: Spec, scale: float = 1.0, dropout: float = 0.0,
+           rng: jax.Array | None = None) -> Any:
+  """`params` (a new tree) with each adapter, its scaling (`scale * alpha / r`) and, when `dropout` > 0, dropout
+  keys (one per layer of a scanned stack, from `rng`) put into its module's dict, for a model applied under
+  `inline()`. The kernels are untouched."""
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"LoRA dropout is {dropout!r}; must be in [0, 1).")
+  if dropout and rng is None:
+    raise ValueError("LoRA dropout needs an rng.")
+  out = jax.tree.map(lambda x: x, params)
+  for i, path in enumerate(adapter_paths(adapters)):
+    target = spec.target("/".join(path))
+    if target is None:
+      raise ValueError(f"The adapter of {'/'.join(path)} matches no pattern of the LoRA spec "
+                       f"{[t.pattern for t in spec.targets]}.")
+    adapter, module = subtree(adapters, path), subtree(out, path)
+    lead = tuple(module["kernel"].shape[:-2])
+    if adapter["lora_a"].shape[:-2] != lead or adapter["lora_a"].shape[-2] != module["kernel"].shape[-2]:
+      raise ValueError(f"The adapter of {'/'.join(path)} has A of shape {adapter['lora_a'].shape} for a kernel of "
+                       f"{module['kernel'].shape}.")
+    module.update(adapter)
+    module[SCALING] = jnp.full(lead, target.scaling * scale, jnp.float32)
+    if dropout:
+      keys = jax.random.split(jax.random.fold_in(rng, i), math.prod(lead))
+      if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+      module[SEED] = keys.reshape(*lead, -1)
+  return out
+
+
+@contextlib.contextmanager
+def inline(dropout: float = 0.0, expected: Sequence[Sequence[str]] = ()):
+  """Within the context, an `nn.Dense` whose parameters hold an adapter (`insert`) returns
+  `x @ W + b + scaling * dropout(x) @ A @ B`, computed in the layer's dtype. `expected`: the adapters' module paths;
+  leaving the context checks that each was applied (an adapter on anything but an nn.Dense would be ignored)."""
+  seen = set()
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name != "__call__" or not isinstance(module, nn.Dense)
+        or not module.has_variable("params", "lora_a")):
+      return next_fun(*args, **kwargs)
+    seen.add(tuple(module.path))
+    x = args[0] if args else kwargs["inputs"]
+    y = next_fun(*args, **kwargs)
+    dtype = module.dtype or x.dtype
+    a, b = (module.get_variable("params", k).astype(dtype) for k in KEYS)
+    h = x.astype(dtype)
+    if dropout:
+      key = jax.random.wrap_key_data(module.get_variable("params", SEED))
+      keep = jax.random.bernoulli(key, 1.0 - dropout, h.shape)
+      h = jnp.where(keep, h / (1.0 - dropout), 0).astype(dtype)
+    scaling = module.get_variable("params", SCALING).astype(dtype)
+    return y + (scaling * ((h @ a) @ b)).astype(y.dtype)
+
+  with nn.intercept_methods(interceptor):
+    yield
+  # A module applied inside a sub-apply (params["dit"]) reports its path relative to that apply's root.
+  missed = ["/".join(p) for p in map(tuple, expected) if not any(s and p[len(p) - len(s):] == s for s in seen)]
+  if missed:
+    raise ValueError(f"LoRA adapters of {missed} were not applied: inline LoRA adapts nn.Dense layers only; merge "
+                     "the adapters (lora.mode 'merge') for other kernels.")

@@ -22,6 +22,7 @@ import dataclasses
 import os
 from typing import Any, Iterable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -91,7 +92,9 @@ class TextEncoder:
     if self.weights_path:
       return t5_convert.load_encoder(self.weights_path, dtype=self.module.dtype)[1]
     ids = jnp.zeros((1, self.max_length), jnp.int32)
-    return self.module.init(rng, ids)["params"]
+    # Without the caller's sharding rules: inside a trainer's mesh, one row cannot be split over the batch axes.
+    with nn.logical_axis_rules(()):
+      return self.module.init(rng, ids)["params"]
 
   def tokenize(self, texts: str | Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     """Texts -> (ids, mask), int32 [B, max_length] each."""

@@ -38,7 +38,9 @@ def generic_config() -> ml_collections.ConfigDict:
   c.init_from_item = "ema_params"
   # LoRA fine-tuning (vdm_jax.train.lora_run): (pattern, rank, alpha) triples over parameter paths, e.g.
   # (("dit/layers/attn/to_(q|k|v|out)$", 8, 8.0),); the run trains only these adapters over init_from's parameters.
-  c.lora = ml_collections.ConfigDict({"targets": (), "base_dtype": "float32"})
+  # mode 'merge' trains through merged kernels W + A @ B (any kernel, Conv too; fastest for small models),
+  # 'inline' adds x @ A @ B inside each Dense (no merged copy of the stacked kernels; dropout on the adapter's input).
+  c.lora = ml_collections.ConfigDict({"targets": (), "base_dtype": "float32", "mode": "merge", "dropout": 0.0})
 
   # Device mesh: sizes per axis, -1 fills the remaining devices (exactly one axis may be -1).
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})

@@ -258,7 +258,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
         logging.info("LoRA on the %s of %s (its step %d): %d adapter parameters.", config.init_from_item,
                      config.init_from, experiment.base_step, sum(x.size for x in jax.tree.leaves(state.params)))
       elif config.init_from:
-        state, source_step = warm_start.load_into(state, state_shardings, config.init_from, config.init_from_item)
+        state, source_step = warm_start.load_into(state, state_shardings, config.init_from, config.init_from_item,
+                                                  warm_start.experiment_dit(experiment))
         logging.info("Starting from the %s of %s (its step %d), with a fresh optimizer.", config.init_from_item,
                      config.init_from, source_step)
     else:

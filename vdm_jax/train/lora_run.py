@@ -1,14 +1,16 @@
 """LoRA fine-tuning of any experiment (`config.lora.targets`): the run trains adapters only, over a frozen base.
 
-    c.init_from = "/runs/t2v"                                   # the base: a vdm_jax workdir (its EMA params)
+    c.init_from = "/runs/t2v"            # the base: a vdm_jax workdir (its EMA params) or a diffusers CogVideoX folder
     c.lora.targets = (("dit/layers/attn/to_(q|k|v|out)$", 8, 8.0),)   # (pattern, rank, alpha) over param paths
 
 `wrap(experiment)` (done by `vdm_jax.train.setup`) gives the experiment whose parameters are the adapters
 (`vdm_jax.models.lora`, shaped and sharded like their kernels) and whose frozen parameters add the base, read once
 from `init_from` and checked leaf by leaf against the model. The loss, the evaluators and the samples see
-`merge(base, adapters)`, so the gradient, the optimizer state, the EMA and the checkpoints hold only the adapters;
-the run's `config.json` names its base (`init_from`). `lora.base_dtype` stores the frozen base in bfloat16 to halve
-its memory; the adapted kernels are merged at `train.param_dtype`, the other base leaves used as stored.
+the base with the adapters applied, so the gradient, the optimizer state, the EMA and the checkpoints hold only the
+adapters; the run's `config.json` names its base (`init_from`). The training loss applies them per `lora.mode`:
+'inline' (`lora.inline`: each Dense adds its adapter's product; `lora.dropout` on the adapter's input) or 'merge'
+(`lora.merge`, at `train.param_dtype`); evaluators and samples always see the merged model, without dropout.
+`lora.base_dtype` stores the frozen base in bfloat16 to halve its memory.
 """
 from __future__ import annotations
 
@@ -34,13 +36,21 @@ def validate(config) -> None:
     return
   if not config.init_from:
     raise ConfigError("Config key 'lora.targets' is set, but 'init_from' is empty: LoRA fine-tunes a base run; set "
-                      "init_from to its workdir.")
+                      "init_from to its workdir or a diffusers CogVideoX folder.")
   try:
     lora.Spec.of(config.lora.targets)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"Config key 'lora.targets': {e}") from None
   if config.lora.base_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"Config key 'lora.base_dtype' is {config.lora.base_dtype!r}; allowed: 'float32', 'bfloat16'.")
+  if config.lora.mode not in ("inline", "merge"):
+    raise ConfigError(f"Config key 'lora.mode' is {config.lora.mode!r}; allowed: 'inline', 'merge'.")
+  dropout = config.lora.dropout
+  if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+    raise ConfigError(f"Config key 'lora.dropout' is {dropout!r}; must be a number in [0, 1).")
+  if dropout and config.lora.mode != "inline":
+    raise ConfigError(f"Config key 'lora.dropout' is {dropout!r}, which needs lora.mode 'inline' (a merged kernel "
+                      "cannot drop the adapter's input); lora.mode is 'merge'.")
 
 
 def _is_box(x) -> bool:
@@ -76,10 +86,11 @@ class LoraExperiment:
     """The base parameters from `init_from` (host, in `lora.base_dtype`), checked against the model, read once."""
     if self._base is None:
       config = self.inner.config
-      loaded, step = warm_start.read_params(config.init_from, config.init_from_item)
+      dtype = np.dtype("float32") if config.lora.base_dtype == "float32" else jax.numpy.bfloat16
+      loaded, step = warm_start.read_params(config.init_from, config.init_from_item,
+                                            warm_start.experiment_dit(self.inner), dtype)
       expected = jax.tree.map(lambda b: b.value if _is_box(b) else b, self._boxed_abstract(), is_leaf=_is_box)
       warm_start.check_match(expected, loaded, config.init_from)
-      dtype = np.dtype("float32") if config.lora.base_dtype == "float32" else jax.numpy.bfloat16
       self._base = jax.tree.map(lambda x: np.asarray(x).astype(dtype), loaded)
       self.base_step = step
     return self._base
@@ -112,7 +123,14 @@ class LoraExperiment:
 
   def loss(self, params, batch, rng, frozen, step):
     rest = {k: v for k, v in frozen.items() if k != BASE}
-    return self.inner.loss(self.merged(params, frozen[BASE]), batch, rng, rest, step)
+    settings = self.inner.config.lora
+    if settings.mode == "merge":
+      return self.inner.loss(self.merged(params, frozen[BASE]), batch, rng, rest, step)
+    # Apart from the inner loss's own draws, so the same step's noise and masks match the merged mode's.
+    dropout_rng = jax.random.fold_in(rng, 0x10AA)
+    model_params = lora.insert(frozen[BASE], params, self.spec, dropout=settings.dropout, rng=dropout_rng)
+    with lora.inline(settings.dropout, lora.adapter_paths(params)):
+      return self.inner.loss(model_params, batch, rng, rest, step)
 
   def evaluate(self, params, step, names=None):
     return self.inner.evaluate(self.merged(params), step, names=names)

@@ -47,14 +47,23 @@ def plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int], *, batch
   return report
 
 
-def format_report(r: dict[str, Any]) -> str:
-  """A few readable lines."""
+def fits(r: dict[str, Any], memory_gib: float) -> bool:
+  """Whether the plan's peak estimate per device is within `memory_gib` (0: no limit given, never fits)."""
+  return memory_gib > 0 and r["memory_bytes"]["peak_estimate"] <= memory_gib * 2**30
+
+
+def format_report(r: dict[str, Any], memory_gib: float = 0.0) -> str:
+  """A few readable lines; with `memory_gib`, whether the peak fits in that much per device."""
   gib = {k: f"{v / 2**30:.3f}" for k, v in r["memory_bytes"].items()}
   lines = [f"{r['experiment']}: {r['params'] / 1e6:.2f}M params, mesh {r['mesh']} ({r['devices']} devices), "
            f"global batch {r['global_batch']} ({r['per_device_batch']:g} per device, {r['per_shard_batch']:g} per "
            "data-parallel shard)",
            f"  memory per device (GiB): {gib}",
            f"  FLOPs per device per step: {r['flops_per_device'] or 0:.4g} ({r['flops_source']})"]
+  if memory_gib > 0:
+    peak = r["memory_bytes"]["peak_estimate"] / 2**30
+    lines.append(f"  {'fits' if fits(r, memory_gib) else 'does not fit'} in {memory_gib:g} GiB per device "
+                 f"(peak {peak:.1f} GiB)")
   if "tflops_per_device" in r:
     mfu = f", MFU {r['mfu']:.1%} of {r['peak_tflops']} TFLOP/s ({r['chip']})" if "mfu" in r else ""
     lines.append(f"  at the given step time: {r['tflops_per_device']:.3f} TFLOP/s per device{mfu}")
