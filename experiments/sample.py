@@ -29,7 +29,6 @@ with frames the task and the condition's file.
 unless `--overwrite` (then `samples.jsonl` drops its lines for the replaced files), so `samples.jsonl` lists each
 file once, with the prompt and seed it was made from. Sampling a run stopped before its `train.steps` says so.
 """
-import dataclasses
 import json
 import os
 import warnings
@@ -43,7 +42,6 @@ from absl import app, flags, logging  # noqa: E402  pylint: disable=g-import-not
 
 from vdm_jax import io, runs  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.diffusion import samplers  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from vdm_jax.convert import cogvideox as convert_cogvideox  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.pipelines import cogvideox, t2v  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from vdm_jax.train import loop, metrics  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -201,10 +199,8 @@ def _generate_t2v(prompts, seeds, conditions, last):
 
 
 def _generate_cogvideox(prompts, seeds, conditions):
-  pipe = cogvideox.load(_PRETRAINED.value, dtype=jnp.dtype(_DTYPE.value))
-  if _LORA.value:  # a diffusers adapter file merged into the transformer
-    pipe = dataclasses.replace(pipe, transformer_params=convert_cogvideox.load_lora(
-        pipe.transformer_params, _LORA.value, _LORA_SCALE.value))
+  pipe = cogvideox.load(_PRETRAINED.value, dtype=jnp.dtype(_DTYPE.value), lora=_LORA.value,
+                        lora_scale=_LORA_SCALE.value)
   if pipe.image_to_video != bool(conditions):
     raise app.UsageError(f"--pretrained {_PRETRAINED.value!r} is an image-to-video folder: give --image." if
                          pipe.image_to_video else f"--pretrained {_PRETRAINED.value!r} is text-to-video: it takes "

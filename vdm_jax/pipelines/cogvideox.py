@@ -73,12 +73,15 @@ def check_channels(in_channels: int, latent_channels: int) -> None:
 
 
 def load(path: str, dtype=jnp.float32, *, transformer_kwargs: dict[str, Any] | None = None,
-         vae_kwargs: dict[str, Any] | None = None) -> "CogVideoXPipeline":
+         vae_kwargs: dict[str, Any] | None = None, lora: str | None = None,
+         lora_scale: float = 1.0) -> "CogVideoXPipeline":
   """A diffusers CogVideoX folder (text-to-video, or image-to-video: 5b-I2V, 1.5-5B-I2V) -> CogVideoXPipeline.
 
   `dtype`: parameters and compute dtype of all three models (jnp.bfloat16 on accelerators; norms, modulation,
   RoPE stay float32 inside them; T5's `wo` stays float32). `transformer_kwargs` / `vae_kwargs`: module fields
-  passed to the loaders (e.g. {"attention_backend": "cudnn"}, {"tile_sample_size": (240, 360)}).
+  passed to the loaders (e.g. {"attention_backend": "cudnn"}, {"tile_sample_size": (240, 360)}). `lora`: a
+  diffusers LoRA file (or the folder holding pytorch_lora_weights.safetensors) merged into the transformer at
+  `lora_scale` (`vdm_jax.convert.cogvideox.load_lora`), as diffusers' `load_lora_weights` then `set_adapters`.
   """
   path = os.path.expanduser(path)
   check_folder(path)
@@ -89,6 +92,8 @@ def load(path: str, dtype=jnp.float32, *, transformer_kwargs: dict[str, Any] | N
   check_channels(st.read_config(part("transformer")).get("in_channels", 16), vae_config.get("latent_channels", 16))
   tokenizer = T5Tokenizer.from_pretrained(part("tokenizer"))
   transformer, transformer_params = cogvideox.load_transformer(part("transformer"), dtype, **(transformer_kwargs or {}))
+  if lora:
+    transformer_params = cogvideox.load_lora(transformer_params, lora, scale=lora_scale)
   vae, vae_params = cogvideox.load_vae(part("vae"), dtype, **(vae_kwargs or {}))
   text_encoder, text_params = t5.load_encoder(part("text_encoder"), dtype)
   return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, text_params=text_params,
