@@ -93,6 +93,30 @@ def test_existing_samples_are_kept_unless_overwrite(unfinished_run, tmp_path, on
   _assert_jsonl_matches_files(out)
 
 
+def test_lora_training_agrees_across_meshes_and_modes(unfinished_run, shapes_data_dir, vae_workdir, tmp_path):
+  """[M]: two LoRA steps (SGD, so the update is linear in the gradient) data-parallel over 8 devices with merged
+  adapters, and over data=2 x fsdp=2 x tensor=2 with inline adapters sharded like their kernels, give the same
+  adapters to 1e-5 of their largest change (float32)."""
+  from vdm_jax import runs  # pylint: disable=g-import-not-at-top
+  results = {}
+  for name, mesh, mode in (("data", {"data": 8}, "merge"), ("sharded", {"data": 2, "fsdp": 2, "tensor": 2},
+                                                                          "inline")):
+    c = t2v_configs.get_config("runlocal")
+    c.input.data_dir, c.vae.workdir, c.init_from = shapes_data_dir, vae_workdir, unfinished_run
+    c.train.update(steps=2, checkpoint_every=2, eval_every=0, sample_every=0, ema_decay=0.0)
+    c.optimizer.update(name="sgd", grad_clip_norm=0.0)
+    c.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, "context": 1, **mesh})
+    c.lora.update(targets=(("dit/layers/(attn/to_(q|k|v|out)|mlp)", 4, 4.0),), mode=mode)
+    loop.train(c, str(tmp_path / name))
+    results[name] = runs.load_params(str(tmp_path / name), "params")[0]
+  b = results["data"]["dit"]["layers"]["attn"]["to_q"]["lora_b"]
+  assert np.abs(b).max() > 0  # B moved from zero
+  scale = max(np.abs(x).max() for x in jax.tree.leaves(jax.tree.map(lambda x: x["lora_b"], results["data"],
+                                                                      is_leaf=lambda x: "lora_b" in x)))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * scale), results["data"],
+               results["sharded"])
+
+
 def test_a_lora_run_trains_only_adapters_and_samples_over_its_base(unfinished_run, shapes_data_dir, vae_workdir,
                                                                    tmp_path):
   """[M]: a LoRA run over the run above (rank 4 on the attention projections) holds only adapters in its
