@@ -154,6 +154,18 @@ def adapter_paths(adapters: Any) -> list[tuple[str, ...]]:
   return out
 
 
+def _adapted(adapters: Any, spec: Spec) -> list[tuple[tuple[str, ...], Target]]:
+  """(module path, its Target) of every adapter; an adapter that no pattern of `spec` matches is an error."""
+  out = []
+  for path in adapter_paths(adapters):
+    target = spec.target("/".join(path))
+    if target is None:
+      raise ValueError(f"The adapter of {'/'.join(path)} matches no pattern of the LoRA spec "
+                       f"{[t.pattern for t in spec.targets]}.")
+    out.append((path, target))
+  return out
+
+
 def delta(adapter: dict, scaling: float) -> jax.Array:
   """scaling * A @ B for one module's adapter, in float32 (layer axes kept): the kernel's update."""
   a, b = adapter["lora_a"].astype(jnp.float32), adapter["lora_b"].astype(jnp.float32)
@@ -162,11 +174,7 @@ def delta(adapter: dict, scaling: float) -> jax.Array:
 
 def _apply(params: Any, adapters: Any, spec: Spec, scale: float, sign: float, dtype=None) -> Any:
   out = jax.tree.map(lambda x: x, params)  # a new tree (dicts copied); the arrays are shared
-  for path in adapter_paths(adapters):
-    target = spec.target("/".join(path))
-    if target is None:
-      raise ValueError(f"The adapter of {'/'.join(path)} matches no pattern of the LoRA spec "
-                       f"{[t.pattern for t in spec.targets]}.")
+  for path, target in _adapted(adapters, spec):
     module = subtree(out, path)
     kernel = module["kernel"]
     update = delta(subtree(adapters, path), target.scaling * scale)
@@ -209,11 +217,7 @@ def insert(params: Any, adapters: Any, spec: Spec, scale: float = 1.0, dropout: 
   if dropout and rng is None:
     raise ValueError("LoRA dropout needs an rng.")
   out = jax.tree.map(lambda x: x, params)
-  for i, path in enumerate(adapter_paths(adapters)):
-    target = spec.target("/".join(path))
-    if target is None:
-      raise ValueError(f"The adapter of {'/'.join(path)} matches no pattern of the LoRA spec "
-                       f"{[t.pattern for t in spec.targets]}.")
+  for i, (path, target) in enumerate(_adapted(adapters, spec)):
     adapter, module = subtree(adapters, path), subtree(out, path)
     lead = tuple(module["kernel"].shape[:-2])
     if adapter["lora_a"].shape[:-2] != lead or adapter["lora_a"].shape[-2] != module["kernel"].shape[-2]:

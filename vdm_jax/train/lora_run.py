@@ -91,7 +91,8 @@ class LoraExperiment:
                                             warm_start.experiment_dit(self.inner), dtype)
       expected = jax.tree.map(lambda b: b.value if _is_box(b) else b, self._boxed_abstract(), is_leaf=_is_box)
       warm_start.check_match(expected, loaded, config.init_from)
-      self._base = jax.tree.map(lambda x: np.asarray(x).astype(dtype), loaded)
+      # copy=False: a diffusers folder's base is read in `dtype` already (a second copy of a 5B base is 11 GB)
+      self._base = jax.tree.map(lambda x: np.asarray(x).astype(dtype, copy=False), loaded)
       self.base_step = step
     return self._base
 
@@ -126,7 +127,7 @@ class LoraExperiment:
     settings = self.inner.config.lora
     if settings.mode == "merge":
       return self.inner.loss(self.merged(params, frozen[BASE]), batch, rng, rest, step)
-    # Apart from the inner loss's own draws, so the same step's noise and masks match the merged mode's.
+    # A key apart from the inner loss's draws, so its noise is the same as in 'merge' mode.
     dropout_rng = jax.random.fold_in(rng, 0x10AA)
     model_params = lora.insert(frozen[BASE], params, self.spec, dropout=settings.dropout, rng=dropout_rng)
     with lora.inline(settings.dropout, lora.adapter_paths(params)):
