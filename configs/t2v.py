@@ -29,8 +29,9 @@ a task of Open-Sora's kind of mix (image-to-video most often), extension gives 9
 
 `sizes=mixed`: one model for several sizes and durations (vdm_jax.data.buckets): Captioned Shapes at 64x64, 48x80
 and 80x48, 17 and 33 frames, every batch from one of them; it samples any of them (`experiments.sample --height
---width --num_frames`). With `stage=1|2|3` the same model trains in stages (images at 64, video at 32, a short
-fine-tune at 64), each run starting from the previous one's parameters: `--config.init_from=<previous workdir>`.
+--width --num_frames`). With `stage=1|2|3` the same model trains in stages (images at 64, video at 32, then the
+full sizes at half the peak learning rate), each run starting from the previous one's parameters:
+`--config.init_from=<previous workdir>` (`experiments.quickstart --preset sizes_staged` runs all three).
 
 Evaluators (`config.evals`, vdm_jax/eval/evaluators/): the validation-loss grid and the probe, at the end
 (`--config.train.eval_every=N` or `--config.evals.<name>.every_steps=N`); `fvd=N` adds FVD of N samples against N
@@ -58,9 +59,10 @@ ASPECT_RATIOS = ("1:1", "3:5", "5:3")  # height:width: 64x64, 48x80, 80x48 at re
 # one 1/9 (at keep 1 the 33-frame ones, at half the batch, took two thirds; their shapes read well with fewer).
 BUCKETS = {"": {"64": {"17": (1.0, 16), "33": (0.25, 8)}},
            "1": {"64": {"1": (1.0, 64)}},
-           "2": {"32": {"17": (1.0, 16), "33": (1.0, 8)}},
-           "3": {"64": {"17": (1.0, 16), "33": (1.0, 8)}}}
-STAGE_STEPS = {"": 10000, "1": 1000, "2": 2500, "3": 500}
+           "2": {"32": {"17": (1.0, 16), "33": (1.0, 8)}}}
+BUCKETS["3"] = BUCKETS[""]  # the last stage trains the single-stage recipe's sizes and shares
+# The three stages take about the single-stage recipe's minutes on a 2-core CPU (docs/native_sizes.md#stages).
+STAGE_STEPS = {"": 10000, "1": 2000, "2": 5000, "3": 4500}
 
 
 def get_config(arg: str | None = None):
@@ -101,8 +103,8 @@ def _mixed_sizes(c, stage: str, runlocal: bool):
   c.input.builder_config = "{height}x{width}x{frames}" + ("_tiny" if runlocal else "_small")
   c.input.aspect_ratios = ASPECT_RATIOS
   c.input.buckets = BUCKETS[stage]
-  # The first 1024 clips of each size: six latent caches cost what one of 4096 would in the single-size recipe.
-  c.input.split = "train[:1024]"
+  # 4,096 clips of each size: with 1,024 the 17-frame sizes over-fit (docs/native_sizes.md); six caches take minutes.
+  c.input.split = "train[:4096]"
   c.train.steps = STAGE_STEPS[stage]
   if stage == "3":  # a fine-tune: a short warm-up from the previous stage's parameters, a lower peak
     c.schedule.base_lr /= 2

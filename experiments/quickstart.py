@@ -13,6 +13,9 @@
 `--profile` also traces a few steps of each training stage and puts where their time goes in the report.
 `--preset=sizes` trains one text-to-video model on several sizes and durations at once (`configs/t2v.py:sizes=mixed`,
 text-to-video only) and scores it at each of SIZES (64 new prompts each), with a contact sheet per size.
+`--preset=sizes_staged` trains the same model in SVD's stages instead (`configs/t2v.py:sizes=mixed,stage=1|2|3`:
+images, low-resolution video, then the full sizes; `W/t2v_stage1`, `W/t2v_stage2`, then `W/t2v`), each stage starting
+from the previous one's parameters, and scores it the same way.
 
 The recipes, budgets and dtypes are the configs' defaults (docs/recipes.md has their results); this file only runs
 the stages. Every stage is an ordinary run, so rerunning the command after an interruption continues where it
@@ -40,9 +43,11 @@ from vdm_jax.pipelines.t2v import TextToVideoPipeline
 from vdm_jax.train import loop, metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where everything goes.")
-_PRESET = flags.DEFINE_enum("preset", "default", ["default", "runlocal", "sizes", "sizes_runlocal"],
-                            "'sizes': one model for several sizes (configs/t2v.py:sizes=mixed); '*runlocal': tiny, "
-                            "for tests.")
+_PRESET = flags.DEFINE_enum("preset", "default", ["default", "runlocal", "sizes", "sizes_runlocal", "sizes_staged",
+                                                "sizes_staged_runlocal"],
+                            "'sizes': one model for several sizes (configs/t2v.py:sizes=mixed); 'sizes_staged': the "
+                            "same model trained in stages (images, low-resolution video, full sizes); '*runlocal': "
+                            "tiny, for tests.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "tfds data_dir for Captioned Shapes ('' = tfds' default).")
 _VAE_STEPS = flags.DEFINE_integer("vae_steps", None, "Override the VAE's training steps.")
 _T2V_STEPS = flags.DEFINE_integer("t2v_steps", None, "Override the text-to-video model's training steps.")
@@ -65,11 +70,15 @@ _FVD = flags.DEFINE_integer("fvd", 0, "> 0: also FVD of this many samples beside
 flags.mark_flags_as_required(["workdir"])
 
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
-NUM_PROBE = {"default": 96, "runlocal": 4, "sizes": 64, "sizes_runlocal": 2}  # sizes: per size
-NUM_TASK_VIDEOS = {"default": 16, "runlocal": 2, "sizes": 0, "sizes_runlocal": 0}
+NUM_PROBE = {"default": 96, "runlocal": 4, "sizes": 64, "sizes_runlocal": 2, "sizes_staged": 64,
+             "sizes_staged_runlocal": 2}  # sizes: per size
+NUM_TASK_VIDEOS = {"default": 16, "runlocal": 2, "sizes": 0, "sizes_runlocal": 0, "sizes_staged": 0,
+                   "sizes_staged_runlocal": 0}
 # (height, width, frames) the sizes preset scores: three aspect ratios, and twice the frames.
 SIZES = {"sizes": ((64, 64, 17), (48, 80, 17), (80, 48, 17), (64, 64, 33)),
          "sizes_runlocal": ((32, 32, 9), (16, 48, 9), (32, 32, 5))}
+SIZES.update(sizes_staged=SIZES["sizes"], sizes_staged_runlocal=SIZES["sizes_runlocal"])
+STAGES = {"sizes_staged": ("1", "2", "3"), "sizes_staged_runlocal": ("1", "2", "3")}  # configs/t2v.py's stage=
 TASKS = ("i2v", "interpolate", "extend", "extend_backward", "v2v")  # text-to-video is the probe set's
 
 
@@ -83,12 +92,13 @@ def vae_config(preset: str, data_dir: str = "", steps: int | None = None):
 
 
 def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps: int | None = None,
-               conditions: str = "all"):
+               conditions: str = "all", stage: str = ""):
   """The text-to-video stage's config: configs/t2v.py's default recipe at the DiT's compute dtype, on `vae_dir`,
-  with the frame-condition mix unless `conditions` is 'none'."""
+  with the frame-condition mix unless `conditions` is 'none'; `stage`: one of a staged preset's stages."""
   arg = ("runlocal," if preset.endswith("runlocal") else "") + f"dtype={dtype}"
   if preset.startswith("sizes"):
     arg += ",sizes=mixed"  # text-to-video only: its image-free buckets would take the mix, but it is not scored
+    arg += f",stage={stage}" if stage else ""
   elif conditions == "all":
     arg += ",conditions=all"
   c = t2v_configs.get_config(arg)
@@ -98,6 +108,27 @@ def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps:
   c.vae.workdir = vae_dir
   c.eval.probe_prompts = 0  # the quickstart scores its own, larger set after training
   return c
+
+
+def t2v_stages(preset: str, dtype: str, vae_dir: str, t2v_dir: str, data_dir: str = "",
+               steps: int | None = None, conditions: str = "all") -> list[tuple[str, str, object]]:
+  """(job clock stage, workdir, config) of each text-to-video training run in order: one, in `t2v_dir`, or a
+  staged preset's stages, each from the previous one's parameters, the last in `t2v_dir`."""
+  stages = STAGES.get(preset)
+  if not stages:
+    return [("t2v", t2v_dir, t2v_config(preset, dtype, vae_dir, data_dir, steps, conditions))]
+  if steps:
+    raise ValueError(f"--t2v_steps={steps}: the {preset} preset trains each stage for its own steps "
+                     "(configs/t2v.py's STAGE_STEPS); leave --t2v_steps out.")
+  runs, previous = [], ""
+  for i, stage in enumerate(stages):
+    last = i == len(stages) - 1
+    workdir = t2v_dir if last else f"{t2v_dir}_stage{stage}"
+    config = t2v_config(preset, dtype, vae_dir, data_dir, None, conditions, stage=stage)
+    config.init_from = previous
+    runs.append(("t2v" if last else f"t2v_stage{stage}", workdir, config))
+    previous = workdir
+  return runs
 
 
 def profile(config, preset: str):
@@ -135,11 +166,12 @@ def probe_set(n: int) -> tuple[list[str], list[int]]:
 sample_kwargs = t2v_inference.sample_kwargs  # the notebook samples with the quickstart's settings through this name
 
 
-def clock_for(vae_steps: int, t2v_steps: int, num_probe: int) -> job_clock.JobClock:
+def clock_for(vae_steps: int, t2v_steps: dict[str, int], num_probe: int) -> job_clock.JobClock:
   """The job's clock, with the stage times expected on this kind of CPU (with AMX bfloat16 tiles or without);
-  `num_probe`: every video the last stage generates."""
+  `t2v_steps`: each DiT stage's steps, by its clock stage ('t2v' the last); `num_probe`: every video the last stage
+  generates."""
   amx = jax.default_backend() == "cpu" and xla_cpu.has_amx_bf16()
-  return job_clock.JobClock({"vae": vae_steps, "t2v": t2v_steps, "sample": num_probe}, "amx" if amx else "no_amx")
+  return job_clock.JobClock({"vae": vae_steps, **t2v_steps, "sample": num_probe}, "amx" if amx else "no_amx")
 
 
 def _vae_config():
@@ -149,6 +181,14 @@ def _vae_config():
 def _t2v_config(vae_dir):
   dtype = dit_dtype(_DIT_DTYPE.value, _PRESET.value)
   return t2v_config(_PRESET.value, dtype, vae_dir, _DATA_DIR.value, _T2V_STEPS.value, _CONDITIONS.value)
+
+
+def _t2v_stages(vae_dir, t2v_dir):
+  dtype = dit_dtype(_DIT_DTYPE.value, _PRESET.value)
+  try:
+    return t2v_stages(_PRESET.value, dtype, vae_dir, t2v_dir, _DATA_DIR.value, _T2V_STEPS.value, _CONDITIONS.value)
+  except ValueError as e:  # a flag that does not fit the preset: say so before anything trains
+    raise app.UsageError(str(e)) from e
 
 
 def load_pipeline(t2v_dir: str):
@@ -214,15 +254,17 @@ def main(argv):
   vae_dir, t2v_dir = os.path.join(workdir, "vae"), os.path.join(workdir, "t2v")
   start = time.time()
   minutes = {}
-  vae_cfg, t2v_config = _vae_config(), _t2v_config(vae_dir)
+  vae_cfg, t2v_runs = _vae_config(), _t2v_stages(vae_dir, t2v_dir)
   if _PROFILE.value:
-    vae_cfg, t2v_config = profile(vae_cfg, _PRESET.value), profile(t2v_config, _PRESET.value)
+    vae_cfg = profile(vae_cfg, _PRESET.value)
+    t2v_runs = [(name, run_dir, profile(config, _PRESET.value)) for name, run_dir, config in t2v_runs]
+  t2v_config = t2v_runs[-1][2]  # the model the report samples
   num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
   num_task_videos = _NUM_TASK_VIDEOS.value or NUM_TASK_VIDEOS[_PRESET.value]
   sizes = SIZES.get(_PRESET.value)
   num_videos = num_probe * (len(sizes) if sizes else 1) + (
       len(TASKS) * num_task_videos if _CONDITIONS.value == "all" and not sizes else 0)
-  clock = clock_for(vae_cfg.train.steps, t2v_config.train.steps, num_videos)
+  clock = clock_for(vae_cfg.train.steps, {name: config.train.steps for name, _, config in t2v_runs}, num_videos)
   logging.info("Expected from an empty workdir on this kind of CPU: about %s (the progress lines' 'job' "
                "estimate follows the actual pace).", metrics.duration(clock.total()))
 
@@ -234,14 +276,15 @@ def main(argv):
     sys.exit(stopped.exit_code)
   minutes["vae"] = (time.time() - start) / 60
 
-  clock.start("t2v")
-  logging.info("2/3: the text-to-video model in %s (job: about %s left)", t2v_dir,
-               metrics.duration(clock.remaining_before("t2v")))
-  try:
-    loop.train(t2v_config, t2v_dir, job_eta=clock.remaining)
-  except loop.RunStopped as stopped:
-    sys.exit(stopped.exit_code)
-  minutes["t2v"] = (time.time() - start) / 60 - minutes["vae"]
+  for name, run_dir, config in t2v_runs:
+    clock.start(name)
+    logging.info("2/3: the text-to-video model in %s (job: about %s left)", run_dir,
+                 metrics.duration(clock.remaining_before(name)))
+    try:  # a stopped stage is not finished: the next one never starts from its parameters
+      loop.train(config, run_dir, job_eta=clock.remaining)
+    except loop.RunStopped as stopped:
+      sys.exit(stopped.exit_code)
+    minutes[name] = (time.time() - start) / 60 - sum(minutes.values())
 
   clock.start("sample")
   logging.info("3/3: sampling and scoring (job: about %s left)", metrics.duration(clock.remaining_before("sample")))
@@ -257,13 +300,14 @@ def main(argv):
   if pipe.conditioned:
     tasks = task_report(pipe, t2v_config, num_task_videos, workdir)
   fvd = fvd_report.for_pipeline(pipe, t2v_config.input, _FVD.value, sample_kwargs(t2v_config)) if _FVD.value else None
-  minutes["sample_and_score"] = (time.time() - start) / 60 - minutes["vae"] - minutes["t2v"]
+  minutes["sample_and_score"] = (time.time() - start) / 60 - sum(minutes.values())
 
   os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
   for i, (prompt, video) in enumerate(zip(prompts[:16], videos[:16])):
     io.write_video(os.path.join(workdir, "videos", f"{i:02d}_{prompt.replace(' ', '_')}.mp4"), video)
   io.write_image(os.path.join(workdir, "contact_sheet.png"), io.contact_sheet(videos[:12], captions=prompts[:12]))
-  plot_losses({"vae": vae_dir, "t2v": t2v_dir}, os.path.join(workdir, "loss_curves.png"))
+  runs = {"vae": vae_dir, **{name: run_dir for name, run_dir, _ in t2v_runs}}
+  plot_losses(runs, os.path.join(workdir, "loss_curves.png"))
   vae_evals = [json.loads(line) for line in open(os.path.join(vae_dir, "metrics.jsonl")) if "eval/psnr" in line]
   report = {"probe": scores, "probe_diagnosis": probe.diagnose(videos, prompts),  # where the score is lost
             "tasks": tasks, "sizes": by_size, "fvd": fvd,
@@ -274,9 +318,9 @@ def main(argv):
                     "compute_dtype": t2v_config.train.compute_dtype},
             "minutes": {k: round(v, 2) for k, v in minutes.items()},
             "total_minutes": round((time.time() - start) / 60, 2),
-            "workdirs": {"vae": vae_dir, "t2v": t2v_dir}}
+            "workdirs": runs}
   if _PROFILE.value:
-    report["profile"] = profile_report({"vae": vae_dir, "t2v": t2v_dir})
+    report["profile"] = profile_report(runs)
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
   print(json.dumps(report, indent=2))

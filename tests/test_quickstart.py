@@ -90,6 +90,32 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
   assert fvd["num_clips"] == 4 and 0 < fvd["fvd_floor"] and 0 < fvd["fvd_reconstruction"] and 0 < fvd["fvd_samples"]
 
 
+def test_staged_preset_trains_each_stage_from_the_previous_one(shapes_data_dir, one_device_env, tmp_path):
+  """--preset=sizes_staged(_runlocal): images, then video, then the full sizes, three runs each starting from the
+  previous one's EMA parameters (a stage's own checkpoint would win on a rerun); the last is sampled at every size."""
+  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=sizes_staged_runlocal",
+         f"--data_dir={shapes_data_dir}", "--num_probe=1"]
+  result = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.load(open(tmp_path / "report.json"))
+  assert list(report["workdirs"]) == ["vae", "t2v_stage1", "t2v_stage2", "t2v"]
+  assert list(report["minutes"]) == ["vae", "t2v_stage1", "t2v_stage2", "t2v", "sample_and_score"]
+  assert set(report["sizes"]) == {"32x32x9", "16x48x9", "32x32x5"}
+  frames = {}
+  for stage, previous in (("t2v_stage1", ""), ("t2v_stage2", "t2v_stage1"), ("t2v", "t2v_stage2")):
+    config = json.load(open(tmp_path / stage / "config.json"))
+    assert config["init_from"] == (str(tmp_path / previous) if previous else "")
+    frames[stage] = {f for row in config["input"]["buckets"].values() for f in row}
+  assert frames["t2v_stage1"] == {"1"} and "1" not in frames["t2v_stage2"]  # images first, then video
+  started = re.findall(r"Starting from the ema_params of (\S+) \(its step (\d+)\)", result.stderr)
+  assert [(os.path.basename(path), int(step)) for path, step in started] == [("t2v_stage1", 4), ("t2v_stage2", 4)]
+  # one --t2v_steps cannot size three stages: refused before anything runs
+  refused = subprocess.run(cmd + ["--t2v_steps=2", f"--workdir={tmp_path / 'refused'}"], cwd=REPO,
+                           env=one_device_env, capture_output=True, text=True, timeout=600)
+  assert refused.returncode != 0 and "--t2v_steps=2: the sizes_staged_runlocal preset" in refused.stderr
+  assert not (tmp_path / "refused" / "vae").exists()
+
+
 def test_stopped_in_the_vae_stage_exits_75_and_the_rerun_trains_the_dit_on_the_final_vae(shapes_data_dir,
                                                                                        one_device_env, tmp_path):
   """SIGTERM while the VAE trains: the VAE saves, the quickstart exits 75 and runs nothing after it (no DiT, no
