@@ -67,6 +67,9 @@ _NUM_TASK_VIDEOS = flags.DEFINE_integer("num_task_videos", None, "Videos per ima
                                         "(default 16; runlocal 2).")
 _FVD = flags.DEFINE_integer("fvd", 0, "> 0: also FVD of this many samples beside its floor and the VAE's "
                             "reconstructions, against validation clips (docs/fvd.md; 256 take about 15 minutes).")
+_PROBE_SEED = flags.DEFINE_integer("probe_seed", None, "The first probe video's seed (default 10000); on a finished "
+                                   "workdir, another value rescores the same models on new seeds (report.json is "
+                                   "rewritten).", lower_bound=0)
 flags.mark_flags_as_required(["workdir"])
 
 PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
@@ -158,9 +161,9 @@ def dit_dtype(choice: str, preset: str) -> str:
   return "bfloat16" if preset == "default" and on_amx else "float32"
 
 
-def probe_set(n: int) -> tuple[list[str], list[int]]:
+def probe_set(n: int, seed: int = PROBE_SEED) -> tuple[list[str], list[int]]:
   """The n prompts the quickstart scores (cycling over every color, shape and motion) and their seeds."""
-  return probe.prompts(n), [PROBE_SEED + i for i in range(n)]
+  return probe.prompts(n), [seed + i for i in range(n)]
 
 
 sample_kwargs = t2v_inference.sample_kwargs  # the notebook samples with the quickstart's settings through this name
@@ -213,10 +216,10 @@ def task_report(pipe, config, num: int, workdir: str) -> dict:
   return report
 
 
-def size_report(pipe, sizes, num: int, kwargs, workdir: str) -> tuple[dict, list]:
+def size_report(pipe, sizes, num: int, kwargs, workdir: str, seed: int = PROBE_SEED) -> tuple[dict, list]:
   """(probe scores of `num` new prompts at each (height, width, frames), the videos of each), and
   `W/contact_sheet_<size>.png` each."""
-  prompts, seeds = probe_set(num)
+  prompts, seeds = probe_set(num, seed)
   report, outputs = {}, []
   for height, width, frames in sizes:
     name = f"{height}x{width}x{frames}"
@@ -289,10 +292,11 @@ def main(argv):
   clock.start("sample")
   logging.info("3/3: sampling and scoring (job: about %s left)", metrics.duration(clock.remaining_before("sample")))
   pipe, dit_step, vae_identity = load_pipeline(t2v_dir)
-  prompts, seeds = probe_set(num_probe)
+  probe_seed = PROBE_SEED if _PROBE_SEED.value is None else _PROBE_SEED.value
+  prompts, seeds = probe_set(num_probe, probe_seed)
   tasks = by_size = None
   if sizes:  # the first size is the one the model's evals and its other readers default to
-    by_size, outputs = size_report(pipe, sizes, num_probe, sample_kwargs(t2v_config), workdir)
+    by_size, outputs = size_report(pipe, sizes, num_probe, sample_kwargs(t2v_config), workdir, probe_seed)
     videos = outputs[0]
   else:
     videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))

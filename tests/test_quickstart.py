@@ -95,12 +95,13 @@ def test_staged_preset_trains_each_stage_from_the_previous_one(shapes_data_dir, 
   previous one's EMA parameters (a stage's own checkpoint would win on a rerun); the last is sampled at every size."""
   cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=sizes_staged_runlocal",
          f"--data_dir={shapes_data_dir}", "--num_probe=1"]
-  result = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
+  result = subprocess.run(cmd + ["--probe_seed=500"], cwd=REPO, env=one_device_env, capture_output=True, text=True,
+                          timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
   report = json.load(open(tmp_path / "report.json"))
   assert list(report["workdirs"]) == ["vae", "t2v_stage1", "t2v_stage2", "t2v"]
   assert list(report["minutes"]) == ["vae", "t2v_stage1", "t2v_stage2", "t2v", "sample_and_score"]
-  assert set(report["sizes"]) == {"32x32x9", "16x48x9", "32x32x5"}
+  assert set(report["sizes"]) == {"32x32x9", "16x48x9", "32x32x5"} and report["probe_seeds"] == [500, 500]
   frames = {}
   for stage, previous in (("t2v_stage1", ""), ("t2v_stage2", "t2v_stage1"), ("t2v", "t2v_stage2")):
     config = json.load(open(tmp_path / stage / "config.json"))
