@@ -67,21 +67,19 @@ _NUM_TASK_VIDEOS = flags.DEFINE_integer("num_task_videos", None, "Videos per ima
                                         "(default 16; runlocal 2).")
 _FVD = flags.DEFINE_integer("fvd", 0, "> 0: also FVD of this many samples beside its floor and the VAE's "
                             "reconstructions, against validation clips (docs/fvd.md; 256 take about 15 minutes).")
-_PROBE_SEED = flags.DEFINE_integer("probe_seed", None, "The first probe video's seed (default 10000); on a finished "
-                                   "workdir, another value rescores the same models on new seeds (report.json is "
+PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
+_PROBE_SEED = flags.DEFINE_integer("probe_seed", PROBE_SEED, "The first probe video's seed; on a finished workdir, "
+                                   "another value rescores the same models on new seeds (report.json is "
                                    "rewritten).", lower_bound=0)
 flags.mark_flags_as_required(["workdir"])
 
-PROBE_SEED = 10_000  # probe videos use seeds far from anything sampled during training
-NUM_PROBE = {"default": 96, "runlocal": 4, "sizes": 64, "sizes_runlocal": 2, "sizes_staged": 64,
-             "sizes_staged_runlocal": 2}  # sizes: per size
-NUM_TASK_VIDEOS = {"default": 16, "runlocal": 2, "sizes": 0, "sizes_runlocal": 0, "sizes_staged": 0,
-                   "sizes_staged_runlocal": 0}
+# By preset; a `*_staged*` preset is scored as the same preset without `_staged` (scored_as).
+NUM_PROBE = {"default": 96, "runlocal": 4, "sizes": 64, "sizes_runlocal": 2}  # sizes: per size
+NUM_TASK_VIDEOS = {"default": 16, "runlocal": 2, "sizes": 0, "sizes_runlocal": 0}
 # (height, width, frames) the sizes preset scores: three aspect ratios, and twice the frames.
 SIZES = {"sizes": ((64, 64, 17), (48, 80, 17), (80, 48, 17), (64, 64, 33)),
          "sizes_runlocal": ((32, 32, 9), (16, 48, 9), (32, 32, 5))}
-SIZES.update(sizes_staged=SIZES["sizes"], sizes_staged_runlocal=SIZES["sizes_runlocal"])
-STAGES = {"sizes_staged": ("1", "2", "3"), "sizes_staged_runlocal": ("1", "2", "3")}  # configs/t2v.py's stage=
+STAGES = ("1", "2", "3")  # a staged preset's DiT runs: configs/t2v.py's stage=
 TASKS = ("i2v", "interpolate", "extend", "extend_backward", "v2v")  # text-to-video is the probe set's
 
 
@@ -113,19 +111,24 @@ def t2v_config(preset: str, dtype: str, vae_dir: str, data_dir: str = "", steps:
   return c
 
 
+def scored_as(preset: str) -> str:
+  """The preset whose probe set, task videos and sizes `preset` is scored with (a staged preset: its single-stage
+  one)."""
+  return preset.replace("_staged", "")
+
+
 def t2v_stages(preset: str, dtype: str, vae_dir: str, t2v_dir: str, data_dir: str = "",
                steps: int | None = None, conditions: str = "all") -> list[tuple[str, str, object]]:
   """(job clock stage, workdir, config) of each text-to-video training run in order: one, in `t2v_dir`, or a
   staged preset's stages, each from the previous one's parameters, the last in `t2v_dir`."""
-  stages = STAGES.get(preset)
-  if not stages:
+  if "_staged" not in preset:
     return [("t2v", t2v_dir, t2v_config(preset, dtype, vae_dir, data_dir, steps, conditions))]
   if steps:
     raise ValueError(f"--t2v_steps={steps}: the {preset} preset trains each stage for its own steps "
                      "(configs/t2v.py's STAGE_STEPS); leave --t2v_steps out.")
   runs, previous = [], ""
-  for i, stage in enumerate(stages):
-    last = i == len(stages) - 1
+  for stage in STAGES:
+    last = stage == STAGES[-1]
     workdir = t2v_dir if last else f"{t2v_dir}_stage{stage}"
     config = t2v_config(preset, dtype, vae_dir, data_dir, None, conditions, stage=stage)
     config.init_from = previous
@@ -179,11 +182,6 @@ def clock_for(vae_steps: int, t2v_steps: dict[str, int], num_probe: int) -> job_
 
 def _vae_config():
   return vae_config(_PRESET.value, _DATA_DIR.value, _VAE_STEPS.value)
-
-
-def _t2v_config(vae_dir):
-  dtype = dit_dtype(_DIT_DTYPE.value, _PRESET.value)
-  return t2v_config(_PRESET.value, dtype, vae_dir, _DATA_DIR.value, _T2V_STEPS.value, _CONDITIONS.value)
 
 
 def _t2v_stages(vae_dir, t2v_dir):
@@ -262,9 +260,10 @@ def main(argv):
     vae_cfg = profile(vae_cfg, _PRESET.value)
     t2v_runs = [(name, run_dir, profile(config, _PRESET.value)) for name, run_dir, config in t2v_runs]
   t2v_config = t2v_runs[-1][2]  # the model the report samples
-  num_probe = _NUM_PROBE.value or NUM_PROBE[_PRESET.value]
-  num_task_videos = _NUM_TASK_VIDEOS.value or NUM_TASK_VIDEOS[_PRESET.value]
-  sizes = SIZES.get(_PRESET.value)
+  scored = scored_as(_PRESET.value)
+  num_probe = _NUM_PROBE.value or NUM_PROBE[scored]
+  num_task_videos = _NUM_TASK_VIDEOS.value or NUM_TASK_VIDEOS[scored]
+  sizes = SIZES.get(scored)
   num_videos = num_probe * (len(sizes) if sizes else 1) + (
       len(TASKS) * num_task_videos if _CONDITIONS.value == "all" and not sizes else 0)
   clock = clock_for(vae_cfg.train.steps, {name: config.train.steps for name, _, config in t2v_runs}, num_videos)
@@ -292,11 +291,10 @@ def main(argv):
   clock.start("sample")
   logging.info("3/3: sampling and scoring (job: about %s left)", metrics.duration(clock.remaining_before("sample")))
   pipe, dit_step, vae_identity = load_pipeline(t2v_dir)
-  probe_seed = PROBE_SEED if _PROBE_SEED.value is None else _PROBE_SEED.value
-  prompts, seeds = probe_set(num_probe, probe_seed)
+  prompts, seeds = probe_set(num_probe, _PROBE_SEED.value)
   tasks = by_size = None
   if sizes:  # the first size is the one the model's evals and its other readers default to
-    by_size, outputs = size_report(pipe, sizes, num_probe, sample_kwargs(t2v_config), workdir, probe_seed)
+    by_size, outputs = size_report(pipe, sizes, num_probe, sample_kwargs(t2v_config), workdir, _PROBE_SEED.value)
     videos = outputs[0]
   else:
     videos = pipe.generate(prompts, seeds, progress=True, **sample_kwargs(t2v_config))

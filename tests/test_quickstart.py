@@ -26,7 +26,7 @@ assert v.to_json_best_effort(sort_keys=True) == vae.get_config().to_json_best_ef
 out = [v.model.patch_size]
 for dtype in ("float32", "bfloat16"):  # what --dit_dtype=auto picks depends on the CPU
   q.flags.FLAGS.dit_dtype = dtype
-  t = config.validate(q._t2v_config("/unused/vae"))
+  t = config.validate(q._t2v_stages("/unused/vae", "/unused/t2v")[0][2])
   expected = t2v.get_config(f"dtype={dtype},conditions=all")
   expected.vae.workdir, expected.eval.probe_prompts = "/unused/vae", 0
   assert t.to_json_best_effort(sort_keys=True) == expected.to_json_best_effort(sort_keys=True), dtype
