@@ -5,8 +5,8 @@ import re
 # The tests' programs are tiny and most of their time is XLA:CPU compiling them. LLVM's optimisation passes are
 # most of a compile and buy little at these sizes: without them (level 0) tests/test_vae.py and
 # tests/test_cogvideox_vae.py take 153 s instead of 245 s, and a one-step VAE training 72 s instead of 99 s.
-# Level 1 runs the VAE's own emitted convolutions 4x faster but compiles the DiT's programs slower: the whole suite
-# took 35.0 min at level 1 against 28.0 at level 0 (docs/test_suite.md).
+# Level 1 runs the VAE's own emitted convolutions 4x faster but compiles the DiT's programs slower; on one afternoon
+# the whole suite took 35.0 min at level 1 and 36.6 at level 0, within the machine's drift (docs/test_suite.md).
 # Results are the same math (no fast-math either way); benchmarks under experiments/ run fully optimised.
 # Set XLA_FLAGS=--xla_backend_optimization_level=3 to run the tests optimised.
 _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
