@@ -206,6 +206,14 @@ def test_samplers_land_on_a_point_mass_with_an_exact_model(sampler):
   np.testing.assert_allclose(np.asarray(out), np.asarray(x_star), atol=2e-4)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_2m_sde"])
+def test_a_flow_model_with_a_discrete_time_sampler_is_refused_by_name(sampler):
+  refused = f"sampler '{sampler}' needs a discrete-time model; .* samples with sampler 'euler'"
+  with pytest.raises(ValueError, match=refused):
+    samplers.sample(lambda x, t: x, jnp.zeros((1, 2, 4, 4, 4)), sampler=sampler, num_steps=2, prediction_type="flow",
+                    progress=False)
+
+
 def test_timestep_samplers():
   t = timesteps.explicit_uniform(jax.random.PRNGKey(0), 8, 1000, num_groups=4)
   groups = np.asarray(t).reshape(4, 2)

@@ -214,6 +214,9 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampler {sampler!r}; allowed: {list(SAMPLERS)}.")
+  if prediction_type == "flow" and sampler != "euler":  # said here, not from inside the traced step
+    raise ValueError(f"sampler {sampler!r} needs a discrete-time model; a prediction_type 'flow' model samples with "
+                     "sampler 'euler'.")
   if not 0.0 <= guidance_rescale <= 1.0:
     raise ValueError(f"guidance_rescale={guidance_rescale}; allowed: [0, 1] (0: off).")
   guidance = "text_and_image" if image_guidance_scale is not None else ("text" if guidance_scale > 1.0 else "none")
