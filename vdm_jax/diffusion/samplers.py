@@ -214,7 +214,7 @@ def sample(model_fn: Callable, latents: jax.Array, *, schedule: NoiseSchedule | 
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"Unknown sampler {sampler!r}; allowed: {list(SAMPLERS)}.")
-  if prediction_type == "flow" and sampler != "euler":  # said here, not from inside the traced step
+  if prediction_type == "flow" and sampler in DISCRETE_SAMPLERS:  # said here, not from inside the traced step
     raise ValueError(f"sampler {sampler!r} needs a discrete-time model; a prediction_type 'flow' model samples with "
                      "sampler 'euler'.")
   if not 0.0 <= guidance_rescale <= 1.0:
