@@ -1,4 +1,5 @@
 """Test setup: 8 virtual CPU devices and unoptimised CPU code, set before jax is imported anywhere."""
+import collections
 import os
 import re
 
@@ -51,6 +52,42 @@ _CREATED_CACHE_DIR = _share_compilations()  # in the controller; xdist workers i
 import pytest  # noqa: E402
 
 from reference_extra import need  # noqa: E402  (tests/ is on sys.path: pytest puts a conftest's folder there)
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow(seconds): the test takes about this long on a 2-core CPU (its call and the fixtures it "
+      "builds, by --durations); files with slow tests run first, heaviest first, and `-m 'not slow'` skips them")
+
+
+def _seconds(item):
+  marker = item.get_closest_marker("slow")
+  return marker.args[0] if marker else 0
+
+
+def pytest_collection_modifyitems(config, items):
+  """Test files in the order of their slow tests' total seconds, heaviest first (the rest keep their alphabetical
+  order after them); tests keep their order within a file. With the file-by-file scheduling below this is
+  longest-job-first: alphabetically, several-minute tests (the real clips', the VAE training's) came last and ran
+  alone while the other worker had nothing left (4 minutes of one run's end)."""
+  del config
+  weight, first = collections.Counter(), {}
+  for index, item in enumerate(items):
+    weight[item.path] += _seconds(item)
+    first.setdefault(item.path, index)
+  items.sort(key=lambda item: (-weight[item.path], first[item.path]))  # stable: a file's tests keep their order
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: the hook exists only with pytest-xdist
+def pytest_xdist_make_scheduler(config, log):
+  """pytest-xdist's workers get whole test files (`--dist loadfile`), in the order above, unless --dist names
+  another mode: a file's module fixtures (a trained run each, a minute or more) are then built once, not once per
+  worker, and test_quickstart.py's tests share one quickstart run."""
+  if config.getvalue("dist") != "load":
+    return None
+  from xdist import scheduler  # pylint: disable=g-import-not-at-top
+  config.option.loadscopereorder = False  # its default orders files by their number of tests; keep ours
+  return scheduler.LoadFileScheduling(config, log)
 
 
 def pytest_unconfigure(config):

@@ -23,6 +23,7 @@ def test_sweep_parsing_and_grid():
     ablate.parse_sweeps(["model.activation"])
 
 
+@pytest.mark.slow(60)
 def test_ablation_runs_each_variant_and_tabulates(shapes_data_dir, tmp_path):
   cmd = [sys.executable, "-m", "experiments.ablate", "--config", "configs/toy_ae.py:runlocal",
          "--sweep", "optimizer.name=adamw,lion", f"--config.input.data_dir={shapes_data_dir}",

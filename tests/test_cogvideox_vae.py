@@ -147,6 +147,7 @@ def test_config_and_mismatch_errors(tiny, tmp_path):
   assert {x.dtype for x in jax.tree.leaves(bf16)} == {jnp.dtype(jnp.bfloat16)}
 
 
+@pytest.mark.slow(90)
 def test_real_channel_configuration_parity(tmp_path):
   """CogVideoX's channel configuration on one 9x64x64 clip (one compile each for encode and decode)."""
   ref = _reference(REAL, tmp_path)

@@ -191,6 +191,7 @@ def _conditioned_config(data_dir, vae_dir):
   return c
 
 
+@pytest.mark.slow(45)
 def test_the_loss_ignores_kept_frames(shapes_data_dir, vae_workdir):
   """Changing the noise (hence x_t and the target) at kept frames leaves the MSE bit-identical; changing it at a
   generated frame does not."""
@@ -226,6 +227,7 @@ def conditioned_run(shapes_data_dir, vae_workdir, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow(170)
 def test_a_conditioned_run_trains_and_samples_from_frames(conditioned_run):
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
@@ -277,6 +279,7 @@ def test_a_conditioned_run_trains_and_samples_from_frames(conditioned_run):
     pipe.extend(prompts, seeds, frames, 2, num_steps=2)
 
 
+@pytest.mark.slow(40)
 def test_sample_command_takes_images_and_videos(conditioned_run, tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
@@ -351,6 +354,7 @@ def test_task_scores_find_the_object_and_run_every_task(conditioned_run):
   assert all(r["num_videos"] == 2 for r in report.values())
 
 
+@pytest.mark.slow(65)
 def test_eval_tasks_runs_each_task_through_the_sample_command(conditioned_run, one_device_env, tmp_path):
   """`experiments.eval_tasks --through=cli`: the given frames go to files, one sample command per task generates
   from them, and its videos are the ones scored (an extension backward ends with the frames it was given)."""

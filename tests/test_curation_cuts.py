@@ -21,6 +21,7 @@ def shots():
   return bench_cuts.real_shots()
 
 
+@pytest.mark.slow(40)
 def test_finds_the_cuts_of_videos_with_known_cuts(shots, tmp_path):
   correct = detected = true = hard_found = hard = 0  # pooled over the videos, each scored on its own
   for seed in range(10):

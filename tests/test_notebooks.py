@@ -110,6 +110,7 @@ def test_committed_notebooks_are_stripped_and_have_a_parameters_cell():
     assert "/work/" not in text and "/tmp/" not in text, name
 
 
+@pytest.mark.slow(215)
 def test_quickstart_then_vae_explorer_on_its_vae(kernel, shapes_data_dir, tmp_path):
   """The quickstart trains both runlocal models, samples the typed prompts and scores probe videos; the VAE explorer
   then reconstructs a clip with the VAE workdir it trained."""

@@ -66,6 +66,7 @@ def test_plan_errors_name_the_clip_and_the_rows():
   assert packing.plan(SHAPES, length=24, rows=3, slots=4).rows == 3
 
 
+@pytest.mark.slow(50)
 @pytest.mark.parametrize("conditioning,backend", [("cross", "xla"), ("cross", "chunked"), ("joint", "xla")])
 def test_packed_dit_gives_each_clip_its_output_alone(conditioning, backend):
   model = _model(conditioning, backend)
@@ -105,6 +106,7 @@ def _packed_loss(model, params, prediction_type, alphas, weighting, t):
   return objectives.packed_loss(out, target, weight, seg.segment_ids)
 
 
+@pytest.mark.slow(45)
 @pytest.mark.parametrize("prediction_type,weighting", [("flow", "none"), ("v_prediction", "min_snr")])
 def test_packed_loss_is_the_mean_of_the_clips_losses(prediction_type, weighting):
   model = _model("cross")

@@ -37,6 +37,7 @@ def test_peak_table_and_mfu():
   assert u["tflops_per_device"] == pytest.approx(1.0) and u["mfu"] == pytest.approx(1 / 989.0)
 
 
+@pytest.mark.slow(35)
 def test_plan_command_builds_its_own_virtual_mesh(shapes_data_dir):
   cmd = [sys.executable, "-m", "experiments.plan", "--config", "configs/toy_ae.py:runlocal",
          f"--config.input.data_dir={shapes_data_dir}", "--mesh", "data=2,fsdp=2", "--chip", "H100",

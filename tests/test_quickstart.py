@@ -5,10 +5,13 @@ quickstart notebook's test, so whichever of the two runs second finds them in th
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,17 +47,28 @@ def test_default_preset_is_the_configs_default_recipe():
   assert result.stdout.split() == ["2", "flow", "euler", "float32", "4000", "flow", "euler", "bfloat16", "5500"]
 
 
-def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, tmp_path):
-  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=runlocal",
-         f"--data_dir={shapes_data_dir}"]
-  result = subprocess.run(cmd + ["--profile"], cwd=REPO, env=one_device_env, capture_output=True, text=True,
-                          timeout=1200)
+@pytest.fixture(scope="module")
+def runlocal_run(shapes_data_dir, one_device_env, tmp_path_factory):
+  """One `--preset=runlocal --profile` quickstart from an empty workdir, shared by this file's tests (the suite's
+  scheduler gives a test file to one worker): its workdir and its stderr."""
+  workdir = tmp_path_factory.mktemp("quickstart")
+  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={workdir}", "--preset=runlocal",
+         f"--data_dir={shapes_data_dir}", "--profile"]
+  result = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
+  return workdir, result.stderr
+
+
+@pytest.mark.slow(440)
+def test_quickstart_runlocal_writes_its_report(runlocal_run, shapes_data_dir, one_device_env):
+  workdir, stderr = runlocal_run
+  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={workdir}", "--preset=runlocal",
+         f"--data_dir={shapes_data_dir}"]
   # --profile: each training stage traced steps 2-3 and the report has where their time went
-  assert result.stderr.count("Profiled steps 2-3:") == 2
-  assert "Expected from an empty workdir on this kind of CPU: about " in result.stderr
-  assert re.search(r"\[\d+/\d+\] .* \| ETA \dh\d\dm\d\ds \(job \dh\d\dm\d\ds\)", result.stderr)  # whole-job ETA
-  report = json.load(open(tmp_path / "report.json"))
+  assert stderr.count("Profiled steps 2-3:") == 2
+  assert "Expected from an empty workdir on this kind of CPU: about " in stderr
+  assert re.search(r"\[\d+/\d+\] .* \| ETA \dh\d\dm\d\ds \(job \dh\d\dm\d\ds\)", stderr)  # whole-job ETA
+  report = json.load(open(workdir / "report.json"))
   assert report["num_videos"] == 4 and set(report["probe"]) >= {"color", "shape", "motion", "all"}
   assert all(0.0 <= report["probe"][k] <= 1.0 for k in ("color", "shape", "motion", "all"))
   diagnosis = report["probe_diagnosis"]
@@ -65,12 +79,12 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
   assert all(scores["num_videos"] == 2 for scores in report["tasks"].values())
   assert report["tasks"]["i2v"]["first_frame_psnr_mean"] > 0
   for name in ("contact_sheet.png", "loss_curves.png", "tasks_contact_sheet.png"):
-    assert os.path.getsize(tmp_path / name) > 1000
-  assert len(os.listdir(tmp_path / "videos")) == 4
+    assert os.path.getsize(workdir / name) > 1000
+  assert len(os.listdir(workdir / "videos")) == 4
   # the report names the checkpoints it sampled, and the DiT's latents came from that same (final) VAE
   from vdm_jax import runs  # pylint: disable=g-import-not-at-top
-  _, vae_step = runs.load_params(str(tmp_path / "vae"))
-  cache = json.load(open(tmp_path / "vae" / "latent_cache" / "32x32x9_tiny" / "train" / "cache.json"))
+  _, vae_step = runs.load_params(str(workdir / "vae"))
+  cache = json.load(open(workdir / "vae" / "latent_cache" / "32x32x9_tiny" / "train" / "cache.json"))
   assert report["vae"]["step"] == vae_step == cache["vae"]["step"]
   assert report["vae"]["weights_sha256"] == cache["vae"]["weights_sha256"]
   assert report["t2v"]["step"] == report["t2v"]["steps"]
@@ -78,7 +92,7 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
     profiled = report["profile"][stage]
     assert profiled["steps"] == [2, 3] and profiled["seconds_per_step"] > 0 and profiled["ops_per_step"] > 0
     assert 0 < len(profiled["top_ops"]) <= 10 and abs(sum(profiled["kinds"].values()) - profiled["ops_per_step"]) < 1e-6
-    assert os.path.exists(tmp_path / stage / "profile" / "summary.json")
+    assert os.path.exists(workdir / stage / "profile" / "summary.json")
   # a second run reuses both trained models (their checkpoints are at the last step); --fvd reports FVD beside its
   # reference points (4 clips per set of the tiny validation split)
   again = subprocess.run(cmd + ["--fvd=4"], cwd=REPO, env=one_device_env, capture_output=True, text=True,
@@ -86,18 +100,24 @@ def test_quickstart_runlocal_writes_its_report(shapes_data_dir, one_device_env, 
   assert again.returncode == 0, again.stderr[-4000:]
   assert again.stderr.count("Resuming from checkpoint") == 2
   assert again.stderr.count("nothing to train") == 2  # and neither step is compiled again
-  fvd = json.load(open(tmp_path / "report.json"))["fvd"]
+  fvd = json.load(open(workdir / "report.json"))["fvd"]
   assert fvd["num_clips"] == 4 and 0 < fvd["fvd_floor"] and 0 < fvd["fvd_reconstruction"] and 0 < fvd["fvd_samples"]
 
 
-def test_staged_preset_trains_each_stage_from_the_previous_one(shapes_data_dir, one_device_env, tmp_path):
+@pytest.mark.slow(300)
+def test_staged_preset_trains_each_stage_from_the_previous_one(runlocal_run, shapes_data_dir, one_device_env,
+                                                               tmp_path):
   """--preset=sizes_staged(_runlocal): images, then video, then the full sizes, three runs each starting from the
-  previous one's EMA parameters (a stage's own checkpoint would win on a rerun); the last is sampled at every size."""
+  previous one's EMA parameters (a stage's own checkpoint would win on a rerun); the last is sampled at every size.
+  Both presets train the same runlocal VAE, so this run starts from the runlocal run's finished one (the quickstart
+  restores a finished stage and trains nothing), and only the three DiT stages train here."""
+  shutil.copytree(runlocal_run[0] / "vae", tmp_path / "vae")
   cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=sizes_staged_runlocal",
          f"--data_dir={shapes_data_dir}", "--num_probe=1"]
   result = subprocess.run(cmd + ["--probe_seed=500"], cwd=REPO, env=one_device_env, capture_output=True, text=True,
                           timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
+  assert result.stderr.count("nothing to train") == 1  # the VAE's; each DiT stage trained
   report = json.load(open(tmp_path / "report.json"))
   assert list(report["workdirs"]) == ["vae", "t2v_stage1", "t2v_stage2", "t2v"]
   assert list(report["minutes"]) == ["vae", "t2v_stage1", "t2v_stage2", "t2v", "sample_and_score"]
@@ -117,6 +137,7 @@ def test_staged_preset_trains_each_stage_from_the_previous_one(shapes_data_dir, 
   assert not (tmp_path / "refused" / "vae").exists()
 
 
+@pytest.mark.slow(260)
 def test_stopped_in_the_vae_stage_exits_75_and_the_rerun_trains_the_dit_on_the_final_vae(shapes_data_dir,
                                                                                        one_device_env, tmp_path):
   """SIGTERM while the VAE trains: the VAE saves, the quickstart exits 75 and runs nothing after it (no DiT, no

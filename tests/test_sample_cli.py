@@ -66,6 +66,7 @@ def _assert_jsonl_matches_files(out):
   assert sorted(listed) == sorted(n for n in os.listdir(out) if n.endswith((".mp4", ".npy")))
 
 
+@pytest.mark.slow(100)
 def test_existing_samples_are_kept_unless_overwrite(unfinished_run, tmp_path, one_device_env):
   out = str(tmp_path / "samples")
   args = [f"--workdir={unfinished_run}", "--num_samples=2", "--seed=5", f"--out={out}", "--num_steps=2"]
@@ -93,6 +94,7 @@ def test_existing_samples_are_kept_unless_overwrite(unfinished_run, tmp_path, on
   _assert_jsonl_matches_files(out)
 
 
+@pytest.mark.slow(95)
 def test_lora_training_agrees_across_meshes_and_modes(unfinished_run, shapes_data_dir, vae_workdir, tmp_path):
   """[M]: two LoRA steps (SGD, so the update is linear in the gradient) data-parallel over 8 devices with merged
   adapters, and over data=2 x fsdp=2 x tensor=2 with inline adapters sharded like their kernels, give the same
@@ -117,6 +119,7 @@ def test_lora_training_agrees_across_meshes_and_modes(unfinished_run, shapes_dat
                results["sharded"])
 
 
+@pytest.mark.slow(40)
 def test_a_lora_run_trains_only_adapters_and_samples_over_its_base(unfinished_run, shapes_data_dir, vae_workdir,
                                                                    tmp_path):
   """[M]: a LoRA run over the run above (rank 4 on the attention projections) holds only adapters in its

@@ -27,6 +27,7 @@ def _t2v(data_dir, vae_dir, **train):
   return c
 
 
+@pytest.mark.slow(140)
 def test_train_evaluate_sample_and_resume_exactly(shapes_data_dir, vae_workdir, tmp_path):
   straight = str(tmp_path / "straight")
   c = _t2v(shapes_data_dir, vae_workdir, steps=4, checkpoint_every=2)
@@ -54,6 +55,7 @@ def test_train_evaluate_sample_and_resume_exactly(shapes_data_dir, vae_workdir, 
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
 
 
+@pytest.mark.slow(50)
 def test_sample_command_writes_videos_npy_and_jsonl(shapes_data_dir, vae_workdir, tmp_path):
   workdir = str(tmp_path / "run")
   loop.train(_t2v(shapes_data_dir, vae_workdir, steps=2, checkpoint_every=2), workdir)
@@ -108,6 +110,7 @@ def _first_batch(config):
   return pipeline.numeric(next(iter(pipeline.make_dataset(config.input, source=experiment.data_source("train")))))
 
 
+@pytest.mark.slow(115)
 def test_one_step_is_the_same_on_every_mesh(shapes_data_dir, vae_workdir):
   """(8 data), (2 data x 4 fsdp), (2 fsdp x 2 tensor x 2 context) vs 1 device: loss and params to 1e-5 relative."""
   c = _t2v(shapes_data_dir, vae_workdir)
@@ -123,6 +126,7 @@ def test_one_step_is_the_same_on_every_mesh(shapes_data_dir, vae_workdir):
       assert any("fsdp" in s for s in specs), specs
 
 
+@pytest.mark.slow(80)
 def test_fractional_per_device_batch_with_context_parallelism(shapes_data_dir, vae_workdir):
   """2 clips on 8 devices, mesh fsdp 2 x context 4 (0.25 clips per device): the batch splits over fsdp only, each
   clip's tokens over context (Ulysses all-to-all); loss and params equal the 1-device step (fp32, 1e-5)."""
@@ -142,6 +146,7 @@ def test_fractional_per_device_batch_with_context_parallelism(shapes_data_dir, v
   assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(placed))
 
 
+@pytest.mark.slow(55)
 def test_cached_text_embeddings_train_like_the_encoder_in_the_step(shapes_data_dir, vae_workdir, tmp_path):
   """`text.cached`: the frozen encoder's embeddings of every caption (and of "") written once and served with the
   batch give the same step as running that encoder inside it; a cache of another encoder is refused."""

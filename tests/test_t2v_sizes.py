@@ -40,6 +40,7 @@ def sized_run(shapes_data_dir, vae_workdir, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow(85)
 def test_one_cache_and_one_compile_per_bucket(sized_run, vae_workdir):
   lines = [json.loads(line) for line in open(os.path.join(sized_run, "metrics.jsonl"))]
   assert [m["compiles"] for m in lines if "loss" in m] == [2]
@@ -70,6 +71,7 @@ def test_sample_any_allowed_size(sized_run, tmp_path):
   assert runs.load_params(sized_run)[1] == 4
 
 
+@pytest.mark.slow(40)
 def test_packed_steps_train_every_bucket_with_one_compile(shapes_data_dir, vae_workdir, tmp_path):
   c = _bucketed(shapes_data_dir, vae_workdir)
   # latents 5x16x16 and 5x8x24 in 2x2 patches: 320 + 240 tokens, so 8 clips of each fill 8 rows of 560 exactly

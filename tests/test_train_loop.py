@@ -119,6 +119,7 @@ def _wait_for_checkpoint(workdir, proc, minimum=1, timeout=240):
   raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow(30)
 def test_cli_kill_then_same_command_resumes_exactly(shapes_data_dir, tmp_path):
   """SIGKILL mid-run; the next invocation resumes from the last checkpoint and matches an uninterrupted run."""
   workdir = str(tmp_path / "killed")

@@ -95,6 +95,7 @@ def test_causality(models):
   np.testing.assert_array_equal(x[:, :9], x_changed[:, :9])  # pixel frames 0..8 come from latents 0..2
 
 
+@pytest.mark.slow(55)
 def test_patch_size_folds_pixels_around_the_network():
   """`patch_size=p`: space_to_depth before the encoder and depth_to_space after the decoder, exactly. A patch-2 VAE
   is the plain VAE (same params) run on folded frames with p * p times the output channels; it streams like one."""

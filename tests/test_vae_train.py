@@ -125,6 +125,7 @@ def test_decoder_noise_scales_with_the_channel_stds():
   np.testing.assert_allclose(np.asarray(grad), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow(40)
 def test_decoder_noise_in_the_loss():
   """With decoder_noise the decoded latents are perturbed (a different loss), and the forward pass equals the model's
   own encode -> sample -> decode when the noise is 0; a negative value fails at start-up."""
@@ -159,6 +160,7 @@ def gan():
   return c, exp, _init(exp, batch), batch
 
 
+@pytest.mark.slow(75)
 def test_gan_gradients_are_separated(gan):
   """grad(total) w.r.t. the VAE params == grad of the generator objective alone (discriminator frozen), and w.r.t.
   the discriminator params == grad of the hinge discriminator loss alone (reconstruction frozen)."""
@@ -226,6 +228,7 @@ def test_discriminator_warm_up():
   assert abs(float(after) - float(before)) > 1e-4
 
 
+@pytest.mark.slow(230)
 def test_discriminator_warm_up_in_the_training_loop(shapes_data_dir, tmp_path):
   """The loop passes its step to the loss (the count of updates already taken): with disc_start_step=3 the
   discriminator joins at the 4th update, which the metrics log as step 4."""
@@ -238,6 +241,7 @@ def test_discriminator_warm_up_in_the_training_loop(shapes_data_dir, tmp_path):
   assert disc_on == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0}
 
 
+@pytest.mark.slow(250)
 def test_train_evaluate_and_samples(shapes_data_dir, tmp_path):
   workdir = str(tmp_path / "vae")
   c = vae_config.get_config("runlocal,fvd=8")  # FVD of 8 reconstructions against 8 clips, and its floor, at the end

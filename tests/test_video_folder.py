@@ -152,6 +152,7 @@ def _train(config_arg, workdir, *overrides):
   return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
+@pytest.mark.slow(235)
 def test_the_vae_and_then_t2v_train_on_the_real_clips(curated, tmp_path):
   _, out = curated
   vae_dir = str(tmp_path / "vae")
