@@ -47,14 +47,19 @@ def test_default_preset_is_the_configs_default_recipe():
   assert result.stdout.split() == ["2", "flow", "euler", "float32", "4000", "flow", "euler", "bfloat16", "5500"]
 
 
+def _quickstart(workdir, data_dir, preset="runlocal"):
+  """The quickstart's command line for `workdir` at `preset` on the tests' Captioned Shapes data_dir."""
+  return [sys.executable, "-m", "experiments.quickstart", f"--workdir={workdir}", f"--preset={preset}",
+          f"--data_dir={data_dir}"]
+
+
 @pytest.fixture(scope="module")
 def runlocal_run(shapes_data_dir, one_device_env, tmp_path_factory):
   """One `--preset=runlocal --profile` quickstart from an empty workdir, shared by this file's tests (the suite's
   scheduler gives a test file to one worker): its workdir and its stderr."""
   workdir = tmp_path_factory.mktemp("quickstart")
-  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={workdir}", "--preset=runlocal",
-         f"--data_dir={shapes_data_dir}", "--profile"]
-  result = subprocess.run(cmd, cwd=REPO, env=one_device_env, capture_output=True, text=True, timeout=1200)
+  result = subprocess.run(_quickstart(workdir, shapes_data_dir) + ["--profile"], cwd=REPO, env=one_device_env,
+                          capture_output=True, text=True, timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
   return workdir, result.stderr
 
@@ -62,8 +67,7 @@ def runlocal_run(shapes_data_dir, one_device_env, tmp_path_factory):
 @pytest.mark.slow(440)
 def test_quickstart_runlocal_writes_its_report(runlocal_run, shapes_data_dir, one_device_env):
   workdir, stderr = runlocal_run
-  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={workdir}", "--preset=runlocal",
-         f"--data_dir={shapes_data_dir}"]
+  cmd = _quickstart(workdir, shapes_data_dir)
   # --profile: each training stage traced steps 2-3 and the report has where their time went
   assert stderr.count("Profiled steps 2-3:") == 2
   assert "Expected from an empty workdir on this kind of CPU: about " in stderr
@@ -112,8 +116,7 @@ def test_staged_preset_trains_each_stage_from_the_previous_one(runlocal_run, sha
   Both presets train the same runlocal VAE, so this run starts from the runlocal run's finished one (the quickstart
   restores a finished stage and trains nothing), and only the three DiT stages train here."""
   shutil.copytree(runlocal_run[0] / "vae", tmp_path / "vae")
-  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=sizes_staged_runlocal",
-         f"--data_dir={shapes_data_dir}", "--num_probe=1"]
+  cmd = _quickstart(tmp_path, shapes_data_dir, "sizes_staged_runlocal") + ["--num_probe=1"]
   result = subprocess.run(cmd + ["--probe_seed=500"], cwd=REPO, env=one_device_env, capture_output=True, text=True,
                           timeout=1200)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -142,8 +145,7 @@ def test_stopped_in_the_vae_stage_exits_75_and_the_rerun_trains_the_dit_on_the_f
                                                                                        one_device_env, tmp_path):
   """SIGTERM while the VAE trains: the VAE saves, the quickstart exits 75 and runs nothing after it (no DiT, no
   latent cache from the half-trained VAE); rerun to the end, the DiT's latents come from the VAE's final step."""
-  cmd = [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}", "--preset=runlocal",
-         f"--data_dir={shapes_data_dir}"]
+  cmd = _quickstart(tmp_path, shapes_data_dir)
   proc = subprocess.Popen(cmd + ["--vae_steps=100000"], cwd=REPO, env=one_device_env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   metrics, deadline = tmp_path / "vae" / "metrics.jsonl", time.time() + 600
