@@ -56,14 +56,16 @@ def dense(features: int, axes: tuple[str | None, str | None] = ("embed", "mlp"),
 
 def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1, padding: Any = "SAME",
          use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-         kernel_init=nn.initializers.lecun_normal(), name: str | None = None) -> nn.Conv:
-  """nn.Conv (channel-last) with kernel axes ('conv_t', 'conv_h', 'conv_w')[-k:] + ('conv_in', 'conv_out')."""
+         kernel_init=nn.initializers.lecun_normal(), conv_general_dilated=None, name: str | None = None) -> nn.Conv:
+  """nn.Conv (channel-last) with kernel axes ('conv_t', 'conv_h', 'conv_w')[-k:] + ('conv_in', 'conv_out');
+  `conv_general_dilated` replaces lax's (same signature), as nn.Conv allows."""
   if not 1 <= len(kernel_size) <= 3:
     raise ValueError(f"conv kernel_size {tuple(kernel_size)}: 1 to 3 spatial dims are supported.")
   axes = ("conv_t", "conv_h", "conv_w")[3 - len(kernel_size):] + ("conv_in", "conv_out")
   return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding, use_bias=use_bias, dtype=dtype,
                  param_dtype=param_dtype, kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)), name=name)
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
+                 conv_general_dilated=conv_general_dilated, name=name)
 
 
 def layer_norm(epsilon: float = 1e-5, *, use_affine: bool = True, param_dtype: Dtype = jnp.float32,

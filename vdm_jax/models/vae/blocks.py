@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm_jax.models import layers
-from vdm_jax.models.vae.conv import ACTIVATION_AXES, Cache, CausalConv3d, Conv3d, Dtype
+from vdm_jax.models.vae.conv import ACTIVATION_AXES, Cache, CausalConv3d, Conv3d, Dtype, conv2d_general_dilated
 from vdm_jax.models.vae.norm import GroupNorm3D, SpatialNorm3D
 
 
@@ -65,7 +65,7 @@ class Upsample3D(nn.Module):
       else:
         x = jnp.repeat(x, 2, axis=1)
     layer = layers.conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                   param_dtype=self.param_dtype, name="conv")
+                        param_dtype=self.param_dtype, conv_general_dilated=conv2d_general_dilated, name="conv")
     return _frames_2d(layer, x)
 
 

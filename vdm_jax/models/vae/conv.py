@@ -4,10 +4,12 @@
 frames ('frames'), elsewhere as one XLA 3D convolution ('xla'). `CausalConv3d` pads time on the left (copies of
 frame 0, or the cache of the previous chunk) and returns the cache for the next chunk. `per_tap_kernels` and
 `inference_params` lay a params tree out for inference on the CPU (one kernel per temporal tap). Also the types and
-the activation sharding shared by the rest of the package.
+the activation sharding shared by the rest of the package. `conv2d` is the per-frame 2D convolution with a
+backward that XLA:CPU runs fast inside loop bodies (the streamed chunks' scan).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax
@@ -77,6 +79,59 @@ class Conv3d(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+  """x [N, H, W, C] * kernel [kh, kw, C, F], stride 1, zero padding ((ph, ph), (pw, pw)) -> [N, H', W', F]."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, padding: tuple[int, int]) -> jax.Array:
+  """The per-frame 2D convolution: x [N, H, W, C] * kernel [kh, kw, C, F], stride 1, zero padding (ph, pw) with
+  0 <= ph < kh and 0 <= pw < kw -> [N, H + 2 ph - kh + 1, W + 2 pw - kw + 1, F].
+
+  Its backward is written out as two convolutions already in the layout XLA:CPU hands to its convolution library
+  (batch-major input, [kh, kw, in, out] kernel): the input gradient convolves the output gradient with the flipped,
+  transposed kernel; the kernel gradient convolves the input, channels as batch and frames as features, with the
+  output gradient as a [H', W', N, F] kernel. Autodiff's transposed convolutions are in other layouts, which
+  XLA:CPU rearranges only in a program's top level: inside a loop body (the VAE's streamed chunks, `nn.scan`) it
+  emits them as plain loops, 4x (LLVM level 3) to 24x (level 0) slower (docs/cpu_profile.md). Same values."""
+  (kh, kw), (ph, pw) = kernel.shape[:2], padding
+  if not (0 <= ph < kh and 0 <= pw < kw):
+    raise ValueError(f"conv2d padding {padding} with a {kh}x{kw} kernel; allowed: 0 <= padding < kernel size.")
+  return _conv_nhwc(x, kernel, ((ph, ph), (pw, pw)))
+
+
+def _conv2d_fwd(x, kernel, padding):
+  return conv2d(x, kernel, padding), (x, kernel)
+
+
+def _conv2d_bwd(padding, residuals, dy):
+  x, kernel = residuals
+  (kh, kw), (ph, pw) = kernel.shape[:2], padding
+  dx = _conv_nhwc(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), ((kh - 1 - ph,) * 2, (kw - 1 - pw,) * 2))
+  dkernel = _conv_nhwc(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), ((ph, ph), (pw, pw)))  # [C, kh, kw, F]
+  return dx.astype(x.dtype), dkernel.transpose(1, 2, 0, 3).astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv2d_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                           dimension_numbers=None, feature_group_count=1, precision=None):
+  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: the stride-1, undilated, symmetrically
+  padded NHWC/HWIO case goes to `conv2d` (its backward runs fast inside loop bodies on XLA:CPU), every other case
+  to lax unchanged."""
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  plain = (lhs.ndim == 4 and tuple(window_strides) == (1, 1) and feature_group_count == 1 and precision is None
+           and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+           and not isinstance(padding, str) and all(lo == hi for lo, hi in padding))
+  if plain and all(0 <= lo < k for (lo, _), k in zip(padding, rhs.shape[:2])):
+    return conv2d(lhs, rhs, (padding[0][0], padding[1][0]))
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers, feature_group_count, precision=precision)
+
+
 def _conv_frames(x: jax.Array, taps, pad_first: int, padding: tuple[int, int]) -> jax.Array:
   """Conv3d's 'frames' path: x [B, T, H, W, C] (to be left-padded in time with `pad_first` copies of frame 0),
   taps kt kernels [kh, kw, C, F] -> [B, T + pad_first - kt + 1, H', W', F], as a sum of 2D convolutions over frames.
@@ -92,8 +147,7 @@ def _conv_frames(x: jax.Array, taps, pad_first: int, padding: tuple[int, int]) -
 
   def conv(frames, kernel):  # [B, n, H, W, C] -> [B, n, H', W', F]
     n = frames.shape[1]
-    y = jax.lax.conv_general_dilated(frames.reshape((b * n, h, w, c)), kernel, (1, 1), ((ph, ph), (pw, pw)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv2d(frames.reshape((b * n, h, w, c)), kernel, (ph, pw))
     return y.reshape((b, n) + y.shape[1:])
 
   # Outputs j >= p read x_0 at most once: the plain VALID convolution of x. Output j < p is conv(x_0, S_j) plus
