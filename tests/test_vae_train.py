@@ -228,29 +228,22 @@ def test_discriminator_warm_up():
   assert abs(float(after) - float(before)) > 1e-4
 
 
-@pytest.mark.slow(230)
-def test_discriminator_warm_up_in_the_training_loop(shapes_data_dir, tmp_path):
-  """The loop passes its step to the loss (the count of updates already taken): with disc_start_step=3 the
-  discriminator joins at the 4th update, which the metrics log as step 4."""
-  c = _config(shapes_data_dir, disc_weight=0.5, disc_start_step=3)
-  c.train.update(steps=4, log_every=1, checkpoint_every=4, eval_every=0, sample_every=0)
-  c.eval.num_examples = 2
-  loop.train(c, str(tmp_path / "gan"))
-  lines = [json.loads(line) for line in open(os.path.join(str(tmp_path / "gan"), "metrics.jsonl"))]
-  disc_on = {m["step"]: m["disc_on"] for m in lines if "disc_on" in m}
-  assert disc_on == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0}
-
-
-@pytest.mark.slow(250)
+@pytest.mark.slow(270)
 def test_train_evaluate_and_samples(shapes_data_dir, tmp_path):
+  """A short GAN run on the 8-device mesh with evals, FVD and samples, then experiments.evaluate on its checkpoint.
+  The loop passes its step to the loss (the count of updates already taken): with disc_start_step=3 the
+  discriminator joins at the 4th update, which the metrics log as step 4."""
   workdir = str(tmp_path / "vae")
   c = vae_config.get_config("runlocal,fvd=8")  # FVD of 8 reconstructions against 8 clips, and its floor, at the end
   c.input.data_dir = shapes_data_dir
+  c.loss.update(disc_weight=0.5, disc_start_step=3)
+  c.train.log_every = 1
   c.evals.recon.every_steps = 2
   c.evals.fvd.i3d_batch_size = 8  # split over the mesh's 8 data shards
   loop.train(c, workdir)
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [m["step"] for m in lines if "loss" in m] == [2, 4]
+  assert [m["step"] for m in lines if "loss" in m] == [1, 2, 3, 4]
+  assert {m["step"]: m["disc_on"] for m in lines if "disc_on" in m} == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0}
   assert all(np.isfinite(m["loss"]) and "psnr" in m and "kl" in m for m in lines if "loss" in m)
   assert [m["step"] for m in lines if "eval/psnr" in m] == [2, 4]  # the registry's schedule
   assert [m["step"] for m in lines if "eval/probe_all" in m] == [4] == [m["step"] for m in lines if "eval/fvd" in m]
