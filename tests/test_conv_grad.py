@@ -80,6 +80,11 @@ def test_nn_conv_takes_conv2d_only_where_it_applies():
     params = plain.init(jax.random.PRNGKey(5), x)
     assert _uses_conv2d(lambda p: layer.apply(p, x), params) == expected, kwargs
     np.testing.assert_array_equal(layer.apply(params, x), plain.apply(params, x))
+  video = jnp.ones((1, 3, 8, 8, 2))  # a 3D convolution goes to lax unchanged
+  layer = nn.Conv(4, (3, 3, 3), padding=((1, 1),) * 3, conv_general_dilated=conv.conv2d_general_dilated)
+  params = layer.init(jax.random.PRNGKey(6), video)
+  assert not _uses_conv2d(lambda p: layer.apply(p, video), params)
+  assert layer.apply(params, video).shape == (1, 3, 8, 8, 4)
 
 
 def test_padding_outside_the_kernel_is_refused():

@@ -121,10 +121,10 @@ def conv2d_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: the stride-1, undilated, symmetrically
   padded NHWC/HWIO case goes to `conv2d` (its backward runs fast inside loop bodies on XLA:CPU), every other case
   to lax unchanged."""
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   plain = (lhs.ndim == 4 and tuple(window_strides) == (1, 1) and feature_group_count == 1 and precision is None
            and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
            and not isinstance(padding, str) and all(lo == hi for lo, hi in padding))
   if plain and all(0 <= lo < k for (lo, _), k in zip(padding, rhs.shape[:2])):
     return conv2d(lhs, rhs, (padding[0][0], padding[1][0]))
